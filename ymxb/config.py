@@ -1,0 +1,100 @@
+"""One run's settings: a dataclass with its defaults, validated once when it is made."""
+
+import dataclasses
+import math
+from typing import Optional
+
+MODELS = ("pure", "haiku")
+PARALLEL_MODES = ("pmap", "sharding")
+# optax optimisers offered by --optimizer; each is built as optax.<name>(learning_rate=lr).
+OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "lion", "lamb")
+
+
+class UsageError(ValueError):
+    """Bad input: the message says what was wrong and how to fix it (exit code 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Slice shape: one Ray actor (one JAX process) per host.
+    hosts: int = 4
+    devices_per_host: int = 2
+    # Data: y = true_m * x + true_b + noise * N(0, 1), x ~ U(-1, 1).
+    true_m: float = 2.0
+    true_b: float = -1.0
+    noise: float = 0.1
+    seed: int = 0
+    samples_per_host: int = 1024
+    # Training: full-batch gradient descent on the mean squared error.
+    model: str = "pure"
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    steps: int = 1000
+    steps_per_call: int = 100  # steps fused into one compiled call; the host blocks between calls
+    parallel: str = "pmap"
+    ensemble: int = 0  # 0: one model, data-parallel; E > 0: E members split over all devices
+    # Launch and verification.
+    platform: Optional[str] = None  # None: detect from the cluster (see platforms.py)
+    timeout: float = 120.0  # seconds any one phase (start, initialize, train) may take
+    tol: float = 1e-4  # max |param - normal-equation solution| to pass
+
+    def __post_init__(self):
+        for name in ("hosts", "devices_per_host", "samples_per_host", "steps", "steps_per_call"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("lr", "timeout", "tol"):
+            _check_positive_float(name, getattr(self, name))
+        for name in ("true_m", "true_b", "noise"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"{_flag(name)} must be finite, got {getattr(self, name)}")
+        if self.noise < 0:
+            raise UsageError(f"--noise must be >= 0, got {self.noise}")
+        if not isinstance(self.ensemble, int) or self.ensemble < 0:
+            raise UsageError(f"--ensemble must be 0 (off) or a positive member count, got {self.ensemble}")
+        _check_choice("model", self.model, MODELS)
+        _check_choice("parallel", self.parallel, PARALLEL_MODES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.samples_per_host % self.devices_per_host:
+            raise UsageError(
+                f"--samples-per-host ({self.samples_per_host}) must be divisible by "
+                f"--devices-per-host ({self.devices_per_host})"
+            )
+        if self.ensemble and self.ensemble % self.global_devices:
+            raise UsageError(
+                f"--ensemble ({self.ensemble}) must be divisible by the global device count "
+                f"({self.global_devices} = {self.hosts} hosts x {self.devices_per_host} devices): "
+                f"try --ensemble {self.global_devices * max(1, self.ensemble // self.global_devices)}"
+            )
+
+    @property
+    def global_devices(self) -> int:
+        return self.hosts * self.devices_per_host
+
+    @property
+    def global_samples(self) -> int:
+        return self.hosts * self.samples_per_host
+
+    @property
+    def members_per_device(self) -> int:
+        return self.ensemble // self.global_devices
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(f"{_flag(name)} must be a positive integer, got {value!r}")
+
+
+def _check_positive_float(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{_flag(name)} must be a positive finite number, got {value!r}")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")

@@ -1,0 +1,94 @@
+"""The per-host worker: one Ray actor (one process) on each host of the slice.
+
+The driver calls, in order: identity, coordinator_address (host 0 only), initialize, train,
+shutdown. JAX is imported only here, inside the actor, after Ray has set its environment
+(the XLA device-count flag must be in place before JAX starts).
+"""
+
+import os
+import socket
+import threading
+import time
+
+from ymxb.config import Config
+
+# Test-only fault injection, "<die|hang>:<host index>:<phase>", forwarded to the actors by the
+# launcher: lets the tests make a real host really die or hang. Unset in normal runs.
+FAULT_ENV = "YMXB_TEST_FAULT"
+
+
+class Host:
+    """Joins the JAX distributed runtime as process `host_index` and trains on its devices."""
+
+    def __init__(self, host_index: int):
+        self.host_index = host_index
+        self._steps_started = None  # None until training starts
+        self._lock = threading.Lock()
+
+    def identity(self) -> dict:
+        """Where this host runs: node address, hostname, pid."""
+        import ray
+
+        return {"host_index": self.host_index, "hostname": socket.gethostname(),
+                "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    def coordinator_address(self) -> str:
+        """A free port on this node for the JAX coordinator (run by process 0)."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"{ray.util.get_node_ip_address()}:{port}"
+
+    def initialize(self, coordinator: str, num_processes: int, timeout_s: float) -> dict:
+        """Join the distributed runtime; return what JAX now sees from this process."""
+        self._maybe_fault("initialize")
+        import jax
+
+        # All four arguments explicit, so JAX's cluster auto-detection never guesses.
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=self.host_index,
+            local_device_ids=None,
+            initialization_timeout=max(1, int(timeout_s)),
+            shutdown_timeout_seconds=max(1, int(timeout_s)),
+        )
+        devices = jax.local_devices()
+        return {"process_index": jax.process_index(), "process_count": jax.process_count(),
+                "local_devices": len(devices), "global_devices": jax.device_count(),
+                "platform": devices[0].platform, "device_kind": devices[0].device_kind}
+
+    def train(self, cfg: Config) -> dict:
+        from ymxb.train import train_host
+
+        self._maybe_fault("train")
+        return train_host(cfg, on_progress=self._set_progress)
+
+    def progress(self):
+        """Steps done before the current compiled call, None before training starts.
+
+        Answered while `train` runs (the actor has two threads): at a hang, the hosts that are
+        behind the others are the ones to blame."""
+        with self._lock:
+            return self._steps_started
+
+    def shutdown(self) -> None:
+        import jax
+
+        jax.distributed.shutdown()
+
+    def _set_progress(self, steps: int) -> None:
+        with self._lock:
+            self._steps_started = steps
+
+    def _maybe_fault(self, phase: str) -> None:
+        kind, _, where = os.environ.get(FAULT_ENV, "").partition(":")
+        if where != f"{self.host_index}:{phase}":
+            return
+        if kind == "die":
+            os._exit(17)
+        if kind == "hang":
+            time.sleep(3600)

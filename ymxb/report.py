@@ -1,0 +1,103 @@
+"""Turn what the hosts returned into the run's report: checks, verdict, table, JSON."""
+
+from typing import Dict, List
+
+import numpy as np
+
+from ymxb import data, verify
+from ymxb.config import Config
+from ymxb.models import to_mb
+
+
+def build(cfg: Config, run: Dict, wall_s: float) -> Dict:
+    """The report of one run: config, per-host and per-member results, checks, verdict."""
+    solution = verify.normal_equation(*data.global_dataset(cfg))
+    pieces = [(host, piece) for host in run["hosts"] for piece in host["pieces"]]
+    rows = [_piece_row(cfg, host, piece) for host, piece in pieces]
+    params = [(r["label"], r["m"], r["b"]) for r in rows]
+
+    checks = [verify.check_participation(run["hosts"], cfg.hosts, cfg.devices_per_host),
+              verify.check_finite([(r["label"], r["first_nonfinite_step"]) for r in rows],
+                                  cfg.steps_per_call)]
+    if cfg.ensemble:
+        checks.append(verify.check_members([r["index"] for r in rows], cfg.ensemble))
+        checks.append(verify.check_distinct_init([(r["label"], r["init_m"], r["init_b"]) for r in rows]))
+    else:
+        checks.append(verify.check_replicas(params))
+    solution_check, max_error = verify.check_solution(params, solution, cfg.tol)
+    checks.append(solution_check)
+
+    report = {
+        "config": {**vars(cfg)},
+        "platform": run["platform"],
+        "coordinator": run["coordinator"],
+        "hosts": [_host_summary(cfg, host) for host in run["hosts"]],
+        "normal_equation": {"m": solution[0], "b": solution[1], "points": cfg.global_samples},
+        "max_error": max_error,
+        "tol": cfg.tol,
+        "checks": [c._asdict() for c in checks],
+        "verified": all(c.ok for c in checks),
+        "phases_s": run["phases"],
+        "wall_s": wall_s,
+    }
+    if cfg.ensemble:
+        rows.sort(key=lambda r: r["index"])
+        report["members"] = [{k: v for k, v in r.items() if k != "label"} for r in rows]
+        ms, bs = np.array([r["m"] for r in rows]), np.array([r["b"] for r in rows])
+        report["ensemble"] = {"members": len(rows), "mean_m": float(ms.mean()), "mean_b": float(bs.mean()),
+                              "std_m": float(ms.std()), "std_b": float(bs.std())}
+    return report
+
+
+def summary(report: Dict) -> str:
+    """A short human summary: one row per host (and per member), the solution, the verdict."""
+    cfg = report["config"]
+    lines = [f"{cfg['hosts']} hosts x {cfg['devices_per_host']} devices ({report['platform']}), "
+             f"{cfg['model']} model, {cfg['parallel']}, {cfg['optimizer']} lr={cfg['lr']:g}, "
+             f"{cfg['steps']} steps on {report['normal_equation']['points']} points"
+             + (f", ensemble of {cfg['ensemble']}" if cfg["ensemble"] else ""), ""]
+    lines.append(f"{'host':>4}  {'node':<16} {'pid':>7}  {'devices':>7}  {'m':>12}  {'b':>12}")
+    for h in report["hosts"]:
+        m, b = (h["params"]["m"], h["params"]["b"]) if "params" in h else (float("nan"),) * 2
+        devices = f"{h['local_devices']}/{h['global_devices']}"
+        members = f"  members {h['members']}" if "members" in h else ""
+        lines.append(f"{h['process_index']:>4}  {h['node_ip']:<16} {h['pid']:>7}  {devices:>7}  "
+                     f"{m:>12.7g}  {b:>12.7g}{members}")
+    if "ensemble" in report:
+        e = report["ensemble"]
+        lines.append(f"ensemble: {e['members']} members, mean m={e['mean_m']:.7g} b={e['mean_b']:.7g}, "
+                     f"spread (std) m={e['std_m']:.3g} b={e['std_b']:.3g}")
+    sol = report["normal_equation"]
+    lines += [f"normal equation (float64): m={sol['m']:.7g} b={sol['b']:.7g}", ""]
+    for c in report["checks"]:
+        lines.append(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']}: {c['detail']}")
+    verdict = "VERIFIED" if report["verified"] else "NOT VERIFIED"
+    lines.append(f"{verdict} (max |error| {report['max_error']:.3g}, tol {report['tol']:g}) "
+                 f"in {report['wall_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def _piece_row(cfg: Config, host: Dict, piece: Dict) -> Dict:
+    m, b = to_mb(cfg.model, piece["params"])
+    init_m, init_b = to_mb(cfg.model, piece["init_params"])
+    where = f"host {host['process_index']}"
+    label = f"member {piece['index']} ({where})" if cfg.ensemble else f"{where} device {piece['index']}"
+    return {"label": label, "index": piece["index"], "host": host["process_index"],
+            "m": float(m), "b": float(b), "init_m": float(init_m), "init_b": float(init_b),
+            "final_loss": float(piece["losses"][-1]),
+            "first_nonfinite_step": piece["first_nonfinite_step"]}
+
+
+def _host_summary(cfg: Config, host: Dict) -> Dict:
+    keys = ("process_index", "process_count", "hostname", "node_ip", "node_id", "pid", "platform",
+            "device_kind", "local_devices", "global_devices", "collective_devices", "train_s",
+            "first_call_s")
+    out = {k: host[k] for k in keys}
+    pieces: List[Dict] = host["pieces"]
+    if cfg.ensemble:
+        out["members"] = [p["index"] for p in pieces]
+    else:
+        m, b = to_mb(cfg.model, pieces[0]["params"])
+        out["params"] = {"m": float(m), "b": float(b)}
+        out["loss_history"] = [float(v) for v in pieces[0]["losses"]]
+    return out

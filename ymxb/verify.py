@@ -1,0 +1,101 @@
+"""Driver-side checks: the normal-equation solution and the verdict on what the hosts returned."""
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+class Check(NamedTuple):
+    name: str
+    ok: bool
+    detail: str
+
+
+def normal_equation(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+    """Closed-form least squares for y ~ m*x + b, in float64: solve (X^T X) w = X^T y."""
+    design = np.stack([np.asarray(x, np.float64), np.ones(len(x))], axis=1)
+    m, b = np.linalg.solve(design.T @ design, design.T @ np.asarray(y, np.float64))
+    return float(m), float(b)
+
+
+def check_replicas(params: Sequence[Tuple[str, float, float]]) -> Check:
+    """Every (label, m, b) replica must hold identical params: pmean keeps them in sync."""
+    first = params[0]
+    for other in params[1:]:
+        if not np.array_equal(first[1:], other[1:], equal_nan=True):
+            return Check(
+                "replicas agree", False,
+                f"{other[0]} holds m={other[1]!r} b={other[2]!r} but {first[0]} holds "
+                f"m={first[1]!r} b={first[2]!r}: replicas must be identical")
+    return Check("replicas agree", True, f"{len(params)} replicas hold identical params")
+
+
+def check_solution(params: Sequence[Tuple[str, float, float]], solution: Tuple[float, float],
+                   tol: float) -> Tuple[Check, float]:
+    """Every (label, m, b) must lie within tol of the normal-equation (m, b); returns max error."""
+    errors = [(max(_dist(m, solution[0]), _dist(b, solution[1])), label, m, b)
+              for label, m, b in params]
+    worst, label, m, b = max(errors, key=lambda e: e[0])
+    detail = (f"max |error| {worst:.3g} at {label} (m={m:.7g} b={b:.7g} vs m={solution[0]:.7g} "
+              f"b={solution[1]:.7g}), tol {tol:g}")
+    return Check("matches normal equation", worst <= tol, detail), worst
+
+
+def check_participation(identities: List[dict], hosts: int, devices_per_host: int) -> Check:
+    """Every process index once, each with its local devices, and a collective that saw them all."""
+    want = hosts * devices_per_host
+    indices = sorted(i["process_index"] for i in identities)
+    problems = []
+    if indices != list(range(hosts)):
+        problems.append(f"process indices {indices}, expected 0..{hosts - 1}")
+    for ident in identities:
+        got = (ident["local_devices"], ident["global_devices"], ident["collective_devices"])
+        if got != (devices_per_host, want, want):
+            problems.append(
+                f"host {ident['process_index']} saw local/global/collective devices {got}, "
+                f"expected ({devices_per_host}, {want}, {want})")
+    if problems:
+        return Check("all hosts and devices took part", False, "; ".join(problems))
+    return Check("all hosts and devices took part", True,
+                 f"{hosts} hosts, {want} devices; a psum over the axis counted {want}")
+
+
+def _dist(a: float, b: float) -> float:
+    """|a - b|, with anything non-finite infinitely far (NaN must never pass a check)."""
+    d = abs(a - b)
+    return d if np.isfinite(d) else float("inf")
+
+
+def check_members(indices: Sequence[int], ensemble: int) -> Check:
+    """The hosts together returned members 0..E-1, each exactly once."""
+    seen = sorted(indices)
+    if seen == list(range(ensemble)):
+        return Check("every member once", True, f"{ensemble} members gathered, none missing or twice")
+    missing = sorted(set(range(ensemble)) - set(seen))
+    twice = sorted({i for i in seen if seen.count(i) > 1})
+    return Check("every member once", False,
+                 f"got {len(seen)} members for --ensemble {ensemble}: missing {missing[:10]}, "
+                 f"repeated {twice[:10]}, out of range {[i for i in seen if not 0 <= i < ensemble][:10]}")
+
+
+def check_distinct_init(inits: Sequence[Tuple[str, float, float]]) -> Check:
+    """No two members started from the same (m, b): they came from distinct keys."""
+    first_seen = {}
+    for label, m, b in inits:
+        if (m, b) in first_seen:
+            return Check("members distinct at init", False,
+                         f"{label} and {first_seen[(m, b)]} both started at m={m!r} b={b!r}")
+        first_seen[(m, b)] = label
+    return Check("members distinct at init", True, f"{len(inits)} distinct initial (m, b)")
+
+
+def check_finite(first_bad: Sequence[Tuple[str, Optional[int]]], steps_per_call: int) -> Check:
+    """The loss stayed finite on every replica or member."""
+    bad = [(label, step) for label, step in first_bad if step is not None]
+    if not bad:
+        return Check("loss finite", True, "loss finite at every step")
+    label, step = min(bad, key=lambda b: b[1])
+    call = step // steps_per_call * steps_per_call
+    return Check("loss finite", False,
+                 f"loss became non-finite at step {step} (call of steps {call}-{call + steps_per_call - 1}) "
+                 f"on {label} and {len(bad) - 1} more: training diverged; try a smaller --lr")
