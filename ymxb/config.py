@@ -29,7 +29,7 @@ class Config:
     model: str = "pure"
     optimizer: str = "sgd"
     lr: float = 0.1
-    steps: int = 1000
+    steps: int = 500
     steps_per_call: int = 100  # steps fused into one compiled call; the host blocks between calls
     parallel: str = "pmap"
     ensemble: int = 0  # 0: one model, data-parallel; E > 0: E members split over all devices

@@ -5,6 +5,7 @@ Every wait is bounded by `cfg.timeout`; a host that dies or hangs ends the run w
 `jax.distributed.initialize` a host ignores SIGTERM).
 """
 
+import math
 import os
 import signal
 import socket
@@ -43,11 +44,12 @@ def run_hosts(cfg: Config, log=lambda line: None) -> Dict:
         phases["start"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        coordinator = ray.get(hosts[0].coordinator_address.remote(), timeout=cfg.timeout)
+        [coordinator] = _gather(hosts[:1], [hosts[0].coordinator_address.remote()],
+                                "coordinator address", cfg.timeout, identities)
         # initialize blocks until every process has joined: all hosts call it at once.
         joined = _gather(hosts, [h.initialize.remote(coordinator, cfg.hosts, cfg.timeout)
                                  for h in hosts], "jax.distributed.initialize", cfg.timeout + 10,
-                         identities)
+                         identities, peers_give_up_s=cfg.timeout)
         phases["initialize"] = time.perf_counter() - start
         for ident, info in zip(identities, joined):
             ident.update(info)
@@ -90,11 +92,16 @@ def _start_hosts(platform: platforms.Platform, cfg: Config) -> List:
 
 
 def _gather(hosts: List, refs: List, phase: str, timeout: float,
-            identities: Optional[List[dict]] = None) -> List:
-    """Results of one call per host, in host order; HostFailure if any host fails or hangs."""
+            identities: Optional[List[dict]] = None, peers_give_up_s: float = math.inf) -> List:
+    """Results of one call per host, in host order; HostFailure if any host fails or hangs.
+
+    `peers_give_up_s`: after this long, waiting hosts abort on their own (as JAX's initialize
+    does), so failures from then on are a symptom of a host that never arrived, not the cause.
+    """
     index = {ref: i for i, ref in enumerate(refs)}
     results, failures = {}, []
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1,
@@ -106,27 +113,32 @@ def _gather(hosts: List, refs: List, phase: str, timeout: float,
         except ray.exceptions.RayError as err:
             if not failures:  # the others' fate follows within moments: let them report
                 deadline = min(deadline, time.monotonic() + SETTLE_S)
-            failures.append((index[ready[0]], _one_line(err)))
+            if not failures:
+                first_failure_s = time.monotonic() - started
+            failures.append((index[ready[0]], _reason(err)))
     if failures or pending:
         stuck = sorted(index[r] for r in pending)
-        raise HostFailure(_failure_message(phase, timeout, failures, stuck, hosts, identities))
+        blame_stuck = bool(failures) and first_failure_s >= peers_give_up_s
+        raise HostFailure(_failure_message(phase, timeout, failures, stuck, blame_stuck, hosts,
+                                           identities))
     return [results[i] for i in range(len(refs))]
 
 
-def _failure_message(phase, timeout, failures, stuck, hosts, identities) -> str:
-    name = lambda i: _host_name(i, identities)
+def _failure_message(phase, timeout, failures, stuck, blame_stuck, hosts, identities) -> str:
+    names = lambda indices: ", ".join(_host_name(i, identities) for i in indices)
+    if blame_stuck:
+        return (f"{phase} failed: {names(stuck)} never finished (the likely culprit); "
+                f"{names(i for i, _ in failures)} gave up waiting: {failures[0][1]}")
     if failures:
         first, reason = failures[0]
-        msg = f"{phase} failed: {name(first)} died first: {reason}"
-        if len(failures) > 1:
-            msg += f"; then {_join(name(i) for i, _ in failures[1:])} failed"
-        if stuck:
-            msg += f"; {_join(name(i) for i in stuck)} still running"
-        return msg
+        msg = f"{phase} failed: {names([first])} failed first: {reason}"
+        if failures[1:]:
+            msg += f"; then {names(i for i, _ in failures[1:])}"
+        return msg + (f"; {names(stuck)} left waiting" if stuck else "")
+    msg = f"{phase} did not finish within {timeout:g} s on {names(stuck)}"
     behind = _behind(hosts, stuck) if phase == "training" else stuck
-    msg = f"{phase} did not finish within {timeout:g} s on {_join(name(i) for i in stuck)}"
     if behind != stuck:
-        msg += f"; {_join(name(i) for i in behind)} fell behind the others (the likely culprit)"
+        msg += f"; {names(behind)} fell behind the others (the likely culprit)"
     return msg
 
 
@@ -182,20 +194,15 @@ def _host_name(i: int, identities: Optional[List[dict]]) -> str:
     return f"host {i}"
 
 
-def _join(names) -> str:
-    return ", ".join(names)
-
-
-def _one_line(err: Exception) -> str:
-    """The gist of a Ray error: the root exception's first line, or why the actor died."""
-    cause = getattr(err, "cause", None)
-    if cause is not None and not isinstance(cause, ray.exceptions.RayError):
-        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
-    text = str(err).strip()
-    for line in text.splitlines():
-        if "exit" in line.lower() or "died" in line.lower() or "signal" in line.lower():
-            return line.strip()[:300]
-    return (text.splitlines() or [type(err).__name__])[0][:300]
+def _reason(err: Exception) -> str:
+    """Why a host's call failed, in one line."""
+    if isinstance(err, ray.exceptions.RayTaskError):
+        cause = err.cause
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        return f"raised {type(cause).__name__}: {first}"[:400]
+    if isinstance(err, ray.exceptions.ActorDiedError):
+        return "its process exited unexpectedly (crashed, killed, or aborted by JAX)"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:400]
 
 
 def _resources_summary(resources: Dict[str, float]) -> str:

@@ -1,0 +1,43 @@
+"""`python launch.py` end to end, as a user runs it: embedded Ray, simulated slice, exit codes."""
+
+import json
+import subprocess
+
+import numpy as np
+
+from conftest import gone, launch
+
+
+def _ray_pids():
+    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_json_run_is_verified_and_independently_checkable(tmp_path):
+    before = _ray_pids()
+    dump = tmp_path / "d.npz"
+    result = launch("--hosts", 3, "--devices-per-host", 2, "--json", "--dump-data", dump)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rep = json.loads(result.stdout)
+    assert rep["verified"] is True and len(rep["hosts"]) == 3
+    assert {h["global_devices"] for h in rep["hosts"]} == {6}
+    assert {(h["params"]["m"], h["params"]["b"]) for h in rep["hosts"]} == {
+        (rep["hosts"][0]["params"]["m"], rep["hosts"][0]["params"]["b"])}
+    assert all(len(h["loss_history"]) == rep["config"]["steps"] for h in rep["hosts"])
+
+    d = np.load(dump)
+    assert d["x"].shape == d["y"].shape == (3 * rep["config"]["samples_per_host"],)
+    design = np.stack([d["x"], np.ones_like(d["x"])], axis=1).astype(np.float64)
+    m, b = np.linalg.lstsq(design, d["y"].astype(np.float64), rcond=None)[0]
+    got = rep["hosts"][0]["params"]
+    assert abs(got["m"] - m) <= rep["tol"] and abs(got["b"] - b) <= rep["tol"]
+
+    assert all(gone(h["pid"]) for h in rep["hosts"])
+    assert _ray_pids() <= before  # the embedded Ray is stopped
+    assert "host 2/3: 2 local / 6 global cpu devices" in result.stderr  # identity lines
+
+
+def test_diverging_run_exits_1_and_says_why():
+    result = launch("--hosts", 2, "--devices-per-host", 1, "--lr", 50, "--steps", 200)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "NOT VERIFIED" in result.stdout and "[FAIL] loss finite" in result.stdout

@@ -1,0 +1,91 @@
+"""Real Ray, real jax.distributed across real processes, real cross-process collectives."""
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+from conftest import gone
+from ymxb import data, report, verify
+from ymxb.config import Config
+from ymxb.host import FAULT_ENV
+from ymxb.launcher import HostFailure, run_hosts
+
+SMALL = dict(samples_per_host=256, steps=300)
+
+
+def _run(cfg):
+    run = run_hosts(cfg)
+    return run, report.build(cfg, run, wall_s=0.0)
+
+
+@pytest.mark.parametrize("hosts,devices", [(2, 2), (3, 1)])
+def test_slice_trains_to_the_normal_equation(local_ray, hosts, devices):
+    cfg = Config(hosts=hosts, devices_per_host=devices, **SMALL)
+    run, rep = _run(cfg)
+    got = run["hosts"]
+    assert [h["process_index"] for h in got] == list(range(hosts))
+    assert len({h["pid"] for h in got}) == hosts  # one process per host
+    for h in got:
+        assert (h["process_count"], h["local_devices"], h["global_devices"]) == (hosts, devices, hosts * devices)
+        # A psum of ones over the pmap axis counts every device of every host.
+        assert h["collective_devices"] == hosts * devices
+        assert len(h["pieces"]) == devices
+    params = {(float(p["params"]["m"]), float(p["params"]["b"])) for h in got for p in h["pieces"]}
+    assert len(params) == 1  # all replicas on all hosts identical
+    m, b = params.pop()
+    ref = verify.normal_equation(*data.global_dataset(cfg))
+    assert abs(m - ref[0]) < 1e-4 and abs(b - ref[1]) < 1e-4
+    assert rep["verified"], rep["checks"]
+    assert all(gone(h["pid"]) for h in got)  # no host process outlives the run
+
+
+def test_gradient_really_spans_hosts(local_ray):
+    """Hosts with different data end with the same params: the mean is global, not per host."""
+    cfg = Config(hosts=2, devices_per_host=1, **SMALL)
+    run, rep = _run(cfg)
+    per_host = [verify.normal_equation(*data.host_shard(cfg, i)) for i in range(2)]
+    m = float(run["hosts"][0]["pieces"][0]["params"]["m"])
+    assert abs(per_host[0][0] - per_host[1][0]) > 1e-3  # the shards disagree...
+    assert min(abs(m - p[0]) for p in per_host) > 1e-4  # ...and neither host's own fit won
+    assert rep["verified"]
+
+
+def test_divergence_is_reported_not_verified(local_ray):
+    cfg = Config(hosts=2, devices_per_host=1, lr=50.0, **SMALL)
+    _, rep = _run(cfg)
+    assert not rep["verified"]
+    finite = next(c for c in rep["checks"] if c["name"] == "loss finite")
+    assert not finite["ok"] and "non-finite at step" in finite["detail"]
+
+
+HOST = r"host {} \([\d.]+ pid \d+\)"
+
+
+@pytest.mark.parametrize("fault,expected", [
+    ("die:1:initialize", rf"^jax.distributed.initialize failed: {HOST.format(1)} failed first"),
+    ("hang:2:initialize", rf"^jax.distributed.initialize failed: {HOST.format(2)} never finished"),
+    ("die:1:train", rf"^training failed: {HOST.format(1)} failed first"),
+    ("hang:0:train", rf"^training did not finish within 12 s on .*; {HOST.format(0)} fell behind"),
+])
+def test_a_dying_or_hanging_host_is_named_within_the_timeout(local_ray, monkeypatch, fault, expected):
+    monkeypatch.setenv(FAULT_ENV, fault)
+    cfg = Config(hosts=3, devices_per_host=1, timeout=12, **SMALL)
+    started = time.monotonic()
+    with pytest.raises(HostFailure) as failure:
+        run_hosts(cfg)
+    elapsed = time.monotonic() - started
+    message = str(failure.value)
+    assert re.search(expected, message), message
+    assert elapsed < 2 * cfg.timeout + 15, elapsed
+    pids = [int(pid) for pid in re.findall(r"pid (\d+)", message)]
+    assert pids and all(gone(pid) for pid in pids)  # every host process named is gone
+
+
+def test_impossible_placement_fails_within_the_timeout(local_ray):
+    cfg = Config(hosts=500, devices_per_host=1, timeout=3, **SMALL)  # 500 x 0.01 CPU > 2 CPUs
+    started = time.monotonic()
+    with pytest.raises(HostFailure, match=r"could not reserve 500 simulated hosts .* within 3 s; the cluster has CPU=2 free"):
+        run_hosts(cfg)
+    assert time.monotonic() - started < 15

@@ -1,0 +1,64 @@
+import math
+
+import numpy as np
+
+from ymxb import verify
+
+
+def test_normal_equation_matches_lstsq():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, 500).astype(np.float32)
+    y = (1.5 * x - 0.25 + 0.3 * rng.standard_normal(500)).astype(np.float32)
+    m, b = verify.normal_equation(x, y)
+    ref = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1).astype(np.float64),
+                          y.astype(np.float64), rcond=None)[0]
+    np.testing.assert_allclose([m, b], ref, rtol=1e-12)
+
+
+def test_normal_equation_is_exact_on_noiseless_data():
+    x = np.linspace(-1, 1, 11)
+    assert np.allclose(verify.normal_equation(x, 4 * x + 2), (4, 2), atol=1e-12)
+
+
+def test_solution_check_names_the_worst_param_and_the_tolerance():
+    ok, err = verify.check_solution([("a", 1.0, 2.0), ("b", 1.0 + 1e-6, 2.0)], (1.0, 2.0), 1e-5)
+    assert ok.ok and math.isclose(err, 1e-6, rel_tol=1e-6)
+    bad, err = verify.check_solution([("a", 1.0, 2.0), ("host 3", 1.0, 2.5)], (1.0, 2.0), 1e-5)
+    assert not bad.ok and err == 0.5
+    assert "host 3" in bad.detail and "tol 1e-05" in bad.detail
+
+
+def test_nan_never_passes():
+    check, err = verify.check_solution([("a", float("nan"), 2.0)], (1.0, 2.0), 1e9)
+    assert not check.ok and err == float("inf")
+    assert not verify.check_finite([("a", None), ("member 3", 40)], 100).ok
+
+
+def test_replicas_must_be_identical():
+    assert verify.check_replicas([("a", 1.0, 2.0), ("b", 1.0, 2.0)]).ok
+    nan = float("nan")
+    assert verify.check_replicas([("a", nan, 2.0), ("b", nan, 2.0)]).ok  # same bits: finite check catches NaN
+    check = verify.check_replicas([("a", 1.0, 2.0), ("host 1 device 3", 1.0, 2.0000001)])
+    assert not check.ok and "host 1 device 3" in check.detail
+
+
+def _identity(i, local=2, global_=4, collective=4):
+    return {"process_index": i, "local_devices": local, "global_devices": global_,
+            "collective_devices": collective}
+
+
+def test_participation_needs_every_host_and_device():
+    assert verify.check_participation([_identity(0), _identity(1)], 2, 2).ok
+    missing = verify.check_participation([_identity(0), _identity(0)], 2, 2)
+    assert not missing.ok and "expected 0..1" in missing.detail
+    short = verify.check_participation([_identity(0), _identity(1, collective=2)], 2, 2)
+    assert not short.ok and "host 1" in short.detail
+
+
+def test_members_once_each_and_distinct_at_init():
+    assert verify.check_members([2, 0, 1, 3], 4).ok
+    bad = verify.check_members([0, 1, 1], 4)
+    assert not bad.ok and "missing [2, 3]" in bad.detail and "repeated [1]" in bad.detail
+    assert verify.check_distinct_init([("m0", 1.0, 2.0), ("m1", 1.0, 3.0)]).ok
+    same = verify.check_distinct_init([("m0", 1.0, 2.0), ("m1", 1.0, 2.0)])
+    assert not same.ok and "m1 and m0" in same.detail
