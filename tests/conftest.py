@@ -3,8 +3,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import ray
+# In-process tests see this many CPU devices (set before anything imports JAX); the hosts of
+# multi-process tests get theirs from the launcher.
+LOCAL_DEVICES = 4
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={LOCAL_DEVICES}"
+
+import pytest  # noqa: E402
+import ray  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,6 +23,11 @@ BAD_INPUT = [
     (["--samples-per-host", "1000", "--devices-per-host", "3"],
      "--samples-per-host (1000) must be divisible by --devices-per-host (3)"),
     (["--model", "mlp"], "--model must be one of pure, haiku"),
+    (["--optimizer", "adamx"], "--optimizer must be one of sgd, adam"),
+    (["--parallel", "dp"], "--parallel must be one of pmap, sharding"),
+    (["--ensemble", "6"], "--ensemble (6) must be divisible by the global device count (8 = 4 hosts x 2 devices): try --ensemble 8"),
+    (["--ensemble=-8"], "--ensemble must be 0 (off) or a positive member count"),
+    (["--platform", "quantum"], "--platform must be one of"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ]
 

@@ -89,3 +89,26 @@ def test_impossible_placement_fails_within_the_timeout(local_ray):
     with pytest.raises(HostFailure, match=r"could not reserve 500 simulated hosts .* within 3 s; the cluster has CPU=2 free"):
         run_hosts(cfg)
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("model,parallel", [("haiku", "pmap"), ("haiku", "sharding"), ("pure", "sharding")])
+def test_models_and_parallel_modes_across_hosts(local_ray, model, parallel):
+    cfg = Config(hosts=2, devices_per_host=2, model=model, parallel=parallel, **SMALL)
+    run, rep = _run(cfg)
+    assert rep["verified"], rep["checks"]
+    assert {h["collective_devices"] for h in run["hosts"]} == {4}
+
+
+def test_ensemble_members_are_split_over_hosts_and_reassembled(local_ray):
+    members = {}
+    for parallel in ("pmap", "sharding"):
+        cfg = Config(hosts=2, devices_per_host=2, model="haiku", optimizer="adam", ensemble=8,
+                     parallel=parallel, **{**SMALL, "steps": 600})
+        run, rep = _run(cfg)
+        assert rep["verified"], rep["checks"]
+        # Each host holds only its own members: 2 devices x 2 members each.
+        assert [sorted(p["index"] for p in h["pieces"]) for h in run["hosts"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+        assert [m["index"] for m in rep["members"]] == list(range(8))
+        assert len({(m["init_m"], m["init_b"]) for m in rep["members"]}) == 8
+        members[parallel] = np.array([(m["m"], m["b"]) for m in rep["members"]])
+    np.testing.assert_allclose(members["pmap"], members["sharding"], rtol=0, atol=1e-5)

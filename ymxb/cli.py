@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--devices-per-host", type=int, default=d.devices_per_host,
                    help="local devices per host (simulated CPU devices in cpu-sim)")
     g.add_argument("--platform", default=d.platform,
-                   help="cpu-sim; default: detect from the Ray cluster")
+                   help=f"one of {', '.join(config.PLATFORMS)}; default: detect from the Ray cluster")
     g = p.add_argument_group("data: y = m*x + b + noise, x ~ U(-1, 1)")
     g.add_argument("--true-m", type=float, default=d.true_m, help="slope of the generating line")
     g.add_argument("--true-b", type=float, default=d.true_b, help="intercept of the generating line")
@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training (full-batch gradient descent on the mean squared error)")
     g.add_argument("--model", default=d.model, help=f"one of {', '.join(config.MODELS)}")
     g.add_argument("--optimizer", default=d.optimizer,
-                   help=f"optax optimiser: one of {', '.join(config.OPTIMIZERS)}")
+                   help=f"optax optimiser, one of {', '.join(config.OPTIMIZERS)}: sgd and adam "
+                        "converge at the defaults, adagrad wants --lr 0.5, and rmsprop at a constant "
+                        "lr hovers near the solution (and may not verify)")
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate")
     g.add_argument("--steps", type=int, default=d.steps, help="training steps in total")
     g.add_argument("--steps-per-call", type=int, default=d.steps_per_call,
@@ -131,6 +133,8 @@ def ray_cluster(address: Optional[str]):
         _check_reachable(address)
         ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
     else:
+        # Ray warns on every start that token auth is on; we chose it (see above): no warning.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(**quiet)
     try:
         yield

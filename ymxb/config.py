@@ -5,9 +5,11 @@ import math
 from typing import Optional
 
 MODELS = ("pure", "haiku")
+PLATFORMS = ("cpu-sim",)  # the names of the classes in platforms.py
 PARALLEL_MODES = ("pmap", "sharding")
-# optax optimisers offered by --optimizer; each is built as optax.<name>(learning_rate=lr).
-OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "lion", "lamb")
+# optax optimisers offered by --optimizer, each built as optax.<name>(learning_rate=lr). No
+# weight decay (adamw) here: it moves the optimum away from the normal-equation solution.
+OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
 
 
 class UsageError(ValueError):
@@ -53,6 +55,8 @@ class Config:
         _check_choice("model", self.model, MODELS)
         _check_choice("parallel", self.parallel, PARALLEL_MODES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.platform is not None:
+            _check_choice("platform", self.platform, PLATFORMS)
         if self.samples_per_host % self.devices_per_host:
             raise UsageError(
                 f"--samples-per-host ({self.samples_per_host}) must be divisible by "

@@ -10,7 +10,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ymxb.config import Config, UsageError
+from ymxb.config import Config
 
 # A simulated host asks for almost no CPU, so any number of them fits on a 2-core machine;
 # a host left pending would make the others' jax.distributed.initialize time out and abort.
@@ -82,8 +82,5 @@ class CpuSim(Platform):
 def resolve(cfg: Config, resources: Dict[str, float]) -> Platform:
     """`cfg.platform` if given, else the first registered platform the cluster offers."""
     if cfg.platform is not None:
-        names = {cls.name: cls for cls in Platform.registry}
-        if cfg.platform not in names:
-            raise UsageError(f"--platform must be one of {', '.join(names)}; got {cfg.platform!r}")
-        return names[cfg.platform](cfg)
+        return next(cls for cls in Platform.registry if cls.name == cfg.platform)(cfg)
     return next(cls for cls in Platform.registry if cls.is_present(resources))(cfg)

@@ -8,6 +8,8 @@ from ymxb import data, verify
 from ymxb.config import Config
 from ymxb.models import to_mb
 
+MEMBER_ROWS = 16  # members listed in the table; --json has them all
+
 
 def build(cfg: Config, run: Dict, wall_s: float) -> Dict:
     """The report of one run: config, per-host and per-member results, checks, verdict."""
@@ -56,14 +58,22 @@ def summary(report: Dict) -> str:
              f"{cfg['model']} model, {cfg['parallel']}, {cfg['optimizer']} lr={cfg['lr']:g}, "
              f"{cfg['steps']} steps on {report['normal_equation']['points']} points"
              + (f", ensemble of {cfg['ensemble']}" if cfg["ensemble"] else ""), ""]
-    lines.append(f"{'host':>4}  {'node':<16} {'pid':>7}  {'devices':>7}  {'m':>12}  {'b':>12}")
+    lines.append(f"{'host':>4}  {'node':<16} {'pid':>7}  {'devices':>7}  "
+                 + ("members" if cfg["ensemble"] else f"{'m':>12}  {'b':>12}"))
     for h in report["hosts"]:
-        m, b = (h["params"]["m"], h["params"]["b"]) if "params" in h else (float("nan"),) * 2
+        held = (_ranges(h["members"]) if cfg["ensemble"]
+                else f"{h['params']['m']:>12.7g}  {h['params']['b']:>12.7g}")
         devices = f"{h['local_devices']}/{h['global_devices']}"
-        members = f"  members {h['members']}" if "members" in h else ""
-        lines.append(f"{h['process_index']:>4}  {h['node_ip']:<16} {h['pid']:>7}  {devices:>7}  "
-                     f"{m:>12.7g}  {b:>12.7g}{members}")
+        lines.append(f"{h['process_index']:>4}  {h['node_ip']:<16} {h['pid']:>7}  {devices:>7}  {held}")
     if "ensemble" in report:
+        members = report["members"]
+        lines += ["", f"{'member':>6}  {'host':>4}  {'init m':>10}  {'init b':>10}  {'m':>12}  {'b':>12}"]
+        shown = members if len(members) <= MEMBER_ROWS else members[:MEMBER_ROWS // 2] + members[-MEMBER_ROWS // 2:]
+        for i, r in enumerate(shown):
+            if len(shown) < len(members) and i == MEMBER_ROWS // 2:
+                lines.append(f"{'...':>6}  ({len(members) - len(shown)} more in --json)")
+            lines.append(f"{r['index']:>6}  {r['host']:>4}  {r['init_m']:>10.4g}  {r['init_b']:>10.4g}  "
+                         f"{r['m']:>12.7g}  {r['b']:>12.7g}")
         e = report["ensemble"]
         lines.append(f"ensemble: {e['members']} members, mean m={e['mean_m']:.7g} b={e['mean_b']:.7g}, "
                      f"spread (std) m={e['std_m']:.3g} b={e['std_b']:.3g}")
@@ -75,6 +85,17 @@ def summary(report: Dict) -> str:
     lines.append(f"{verdict} (max |error| {report['max_error']:.3g}, tol {report['tol']:g}) "
                  f"in {report['wall_s']:.1f} s")
     return "\n".join(lines)
+
+
+def _ranges(indices: List[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    spans = []
+    for i in sorted(indices):
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _piece_row(cfg: Config, host: Dict, piece: Dict) -> Dict:

@@ -20,6 +20,9 @@ def train_host(cfg: Config, on_progress: Optional[Callable[[int], None]] = None)
     is called before each compiled call (so a hung call shows where it stopped).
     """
     started = time.perf_counter()
+    if jax.local_device_count() != cfg.devices_per_host:
+        raise ValueError(f"host {jax.process_index()} has {jax.local_device_count()} local devices, "
+                         f"but --devices-per-host is {cfg.devices_per_host}")
     if on_progress:
         on_progress(0)
     x, y = data.host_shard(cfg, jax.process_index())
