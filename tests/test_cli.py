@@ -70,3 +70,30 @@ def test_ray_address_from_the_environment_is_used(tmp_path):
 def test_unwritable_dump_path_is_a_usage_error(tmp_path):
     result = launch("--dump-data", tmp_path / "no" / "such" / "dir" / "d.npz")
     assert result.returncode == 2 and "cannot write --dump-data" in result.stderr
+
+
+def test_inspect_pmap_shows_the_cross_device_mean():
+    result = launch("inspect", "--devices-per-host", 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "## jaxpr of one training step" in out and "scan[" in out
+    assert "psum over axes ('devices',)" in out  # pmean of (loss, grads)
+    assert "all-reduce replica_groups={{0,1}}" in out
+    assert "nothing vmapped" in out
+    flops = int(out.split("flops: ")[1].split()[0].replace(",", ""))
+    assert flops > 1000  # 512 points a device, several flops each
+
+
+def test_inspect_sharded_ensemble_shows_members_vmapped_and_no_collective():
+    result = launch("inspect", "--devices-per-host", 2, "--model", "haiku", "--ensemble", 8,
+                    "--parallel", "sharding")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "vmapped over the leading member axis" in out and "4 per device here (1 on the slice)" in out
+    assert "['linear']['w']: (8, 1, 1)" in out
+    assert "none: no data moves between devices in a step" in out
+
+
+def test_inspect_rejects_bad_input_like_a_run():
+    result = launch("inspect", "--ensemble", 3)
+    assert result.returncode == 2 and result.stderr.startswith("launch.py: error: --ensemble (3)")

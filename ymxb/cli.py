@@ -29,13 +29,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     p = _Parser(
-        prog="launch.py",
+        prog=prog,
         description="Fit y = m*x + b with JAX on every host of a slice, one Ray actor per host, "
                     "and verify the result against the normal equation. With no cluster it "
                     "simulates one: N local processes, each a host with K CPU devices.",
-        epilog="Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or failed launch.",
+        epilog="`launch.py inspect [flags]` prints, instead of training, the jaxpr, vmapped axes, "
+               "collectives and compiled cost of one step for those flags (one process, no cluster). "
+               "Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or failed launch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = DEFAULTS
     g = p.add_argument_group("slice")
@@ -81,16 +83,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: List[str]):
+def parse(argv: List[str], prog: str = "launch.py"):
     """Flags -> (Config, the other options). Raises UsageError on bad input."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     fields = {f: getattr(args, f) for f in Config.__dataclass_fields__}
     return Config(**fields), args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg, args = parse(sys.argv[1:] if argv is None else argv)
+        if argv[:1] == ["inspect"]:
+            from ymxb.introspect import inspect
+
+            cfg, _ = parse(argv[1:], prog="launch.py inspect")
+            print(inspect(cfg))
+            return 0
+        cfg, args = parse(argv)
         if args.dump_data:
             _dump(cfg, args.dump_data)
         return _run(cfg, args)

@@ -89,7 +89,12 @@ class Trainer:
 
     def put_data(self, x: np.ndarray, y: np.ndarray) -> Tuple: ...
 
-    def run(self, state: TrainState, data: Tuple, n_steps: int) -> Tuple[TrainState, Any]: ...
+    def compiled(self, n_steps: int) -> Callable:
+        """The wrapped (pmap or jit) function running `n_steps` fused steps; made once per n."""
+
+    def run(self, state: TrainState, data: Tuple, n_steps: int) -> Tuple[TrainState, Any]:
+        """`n_steps` steps in one call: (state, losses)."""
+        return self.compiled(n_steps)(state, *data)
 
     def local(self, tree) -> List[Tuple[int, Any]]:
         """(index, NumPy value) for each piece this host holds: one per local device (index =
@@ -133,11 +138,11 @@ class PmapTrainer(Trainer):
             put = jax.pmap(lambda a: a)  # one slice per local device, kept there for every call
         return tuple(put(split_over_devices(a, self.k)) for a in (x, y))
 
-    def run(self, state, data, n_steps):
+    def compiled(self, n_steps):
         if n_steps not in self._compiled:
             self._compiled[n_steps] = jax.pmap(
                 fuse(self.step, n_steps, bool(self.cfg.ensemble)), axis_name=AXIS)
-        return self._compiled[n_steps](state, *data)
+        return self._compiled[n_steps]
 
     def local(self, tree):
         tree = jax.device_get(tree)
@@ -181,14 +186,14 @@ class ShardingTrainer(Trainer):
             data = jax.jit(lambda *a: a, out_shardings=self.replicated)(*data)
         return data
 
-    def run(self, state, data, n_steps):
+    def compiled(self, n_steps):
         if n_steps not in self._compiled:
             data_sharding = self.replicated if self.cfg.ensemble else self.split
             self._compiled[n_steps] = jax.jit(
                 fuse(self.step, n_steps, bool(self.cfg.ensemble)),
                 in_shardings=(self.state_sharding, data_sharding, data_sharding),
                 out_shardings=(self.state_sharding, self.state_sharding))
-        return self._compiled[n_steps](state, *data)
+        return self._compiled[n_steps]
 
     def local(self, tree):
         devices = list(self.mesh.devices.flat)
