@@ -16,7 +16,8 @@ from typing import List, Optional
 import numpy as np
 
 from ymxb import config, data, report
-from ymxb.config import Config, UsageError
+from ymxb.config import Config
+from ymxb.errors import HostFailure, UsageError
 
 EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_FAILED = 0, 1, 2
 DEFAULTS = Config()
@@ -41,11 +42,19 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = DEFAULTS
     g = p.add_argument_group("slice")
-    g.add_argument("--hosts", type=int, default=d.hosts, help="hosts (JAX processes), one Ray actor each")
+    g.add_argument("--hosts", type=int, default=d.hosts,
+                   help="hosts (JAX processes), one Ray actor each; default: cpu-sim 4, tpu the "
+                        "slice's hosts, gpu every GPU node")
     g.add_argument("--devices-per-host", type=int, default=d.devices_per_host,
-                   help="local devices per host (simulated CPU devices in cpu-sim)")
+                   help="local devices per host; default: cpu-sim 2 (simulated CPU devices), tpu the "
+                        "host's chips, gpu the node's GPUs")
     g.add_argument("--platform", default=d.platform,
-                   help=f"one of {', '.join(config.PLATFORMS)}; default: detect from the Ray cluster")
+                   help=f"one of {', '.join(config.PLATFORMS)}; default: the first the Ray cluster "
+                        f"offers, in that order")
+    g.add_argument("--tpu-type", default=d.tpu_type,
+                   help="tpu: the slice to use, by pod type (v4-32) or generation (v4); default: "
+                        "the only kind of slice present")
+    g.add_argument("--tpu-topology", default=d.tpu_topology, help="tpu: the slice to use, by topology (2x2x4)")
     g = p.add_argument_group("data: y = m*x + b + noise, x ~ U(-1, 1)")
     g.add_argument("--true-m", type=float, default=d.true_m, help="slope of the generating line")
     g.add_argument("--true-b", type=float, default=d.true_b, help="intercept of the generating line")
@@ -71,7 +80,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         "(E must divide by hosts x devices); 0: one data-parallel model")
     g = p.add_argument_group("launch and output")
     g.add_argument("--address", default=None,
-                   help="Ray cluster to join (default: $RAY_ADDRESS, else start an embedded local one)")
+                   help="Ray cluster to join: host:port of its GCS, or auto for the one this "
+                        "machine belongs to (on a cluster's head node); default: $RAY_ADDRESS, else "
+                        "start an embedded local Ray for this run")
     g.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds each phase (placement, jax.distributed.initialize, training) may take "
                         "before the run fails, naming the hosts that died or hung")
@@ -93,28 +104,41 @@ def parse(argv: List[str], prog: str = "launch.py"):
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["inspect"]:
-            from ymxb.introspect import inspect
-
-            cfg, _ = parse(argv[1:], prog="launch.py inspect")
-            print(inspect(cfg))
-            return 0
-        cfg, args = parse(argv)
-        if args.dump_data:
-            _dump(cfg, args.dump_data)
-        return _run(cfg, args)
+        return _inspect(argv[1:]) if argv[:1] == ["inspect"] else _launch(argv)
     except UsageError as err:
         print(f"launch.py: error: {err}", file=sys.stderr)
         return EXIT_FAILED
 
 
-def _run(cfg: Config, args) -> int:
-    from ymxb.launcher import HostFailure, run_hosts
+def _inspect(argv: List[str]) -> int:
+    from ymxb.introspect import inspect
+    from ymxb.platforms import CpuSim
+
+    cfg, _ = parse(argv, prog="launch.py inspect")
+    print(inspect(CpuSim(cfg).shape()))
+    return 0
+
+
+def _launch(argv: List[str]) -> int:
+    cfg, args = parse(argv)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if not address and cfg.platform in (None, "cpu-sim"):
+        # An embedded cluster can only simulate: settle the shape now, before Ray starts.
+        from ymxb.platforms import CpuSim
+
+        cfg = CpuSim(cfg).shape()
+    if args.dump_data:
+        _check_writable(args.dump_data)
+    return _run(cfg, address, args)
+
+
+def _run(cfg: Config, address: Optional[str], args) -> int:
+    from ymxb.launcher import run_hosts
 
     log = lambda line: print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
-        with ray_cluster(args.address):
+        with ray_cluster(address):
             run = run_hosts(cfg, log)
     except HostFailure as err:
         log(f"launch.py: error: {err}")
@@ -122,6 +146,10 @@ def _run(cfg: Config, args) -> int:
     except KeyboardInterrupt:
         log("launch.py: interrupted; all hosts stopped")
         return 130
+    cfg = run["config"]  # with the platform's slice shape
+    if args.dump_data:
+        x, y = data.global_dataset(cfg)
+        np.savez(args.dump_data, x=x, y=y)
     result = report.build(cfg, run, time.perf_counter() - started)
     print(json.dumps(result, indent=1) if args.json else report.summary(result))
     return EXIT_VERIFIED if result["verified"] else EXIT_NOT_VERIFIED
@@ -129,26 +157,33 @@ def _run(cfg: Config, args) -> int:
 
 @contextlib.contextmanager
 def ray_cluster(address: Optional[str]):
-    """Connect to `address` (or $RAY_ADDRESS), else start an embedded Ray that ends with us.
+    """Connect to the cluster at `address`, else start an embedded Ray that ends with us.
 
     The embedded cluster keeps Ray's token authentication on (the default since 2.50); Ray
     reads the token from, or writes it to, ~/.ray/auth_token.
     """
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
     quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    if address:
-        _check_reachable(address)
-        ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
-    else:
-        # Ray warns on every start that token auth is on; we chose it (see above): no warning.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(**quiet)
+    try:
+        if address:
+            _check_reachable(address)
+            ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+        else:
+            # Ray warns on every start that token auth is on; we chose it (see above): no warning.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+            ray.init(address="local", **quiet)  # "local": never join some other running cluster
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
+        where = f"join the Ray cluster at {address}" if address else "start an embedded Ray"
+        raise HostFailure(f"could not {where}: {_first_line(err)}") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _check_reachable(address: str) -> None:
@@ -166,9 +201,8 @@ def _check_reachable(address: str) -> None:
             f"to run on an embedded local cluster") from None
 
 
-def _dump(cfg: Config, path: str) -> None:
-    x, y = data.global_dataset(cfg)
-    try:
-        np.savez(path, x=x, y=y)
-    except OSError as err:
-        raise UsageError(f"cannot write --dump-data {path!r}: {err.strerror}") from None
+def _check_writable(path: str) -> None:
+    """Fail before the run, not after it, when --dump-data cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write --dump-data {path!r}: {folder} is not a writable folder")

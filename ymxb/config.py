@@ -4,23 +4,22 @@ import dataclasses
 import math
 from typing import Optional
 
+from ymxb.errors import UsageError
+
 MODELS = ("pure", "haiku")
-PLATFORMS = ("cpu-sim",)  # the names of the classes in platforms.py
+PLATFORMS = ("tpu", "gpu", "cpu-sim")  # the names of the classes in platforms.py
 PARALLEL_MODES = ("pmap", "sharding")
 # optax optimisers offered by --optimizer, each built as optax.<name>(learning_rate=lr). No
 # weight decay (adamw) here: it moves the optimum away from the normal-equation solution.
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
 
 
-class UsageError(ValueError):
-    """Bad input: the message says what was wrong and how to fix it (exit code 2)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
-    # Slice shape: one Ray actor (one JAX process) per host.
-    hosts: int = 4
-    devices_per_host: int = 2
+    # Slice shape: one Ray actor (one JAX process) per host. None: the platform decides
+    # (cpu-sim: 4 x 2; tpu: the slice's hosts x chips; gpu: every GPU node x its GPUs).
+    hosts: Optional[int] = None
+    devices_per_host: Optional[int] = None
     # Data: y = true_m * x + true_b + noise * N(0, 1), x ~ U(-1, 1).
     true_m: float = 2.0
     true_b: float = -1.0
@@ -37,12 +36,17 @@ class Config:
     ensemble: int = 0  # 0: one model, data-parallel; E > 0: E members split over all devices
     # Launch and verification.
     platform: Optional[str] = None  # None: detect from the cluster (see platforms.py)
+    tpu_type: Optional[str] = None  # which slice: pod type ("v4-32") or generation ("v4")
+    tpu_topology: Optional[str] = None  # which slice: chip topology ("2x2x4")
     timeout: float = 120.0  # seconds any one phase (start, initialize, train) may take
     tol: float = 1e-4  # max |param - normal-equation solution| to pass
 
     def __post_init__(self):
-        for name in ("hosts", "devices_per_host", "samples_per_host", "steps", "steps_per_call"):
+        for name in ("samples_per_host", "steps", "steps_per_call"):
             _check_positive_int(name, getattr(self, name))
+        for name in ("hosts", "devices_per_host"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
         for name in ("lr", "timeout", "tol"):
             _check_positive_float(name, getattr(self, name))
         for name in ("true_m", "true_b", "noise"):
@@ -57,17 +61,22 @@ class Config:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.platform is not None:
             _check_choice("platform", self.platform, PLATFORMS)
-        if self.samples_per_host % self.devices_per_host:
+        if self.devices_per_host and self.samples_per_host % self.devices_per_host:
             raise UsageError(
                 f"--samples-per-host ({self.samples_per_host}) must be divisible by "
                 f"--devices-per-host ({self.devices_per_host})"
             )
-        if self.ensemble and self.ensemble % self.global_devices:
+        if self.ensemble and self.shaped and self.ensemble % self.global_devices:
             raise UsageError(
                 f"--ensemble ({self.ensemble}) must be divisible by the global device count "
                 f"({self.global_devices} = {self.hosts} hosts x {self.devices_per_host} devices): "
                 f"try --ensemble {self.global_devices * max(1, self.ensemble // self.global_devices)}"
             )
+
+    @property
+    def shaped(self) -> bool:
+        """Whether the slice shape is known (the platform fills it in otherwise)."""
+        return self.hosts is not None and self.devices_per_host is not None
 
     @property
     def global_devices(self) -> int:

@@ -5,16 +5,24 @@ shutdown. JAX is imported only here, inside the actor, after Ray has set its env
 (the XLA device-count flag must be in place before JAX starts).
 """
 
+import contextlib
+import glob
 import os
 import socket
 import threading
 import time
+from typing import Dict, Iterable, List
 
 from ymxb.config import Config
 
 # Test-only fault injection, "<die|hang>:<host index>:<phase>", forwarded to the actors by the
 # launcher: lets the tests make a real host really die or hang. Unset in normal runs.
 FAULT_ENV = "YMXB_TEST_FAULT"
+# The platform's name (platforms.py), set by the launcher in each actor's environment.
+PLATFORM_ENV = "YMXB_PLATFORM"
+# libtpu's lock: left behind by a process that died holding the chips, it blocks the next run.
+TPU_LOCKFILE = "/tmp/libtpu_lockfile"
+TPU_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*")
 
 
 class Host:
@@ -45,6 +53,8 @@ class Host:
     def initialize(self, coordinator: str, num_processes: int, timeout_s: float) -> dict:
         """Join the distributed runtime; return what JAX now sees from this process."""
         self._maybe_fault("initialize")
+        if os.environ.get(PLATFORM_ENV) == "tpu" and os.environ.get("JAX_PLATFORMS") != "cpu":
+            free_tpu()
         import jax
 
         # All four arguments explicit, so JAX's cluster auto-detection never guesses.
@@ -92,3 +102,47 @@ class Host:
             os._exit(17)
         if kind == "hang":
             time.sleep(3600)
+
+
+def free_tpu(lockfile: str = TPU_LOCKFILE, devices: Iterable[str] = None) -> None:
+    """Before JAX opens the TPU: fail, naming it, if another process holds a chip; else remove
+    a stale libtpu lockfile (one left by a process that died holding the chips)."""
+    if devices is None:
+        devices = [path for pattern in TPU_DEVICES for path in glob.glob(pattern)]
+    holders = _holders({os.path.realpath(d) for d in devices})
+    if holders:
+        pid, (cmd, device) = next(iter(holders.items()))
+        raise RuntimeError(f"the TPU is busy: pid {pid} ({cmd}) holds {device}"
+                           f"{f' and {len(holders) - 1} more processes hold chips' if len(holders) > 1 else ''}; "
+                           f"stop it (sudo kill {pid}) and run again")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(lockfile)
+
+
+def _holders(devices: set) -> Dict[int, tuple]:
+    """{pid: (command, device)} for other processes with one of `devices` open."""
+    found = {}
+    for proc in glob.glob("/proc/[0-9]*"):
+        pid = int(proc.rsplit("/", 1)[1])
+        if pid == os.getpid():
+            continue
+        for fd in _fds(proc):
+            if fd in devices:
+                found[pid] = (_cmdline(proc), fd)
+                break
+    return found
+
+
+def _fds(proc: str) -> List[str]:
+    try:
+        return [os.readlink(fd) for fd in glob.glob(f"{proc}/fd/*")]
+    except OSError:  # gone, or not ours to read
+        return []
+
+
+def _cmdline(proc: str) -> str:
+    try:
+        with open(f"{proc}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+    except OSError:
+        return "?"

@@ -16,7 +16,8 @@ import ray
 
 from ymxb import platforms
 from ymxb.config import Config
-from ymxb.host import FAULT_ENV, Host
+from ymxb.errors import HostFailure
+from ymxb.host import FAULT_ENV, PLATFORM_ENV, Host
 
 # After the first host fails, how long to wait for the others to report before naming names.
 SETTLE_S = 3.0
@@ -24,21 +25,18 @@ SETTLE_S = 3.0
 KILL_WAIT_S = 15.0
 
 
-class HostFailure(RuntimeError):
-    """A host died, hung, or could not be placed; the message names it."""
-
-
 def run_hosts(cfg: Config, log=lambda line: None) -> Dict:
     """Run the whole slice on the connected Ray cluster; return per-host results.
 
-    Returns {"platform", "hosts": [identity + initialize info + train result, by process
-    index], "phases": {name: seconds}}.
+    Returns {"config": cfg with the platform's slice shape, "platform", "coordinator", "hosts":
+    [identity + initialize info + train result, by process index], "phases": {name: seconds}}.
     """
     platform = platforms.resolve(cfg, ray.cluster_resources())
+    cfg = platform.shape()
     hosts, identities, phases = [], [], {}
     try:
         start = time.perf_counter()
-        _reserve(platform, cfg)
+        platform.reserve(cfg.timeout)
         hosts = _start_hosts(platform, cfg)
         identities = _gather(hosts, [h.identity.remote() for h in hosts], "start", cfg.timeout)
         phases["start"] = time.perf_counter() - start
@@ -67,24 +65,15 @@ def run_hosts(cfg: Config, log=lambda line: None) -> Dict:
     finally:
         _stop(hosts, platform, identities)
     hosts_out = [{**ident, **result} for ident, result in zip(identities, results)]
-    return {"platform": platform.name, "coordinator": coordinator, "hosts": hosts_out,
-            "phases": phases}
-
-
-def _reserve(platform: platforms.Platform, cfg: Config) -> None:
-    pg = platform.reserve()
-    try:
-        ray.get(pg.ready(), timeout=cfg.timeout)
-    except ray.exceptions.GetTimeoutError:
-        raise HostFailure(
-            f"could not reserve {platform.describe_request()} within {cfg.timeout:g} s; "
-            f"the cluster has {_resources_summary(ray.available_resources())} free") from None
+    return {"config": cfg, "platform": platform.name, "coordinator": coordinator,
+            "hosts": hosts_out, "phases": phases}
 
 
 def _start_hosts(platform: platforms.Platform, cfg: Config) -> List:
     env = platform.host_env()
     if os.environ.get(FAULT_ENV):
         env[FAULT_ENV] = os.environ[FAULT_ENV]
+    env[PLATFORM_ENV] = platform.name
     # Two threads per actor: `progress` must answer while `train` runs.
     actor = ray.remote(max_concurrency=2, max_restarts=0)(Host)
     return [actor.options(runtime_env={"env_vars": env}, **platform.host_options(i)).remote(i)
@@ -156,8 +145,7 @@ def _stop(hosts: List, platform: platforms.Platform, identities: List[dict]) -> 
     """Hard-kill every host actor, free the reservation, and see the local processes gone."""
     for h in hosts:
         ray.kill(h, no_restart=True)
-    if platform.pg is not None:
-        ray.util.remove_placement_group(platform.pg)
+    platform.release()
     here = socket.gethostname()
     pids = [i["pid"] for i in identities if i.get("hostname") == here]
     deadline = time.monotonic() + KILL_WAIT_S
@@ -203,9 +191,3 @@ def _reason(err: Exception) -> str:
     if isinstance(err, ray.exceptions.ActorDiedError):
         return "its process exited unexpectedly (crashed, killed, or aborted by JAX)"
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:400]
-
-
-def _resources_summary(resources: Dict[str, float]) -> str:
-    shown = {k: v for k, v in sorted(resources.items())
-             if not k.startswith(("node:", "memory", "object_store_memory"))}
-    return ", ".join(f"{k}={v:g}" for k, v in shown.items()) or "nothing"

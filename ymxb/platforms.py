@@ -1,20 +1,42 @@
-"""Where the hosts run. Each platform is a small class: how to detect it on a Ray cluster,
-how to reserve its hosts (one placement-group bundle per host), and each host actor's options.
+"""Where the hosts run. Each platform is a small class: how to detect it on a Ray cluster, the
+slice shape it gives, how to reserve its hosts (a placement group, one bundle per host) and
+each host actor's options.
 
-Subclasses register themselves; the order of registration is the order of detection.
+Subclasses register themselves; the order of registration is the order of detection
+(TPU, then GPU, then the CPU simulation, which any cluster can run).
 """
 
-from typing import Dict, List, Optional
+import os
+from collections import Counter
+from typing import Dict, List, NamedTuple, Optional
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ymxb.config import Config
+from ymxb.errors import HostFailure, UsageError
 
 # A simulated host asks for almost no CPU, so any number of them fits on a 2-core machine;
 # a host left pending would make the others' jax.distributed.initialize time out and abort.
 SIM_HOST_CPUS = 0.01
+SIM_HOSTS, SIM_DEVICES = 4, 2  # the default simulated slice
+
+# Test-only: "K" makes the hosts of any platform use K CPU devices instead of their chips, so
+# placement on a pretend TPU/GPU cluster can be tested end to end on a machine without them.
+TEST_CPU_DEVICES_ENV = "YMXB_TEST_CPU_DEVICES"
+
+# Node labels a TPU VM registers (Ray's ray._raylet.RAY_NODE_TPU_*_KEY; a test checks them).
+TPU_SLICE_LABEL = "ray.io/tpu-slice-name"
+TPU_WORKER_LABEL = "ray.io/tpu-worker-id"
+TPU_POD_TYPE_LABEL = "ray.io/tpu-pod-type"
+TPU_TOPOLOGY_LABEL = "ray.io/tpu-topology"
+ACCELERATOR_LABEL = "ray.io/accelerator-type"
+
+
+def cpu_device_env(devices: int) -> Dict[str, str]:
+    """Environment giving a host's JAX `devices` CPU devices (must be set before JAX starts)."""
+    return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
 class Platform:
@@ -30,28 +52,185 @@ class Platform:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.pg: Optional[PlacementGroup] = None
+        self.bundle_of_host: List[int] = []
+        self.test_cpu_devices = int(os.environ.get(TEST_CPU_DEVICES_ENV, 0)) or None
 
     @classmethod
     def is_present(cls, resources: Dict[str, float]) -> bool:
         """Whether a cluster with these total resources offers this platform."""
         raise NotImplementedError
 
-    def reserve(self) -> PlacementGroup:
-        """Ask Ray for the hosts: one bundle per host, bundle i for host (JAX process) i."""
+    def shape(self) -> Config:
+        """The config with the slice shape (hosts, devices per host) filled in and checked;
+        kept as self.cfg for the steps that follow."""
         raise NotImplementedError
 
-    def describe_request(self) -> str:
-        """What was asked for, in words, for errors."""
+    def reserve(self, timeout: float) -> None:
+        """Reserve every host (one bundle each) and wait for it; HostFailure if it can't."""
         raise NotImplementedError
 
     def host_env(self) -> Dict[str, str]:
         """Environment each host's process needs before JAX is imported."""
-        return {}
+        return cpu_device_env(self.test_cpu_devices) if self.test_cpu_devices else {}
 
     def host_options(self, host_index: int) -> dict:
-        """Ray actor options placing host `host_index` on its own bundle."""
+        """Ray actor options placing host `host_index` (JAX process index) on its bundle."""
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-            self.pg, placement_group_bundle_index=host_index)}
+            self.pg, placement_group_bundle_index=self.bundle_of_host[host_index])}
+
+    def release(self) -> None:
+        if self.pg is not None:
+            ray.util.remove_placement_group(self.pg)
+
+    def _wait_ready(self, timeout: float, asked: str) -> None:
+        try:
+            ray.get(self.pg.ready(), timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise HostFailure(f"could not reserve {asked} within {timeout:g} s; the cluster has "
+                              f"{_resources_summary(ray.available_resources())} free") from None
+
+    def _check_explicit(self, flag: str, given: Optional[int], actual: int, why: str) -> None:
+        if given is not None and given != actual:
+            raise UsageError(f"{flag} is {given}, but {why} {actual}: omit {flag} to use that")
+
+
+class TpuSlice(NamedTuple):
+    name: str
+    pod_type: str  # "v4-32"
+    topology: str  # "2x2x4"
+    version: str  # "v4"
+    chips_per_host: int
+    workers: Dict[int, str]  # tpu-worker-id -> node id
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.pod_type}, {self.topology}, {len(self.workers)} hosts)"
+
+
+def tpu_slices(nodes: List[dict]) -> List[TpuSlice]:
+    """The TPU slices among Ray's nodes, from the labels each TPU VM registers."""
+    from ray.util.tpu import get_tpu_version_from_type
+
+    by_name: Dict[str, List[dict]] = {}
+    for node in nodes:
+        if node["Alive"] and TPU_SLICE_LABEL in node.get("Labels", {}):
+            by_name.setdefault(node["Labels"][TPU_SLICE_LABEL], []).append(node)
+    slices = []
+    for name, members in sorted(by_name.items()):
+        labels = members[0]["Labels"]
+        slices.append(TpuSlice(
+            name, labels[TPU_POD_TYPE_LABEL], labels[TPU_TOPOLOGY_LABEL],
+            get_tpu_version_from_type(labels[ACCELERATOR_LABEL]),
+            int(members[0]["Resources"].get("TPU", 0)),
+            {int(n["Labels"][TPU_WORKER_LABEL]): n["NodeID"] for n in members}))
+    return slices
+
+
+class Tpu(Platform):
+    """One whole TPU pod slice: one host per TPU VM, process i on tpu-worker-id i."""
+
+    name = "tpu"
+
+    @classmethod
+    def is_present(cls, resources):
+        return resources.get("TPU", 0) > 0
+
+    def shape(self):
+        cfg, slices = self.cfg, tpu_slices(ray.nodes())
+        wanted = [s for s in slices
+                  if cfg.tpu_type in (None, s.pod_type, s.version)
+                  and cfg.tpu_topology in (None, s.topology)]
+        asked = " ".join(f"--{k} {v}" for k, v in (("tpu-type", cfg.tpu_type),
+                                                    ("tpu-topology", cfg.tpu_topology)) if v)
+        exists = "; ".join(s.describe() for s in slices) or "no TPU slices"
+        if not wanted:
+            raise HostFailure(f"no TPU slice matches {asked or '--platform tpu'}; the cluster has: {exists}")
+        kinds = Counter((s.pod_type, s.topology) for s in wanted)
+        if len(kinds) > 1:
+            raise UsageError(f"several kinds of TPU slice match ({exists}): choose one with "
+                             f"--tpu-type or --tpu-topology")
+        self.slice = wanted[0]
+        hosts = len(self.slice.workers)
+        self._check_explicit("--hosts", cfg.hosts, hosts, f"a {self.slice.pod_type} slice has hosts:")
+        devices = self.test_cpu_devices or self.slice.chips_per_host
+        self._check_explicit("--devices-per-host", cfg.devices_per_host, devices,
+                             f"each {self.slice.pod_type} host has chips:")
+        self.cfg = cfg.replace(hosts=hosts, devices_per_host=devices)
+        return self.cfg
+
+    def reserve(self, timeout):
+        from ray.util.tpu import slice_placement_group
+
+        s = self.slice
+        try:
+            # Ray's slice reservation: it takes the TPU-<pod type>-head resource of a free
+            # slice of this kind, then one bundle on each of that slice's hosts. Each bundle
+            # asks for every chip of its host: a partial request makes Ray narrow the chips
+            # the process may see, and multi-host JAX then fails.
+            self.tpu_pg = slice_placement_group(
+                topology=s.topology, accelerator_version=s.version,
+                resources_per_bundle={"CPU": 0, "TPU": s.chips_per_host},
+                strategy="STRICT_SPREAD", name="ymxb-tpu", head_reservation_timeout_s=timeout)
+        except TimeoutError:
+            raise HostFailure(f"could not reserve a {s.pod_type} slice ({s.topology}) within "
+                              f"{timeout:g} s: every matching slice is busy") from None
+        self.pg = self.tpu_pg.placement_group
+        self._wait_ready(timeout, f"the {len(s.workers)} hosts of a {s.pod_type} slice")
+        # Bundle order is Ray's; process order must be tpu-worker-id order.
+        labels = {n["NodeID"]: n["Labels"] for n in ray.nodes()}
+        nodes = ray.util.placement_group_table(self.pg)["bundles_to_node_id"]
+        worker = {b: int(labels[node][TPU_WORKER_LABEL]) for b, node in nodes.items()}
+        slices = {labels[node][TPU_SLICE_LABEL] for node in nodes.values()}
+        if sorted(worker.values()) != list(range(len(s.workers))) or len(slices) != 1:
+            raise HostFailure(f"the reserved bundles are not one whole slice: slices {sorted(slices)}, "
+                              f"worker ids {sorted(worker.values())}")
+        self.bundle_of_host = sorted(worker, key=worker.get)
+
+    def host_options(self, host_index):
+        return {**super().host_options(host_index), "num_cpus": 0,
+                "resources": {"TPU": self.slice.chips_per_host}}
+
+    def release(self):
+        if getattr(self, "tpu_pg", None) is not None:
+            self.tpu_pg.shutdown()  # the slice's head reservation too
+
+
+class Gpu(Platform):
+    """GPU nodes: one host per node, with all of that node's GPUs."""
+
+    name = "gpu"
+
+    @classmethod
+    def is_present(cls, resources):
+        return resources.get("GPU", 0) > 0
+
+    def shape(self):
+        cfg = self.cfg
+        sizes = Counter(int(n["Resources"]["GPU"]) for n in ray.nodes()
+                        if n["Alive"] and n["Resources"].get("GPU", 0) > 0)
+        exists = ", ".join(f"{n} node(s) with {g} GPUs" for g, n in sorted(sizes.items())) or "no GPU nodes"
+        if cfg.devices_per_host is None or self.test_cpu_devices:
+            if len(sizes) > 1:
+                raise UsageError(f"GPU nodes differ ({exists}): choose a size with --devices-per-host")
+            self.gpus = next(iter(sizes), 0)
+        else:
+            self.gpus = cfg.devices_per_host
+        count = sizes.get(self.gpus, 0)
+        hosts = cfg.hosts or count
+        if not count or hosts > count:
+            raise HostFailure(f"asked for {hosts or 'some'} GPU node(s) with {self.gpus or 'any number of'} "
+                              f"GPUs each, but the cluster has {exists}")
+        self.cfg = cfg.replace(hosts=hosts, devices_per_host=self.test_cpu_devices or self.gpus)
+        return self.cfg
+
+    def reserve(self, timeout):
+        # STRICT_SPREAD: every bundle on a different node, so one host per node.
+        self.pg = placement_group([{"GPU": self.gpus}] * self.cfg.hosts, strategy="STRICT_SPREAD",
+                                  name="ymxb-gpu")
+        self._wait_ready(timeout, f"{self.cfg.hosts} GPU nodes with {self.gpus} GPUs each")
+        self.bundle_of_host = list(range(self.cfg.hosts))
+
+    def host_options(self, host_index):
+        return {**super().host_options(host_index), "num_cpus": 0, "num_gpus": self.gpus}
 
 
 class CpuSim(Platform):
@@ -63,17 +242,19 @@ class CpuSim(Platform):
     def is_present(cls, resources):
         return True  # any cluster can simulate
 
-    def reserve(self):
+    def shape(self):
+        self.cfg = self.cfg.replace(hosts=self.cfg.hosts or SIM_HOSTS,
+                                    devices_per_host=self.cfg.devices_per_host or SIM_DEVICES)
+        return self.cfg
+
+    def reserve(self, timeout):
         self.pg = placement_group([{"CPU": SIM_HOST_CPUS}] * self.cfg.hosts, strategy="PACK",
                                   name="ymxb-cpu-sim")
-        return self.pg
-
-    def describe_request(self):
-        return f"{self.cfg.hosts} simulated hosts ({SIM_HOST_CPUS} CPU each)"
+        self._wait_ready(timeout, f"{self.cfg.hosts} simulated hosts ({SIM_HOST_CPUS} CPU each)")
+        self.bundle_of_host = list(range(self.cfg.hosts))
 
     def host_env(self):
-        return {"JAX_PLATFORMS": "cpu",
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count={self.cfg.devices_per_host}"}
+        return cpu_device_env(self.cfg.devices_per_host)
 
     def host_options(self, host_index):
         return {**super().host_options(host_index), "num_cpus": SIM_HOST_CPUS}
@@ -84,3 +265,9 @@ def resolve(cfg: Config, resources: Dict[str, float]) -> Platform:
     if cfg.platform is not None:
         return next(cls for cls in Platform.registry if cls.name == cfg.platform)(cfg)
     return next(cls for cls in Platform.registry if cls.is_present(resources))(cfg)
+
+
+def _resources_summary(resources: Dict[str, float]) -> str:
+    shown = {k: v for k, v in sorted(resources.items())
+             if not k.startswith(("node:", "memory", "object_store_memory"))}
+    return ", ".join(f"{k}={v:g}" for k, v in shown.items()) or "nothing"
