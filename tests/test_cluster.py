@@ -1,0 +1,111 @@
+"""Placement on pretend clusters built with ray.cluster_utils.Cluster: real Ray scheduler,
+nodes with the resources, labels and environment real TPU VMs and GPU nodes register.
+
+Layout: a CPU-only head; TPU slice "slice-a" (v4-32, 4 hosts); TPU slice "slice-b" (v4-16,
+2 hosts); two GPU nodes with 2 GPUs each. Hosts train on CPU devices (test-only override).
+"""
+
+import time
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from ymxb import platforms, report
+from ymxb.config import Config
+from ymxb.errors import HostFailure, UsageError
+from ymxb.launcher import run_hosts
+
+SLICES = {"slice-a": ("v4-32", "2x2x4", 4), "slice-b": ("v4-16", "2x2x2", 2)}
+SMALL = dict(samples_per_host=256, steps=200, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes = {}
+    for name, (pod_type, topology, hosts) in SLICES.items():
+        for worker in range(hosts):
+            resources = {"TPU": 4, "accelerator_type:TPU-V4": 1, name: 1}
+            if worker == 0:
+                resources[f"TPU-{pod_type}-head"] = 1
+            node = c.add_node(num_cpus=1, resources=resources, labels={
+                platforms.TPU_SLICE_LABEL: name, platforms.TPU_WORKER_LABEL: str(worker),
+                platforms.TPU_POD_TYPE_LABEL: pod_type, platforms.TPU_TOPOLOGY_LABEL: topology,
+                platforms.ACCELERATOR_LABEL: "TPU-V4"},
+                # What a TPU VM's environment says; Ray's slice reservation reads the name.
+                env_vars={"TPU_NAME": name, "TPU_WORKER_ID": str(worker)})
+            nodes[(name, worker)] = node.node_id
+    for i in range(2):
+        nodes[("gpu", i)] = c.add_node(num_cpus=1, num_gpus=2).node_id
+    ray.init(address=c.address, log_to_driver=False)
+    yield nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture
+def cpu_devices(monkeypatch):
+    monkeypatch.setenv(platforms.TEST_CPU_DEVICES_ENV, "2")
+
+
+@pytest.mark.parametrize("tpu_type,slice_name", [("v4-32", "slice-a"), ("v4-16", "slice-b")])
+def test_tpu_run_places_one_host_per_tpu_vm_of_one_slice_in_worker_order(cluster, cpu_devices, tpu_type, slice_name):
+    cfg = Config(platform="tpu", tpu_type=tpu_type, **SMALL)
+    run = run_hosts(cfg)
+    hosts = SLICES[slice_name][2]
+    assert run["platform"] == "tpu" and run["config"].hosts == hosts
+    # Process i runs on tpu-worker-id i of the chosen slice; nothing on the head or elsewhere.
+    assert [h["node_id"] for h in run["hosts"]] == [cluster[(slice_name, w)] for w in range(hosts)]
+    rep = report.build(run["config"], run, wall_s=0)
+    assert rep["verified"], rep["checks"]
+
+
+def test_tpu_slice_by_topology(cluster, cpu_devices):
+    run = run_hosts(Config(platform="tpu", tpu_topology="2x2x2", **SMALL))
+    assert [h["node_id"] for h in run["hosts"]] == [cluster[("slice-b", w)] for w in range(2)]
+
+
+def test_tpu_with_two_kinds_of_slice_must_be_told_which(cluster):
+    with pytest.raises(UsageError, match=r"several kinds of TPU slice match \(slice-a \(v4-32, 2x2x4, 4 hosts\); "
+                                         r"slice-b \(v4-16, 2x2x2, 2 hosts\)\): choose one with --tpu-type"):
+        run_hosts(Config(platform="tpu", **SMALL))
+
+
+def test_tpu_slice_that_is_not_there_names_what_exists(cluster):
+    started = time.monotonic()
+    with pytest.raises(HostFailure, match=r"no TPU slice matches --tpu-type v5p; the cluster has: slice-a \(v4-32"):
+        run_hosts(Config(platform="tpu", tpu_type="v5p", **SMALL))
+    assert time.monotonic() - started < 10
+
+
+def test_tpu_host_count_must_match_the_slice(cluster):
+    with pytest.raises(UsageError, match="--hosts is 3, but a v4-32 slice has hosts: 4"):
+        run_hosts(Config(platform="tpu", tpu_type="v4-32", hosts=3, **SMALL))
+
+
+def test_busy_slice_fails_within_the_timeout(cluster, cpu_devices):
+    from ray.util.tpu import slice_placement_group
+
+    holder = slice_placement_group(topology="2x2x2", accelerator_version="v4",
+                                   resources_per_bundle={"CPU": 0, "TPU": 4})
+    ray.get(holder.placement_group.ready(), timeout=30)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HostFailure, match=r"could not reserve a v4-16 slice \(2x2x2\) within 3 s"):
+            run_hosts(Config(platform="tpu", tpu_type="v4-16", **{**SMALL, "timeout": 3}))
+        assert time.monotonic() - started < 20
+    finally:
+        holder.shutdown()
+
+
+def test_gpu_run_spreads_one_host_per_gpu_node(cluster, cpu_devices):
+    run = run_hosts(Config(platform="gpu", **SMALL))
+    assert run["platform"] == "gpu" and run["config"].hosts == 2
+    assert sorted(h["node_id"] for h in run["hosts"]) == sorted([cluster[("gpu", 0)], cluster[("gpu", 1)]])
+    assert report.build(run["config"], run, wall_s=0)["verified"]
+
+
+def test_more_gpu_hosts_than_nodes_fails_naming_what_exists(cluster):
+    with pytest.raises(HostFailure, match=r"asked for 3 GPU node\(s\) with 2 GPUs each, but the cluster has 2 node\(s\) with 2 GPUs"):
+        run_hosts(Config(platform="gpu", hosts=3, **SMALL))
