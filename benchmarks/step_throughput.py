@@ -3,6 +3,7 @@
 
     python benchmarks/step_throughput.py                     # 1 CPU device, E = 0, 1, 8, 64, 512
     python benchmarks/step_throughput.py --devices 2 --rounds 7
+    python benchmarks/step_throughput.py --ensembles 0,1,8,64,512,4096   # on a GPU
 
 For every (parallel mode, model, ensemble size E) it times ymxb's compiled call of
 --steps-per-call fused steps (ymxb.steps, as the hosts run it) and a hand-written `lax.scan`
@@ -25,7 +26,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--ensembles", default="0,1,8,64,512")
     args = p.parse_args()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # Simulated CPU devices; on a GPU/TPU machine JAX uses the accelerator (use --devices 1).
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     import jax
 

@@ -5,12 +5,14 @@ Layout: a CPU-only head; TPU slice "slice-a" (v4-32, 4 hosts); TPU slice "slice-
 2 hosts); two GPU nodes with 2 GPUs each. Hosts train on CPU devices (test-only override).
 """
 
+import json
 import time
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from conftest import launch
 from ymxb import platforms, report
 from ymxb.config import Config
 from ymxb.errors import HostFailure, UsageError
@@ -18,6 +20,11 @@ from ymxb.launcher import run_hosts
 
 SLICES = {"slice-a": ("v4-32", "2x2x4", 4), "slice-b": ("v4-16", "2x2x2", 2)}
 SMALL = dict(samples_per_host=256, steps=200, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cluster_address(cluster):
+    return ray.get_runtime_context().gcs_address
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +116,19 @@ def test_gpu_run_spreads_one_host_per_gpu_node(cluster, cpu_devices):
 def test_more_gpu_hosts_than_nodes_fails_naming_what_exists(cluster):
     with pytest.raises(HostFailure, match=r"asked for 3 GPU node\(s\) with 2 GPUs each, but the cluster has 2 node\(s\) with 2 GPUs"):
         run_hosts(Config(platform="gpu", hosts=3, **SMALL))
+
+
+def test_launch_py_on_the_two_slice_cluster(cluster, cluster_address):
+    result = launch("--address", cluster_address, "--platform", "tpu", "--tpu-type", "v4-16", "--json",
+                    "--steps", 200, env={platforms.TEST_CPU_DEVICES_ENV: "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rep = json.loads(result.stdout)
+    assert rep["verified"] and [h["node_id"] for h in rep["hosts"]] == [cluster[("slice-b", w)] for w in range(2)]
+
+    started = time.monotonic()
+    result = launch("--address", cluster_address, "--platform", "tpu", "--tpu-type", "v5litepod-16", "--timeout", 10)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("launch.py: error: no TPU slice matches --tpu-type v5litepod-16; the cluster has: "
+                                "slice-a (v4-32, 2x2x4, 4 hosts); slice-b (v4-16, 2x2x2, 2 hosts)")

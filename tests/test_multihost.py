@@ -10,7 +10,8 @@ from conftest import gone
 from ymxb import data, report, verify
 from ymxb.config import Config
 from ymxb.host import FAULT_ENV
-from ymxb.launcher import HostFailure, run_hosts
+from ymxb.errors import HostFailure
+from ymxb.launcher import run_hosts
 
 SMALL = dict(samples_per_host=256, steps=300)
 
@@ -112,3 +113,14 @@ def test_ensemble_members_are_split_over_hosts_and_reassembled(local_ray):
         assert len({(m["init_m"], m["init_b"]) for m in rep["members"]}) == 8
         members[parallel] = np.array([(m["m"], m["b"]) for m in rep["members"]])
     np.testing.assert_allclose(members["pmap"], members["sharding"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("platform,message", [
+    ("tpu", "--platform tpu, but the cluster has no TPU slices"),
+    ("gpu", "--platform gpu, but the cluster has no GPU nodes"),
+])
+def test_asking_for_hardware_the_cluster_lacks_fails_at_once(local_ray, platform, message):
+    started = time.monotonic()
+    with pytest.raises(HostFailure, match=re.escape(message)):
+        run_hosts(Config(platform=platform))
+    assert time.monotonic() - started < 5

@@ -141,7 +141,10 @@ class Tpu(Platform):
                   and cfg.tpu_topology in (None, s.topology)]
         asked = " ".join(f"--{k} {v}" for k, v in (("tpu-type", cfg.tpu_type),
                                                     ("tpu-topology", cfg.tpu_topology)) if v)
-        exists = "; ".join(s.describe() for s in slices) or "no TPU slices"
+        exists = "; ".join(s.describe() for s in slices)
+        if not slices:
+            raise HostFailure("--platform tpu, but the cluster has no TPU slices (no node has "
+                              f"the {TPU_SLICE_LABEL} label)")
         if not wanted:
             raise HostFailure(f"no TPU slice matches {asked or '--platform tpu'}; the cluster has: {exists}")
         kinds = Counter((s.pod_type, s.topology) for s in wanted)
@@ -207,18 +210,20 @@ class Gpu(Platform):
         cfg = self.cfg
         sizes = Counter(int(n["Resources"]["GPU"]) for n in ray.nodes()
                         if n["Alive"] and n["Resources"].get("GPU", 0) > 0)
-        exists = ", ".join(f"{n} node(s) with {g} GPUs" for g, n in sorted(sizes.items())) or "no GPU nodes"
+        exists = ", ".join(f"{n} node(s) with {g} GPUs" for g, n in sorted(sizes.items()))
+        if not sizes:
+            raise HostFailure("--platform gpu, but the cluster has no GPU nodes")
         if cfg.devices_per_host is None or self.test_cpu_devices:
             if len(sizes) > 1:
                 raise UsageError(f"GPU nodes differ ({exists}): choose a size with --devices-per-host")
-            self.gpus = next(iter(sizes), 0)
+            self.gpus = next(iter(sizes))
         else:
             self.gpus = cfg.devices_per_host
         count = sizes.get(self.gpus, 0)
         hosts = cfg.hosts or count
         if not count or hosts > count:
-            raise HostFailure(f"asked for {hosts or 'some'} GPU node(s) with {self.gpus or 'any number of'} "
-                              f"GPUs each, but the cluster has {exists}")
+            raise HostFailure(f"asked for {hosts or 'some'} GPU node(s) with {self.gpus} GPUs each, "
+                              f"but the cluster has {exists}")
         self.cfg = cfg.replace(hosts=hosts, devices_per_host=self.test_cpu_devices or self.gpus)
         return self.cfg
 
