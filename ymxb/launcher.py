@@ -5,6 +5,7 @@ Every wait is bounded by `cfg.timeout`; a host that dies or hangs ends the run w
 `jax.distributed.initialize` a host ignores SIGTERM).
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -101,9 +102,8 @@ def _gather(hosts: List, refs: List, phase: str, timeout: float,
             results[index[ready[0]]] = ray.get(ready[0])
         except ray.exceptions.RayError as err:
             if not failures:  # the others' fate follows within moments: let them report
-                deadline = min(deadline, time.monotonic() + SETTLE_S)
-            if not failures:
                 first_failure_s = time.monotonic() - started
+                deadline = min(deadline, time.monotonic() + SETTLE_S)
             failures.append((index[ready[0]], _reason(err)))
     if failures or pending:
         stuck = sorted(index[r] for r in pending)
@@ -153,7 +153,8 @@ def _stop(hosts: List, platform: platforms.Platform, identities: List[dict]) -> 
         pids = [p for p in pids if _alive(p)]
         time.sleep(0.1)
     for pid in pids:  # ours, and still there: make sure
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

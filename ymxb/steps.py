@@ -11,6 +11,7 @@ Layouts, with D global devices, K local devices and E ensemble members:
   whole global batch (gathered once), and no collective runs inside the step.
 """
 
+import abc
 from typing import Any, Callable, List, NamedTuple, Tuple
 
 import jax
@@ -82,39 +83,58 @@ def init_state(model: Model, opt, cfg: Config, members: jax.Array = None) -> Tra
     return TrainState(params, jax.vmap(opt.init)(params))
 
 
-class Trainer:
+class Trainer(abc.ABC):
     """What a parallel mode provides to the training loop (train.py)."""
 
-    def init(self) -> TrainState: ...
+    def __init__(self, model: Model, cfg: Config):
+        self.cfg, self.model, self.opt = cfg, model, make_optimizer(cfg)
+        self._compiled = {}
 
-    def put_data(self, x: np.ndarray, y: np.ndarray) -> Tuple: ...
+    @abc.abstractmethod
+    def init(self) -> TrainState:
+        """The initial state, on this host's devices."""
 
-    def compiled(self, n_steps: int) -> Callable:
-        """The wrapped (pmap or jit) function running `n_steps` fused steps; made once per n."""
+    @abc.abstractmethod
+    def put_data(self, x: np.ndarray, y: np.ndarray) -> Tuple:
+        """This host's shard, placed on its devices as `run` wants it."""
 
-    def run(self, state: TrainState, data: Tuple, n_steps: int) -> Tuple[TrainState, Any]:
-        """`n_steps` steps in one call: (state, losses)."""
-        return self.compiled(n_steps)(state, *data)
+    @abc.abstractmethod
+    def _wrap(self, n_steps: int) -> Callable:
+        """`n_steps` fused steps, wrapped (pmap or jit) for this mode."""
 
+    @abc.abstractmethod
     def local(self, tree) -> List[Tuple[int, Any]]:
         """(index, NumPy value) for each piece this host holds: one per local device (index =
         global device) for one model, one per member (index = global member) for ensembles."""
 
+    @abc.abstractmethod
     def collective_devices(self) -> int:
         """How many devices a sum over AXIS counts: proves the axis spans every host."""
+
+    def compiled(self, n_steps: int) -> Callable:
+        """The wrapped function running `n_steps` fused steps; made once per n."""
+        if n_steps not in self._compiled:
+            self._compiled[n_steps] = self._wrap(n_steps)
+        return self._compiled[n_steps]
+
+    def run(self, state: TrainState, data: Tuple, n_steps: int) -> Tuple[TrainState, Any]:
+        """`n_steps` steps in one call: (state, losses)."""
+        return self.compiled(n_steps)(state, *data)
 
 
 class PmapTrainer(Trainer):
     """The tutorial's way: pmap over this host's devices; collectives over AXIS reach all hosts."""
 
     def __init__(self, model: Model, cfg: Config):
-        self.cfg, self.model, self.opt = cfg, model, make_optimizer(cfg)
+        super().__init__(model, cfg)
         self.k = jax.local_device_count()
-        # pmean keeps the replicas in sync: each device's gradient is the mean over its equal
-        # share of the global batch, so the mean over all devices is the full-batch gradient.
-        reduce = None if cfg.ensemble else (lambda tree: lax.pmean(tree, AXIS))
-        self.step = make_step(model, self.opt, reduce or (lambda tree: tree))
-        self._compiled = {}
+        if cfg.ensemble:
+            reduce = lambda tree: tree  # each device holds whole members: nothing to combine
+        else:
+            # pmean keeps the replicas in sync: each device's gradient is the mean over its
+            # equal share of the global batch, so the mean over all devices is the full-batch one.
+            reduce = lambda tree: lax.pmean(tree, AXIS)
+        self.step = make_step(model, self.opt, reduce)
         self.axis_index = None  # global position on AXIS of each local device, set by init
 
     def init(self):
@@ -138,11 +158,8 @@ class PmapTrainer(Trainer):
             put = jax.pmap(lambda a: a)  # one slice per local device, kept there for every call
         return tuple(put(split_over_devices(a, self.k)) for a in (x, y))
 
-    def compiled(self, n_steps):
-        if n_steps not in self._compiled:
-            self._compiled[n_steps] = jax.pmap(
-                fuse(self.step, n_steps, bool(self.cfg.ensemble)), axis_name=AXIS)
-        return self._compiled[n_steps]
+    def _wrap(self, n_steps):
+        return jax.pmap(fuse(self.step, n_steps, bool(self.cfg.ensemble)), axis_name=AXIS)
 
     def local(self, tree):
         tree = jax.device_get(tree)
@@ -166,14 +183,13 @@ class ShardingTrainer(Trainer):
     """The modern way: one jit over a Mesh of all devices of all hosts; XLA adds the collectives."""
 
     def __init__(self, model: Model, cfg: Config):
-        self.cfg, self.model, self.opt = cfg, model, make_optimizer(cfg)
+        super().__init__(model, cfg)
         self.mesh = Mesh(np.array(jax.devices()), (AXIS,))
         self.split = NamedSharding(self.mesh, P(AXIS))
         self.replicated = NamedSharding(self.mesh, P())
         # One model: params replicated, batch split. Ensemble: members split, batch everywhere.
         self.state_sharding = self.split if cfg.ensemble else self.replicated
         self.step = make_step(model, self.opt)
-        self._compiled = {}
 
     def init(self):
         init = lambda: init_state(self.model, self.opt, self.cfg)
@@ -186,14 +202,11 @@ class ShardingTrainer(Trainer):
             data = jax.jit(lambda *a: a, out_shardings=self.replicated)(*data)
         return data
 
-    def compiled(self, n_steps):
-        if n_steps not in self._compiled:
-            data_sharding = self.replicated if self.cfg.ensemble else self.split
-            self._compiled[n_steps] = jax.jit(
-                fuse(self.step, n_steps, bool(self.cfg.ensemble)),
-                in_shardings=(self.state_sharding, data_sharding, data_sharding),
-                out_shardings=(self.state_sharding, self.state_sharding))
-        return self._compiled[n_steps]
+    def _wrap(self, n_steps):
+        data_sharding = self.replicated if self.cfg.ensemble else self.split
+        return jax.jit(fuse(self.step, n_steps, bool(self.cfg.ensemble)),
+                       in_shardings=(self.state_sharding, data_sharding, data_sharding),
+                       out_shardings=(self.state_sharding, self.state_sharding))
 
     def local(self, tree):
         devices = list(self.mesh.devices.flat)

@@ -13,7 +13,7 @@ from ymxb import data, models, steps
 from ymxb.config import Config
 
 
-def train_host(cfg: Config, on_progress: Optional[Callable[[int], None]] = None) -> dict:
+def train_host(cfg: Config, on_progress: Callable[[int], None] = lambda steps: None) -> dict:
     """Train on this process's local devices; return its params, losses and timings.
 
     Returns NumPy values only, so the result travels through Ray as-is. `on_progress(steps)`
@@ -23,8 +23,7 @@ def train_host(cfg: Config, on_progress: Optional[Callable[[int], None]] = None)
     if jax.local_device_count() != cfg.devices_per_host:
         raise ValueError(f"host {jax.process_index()} has {jax.local_device_count()} local devices, "
                          f"but --devices-per-host is {cfg.devices_per_host}")
-    if on_progress:
-        on_progress(0)
+    on_progress(0)
     x, y = data.host_shard(cfg, jax.process_index())
     model = models.build(cfg.model)
     trainer = steps.TRAINERS[cfg.parallel](model, cfg)
@@ -33,20 +32,18 @@ def train_host(cfg: Config, on_progress: Optional[Callable[[int], None]] = None)
     batch = trainer.put_data(x, y)
     collective_devices = trainer.collective_devices()
 
-    losses, compile_s, done = [], 0.0, 0
+    losses, first_call_s, done = [], 0.0, 0
     while done < cfg.steps:
         n = min(cfg.steps_per_call, cfg.steps - done)
-        if on_progress:
-            on_progress(done)
+        on_progress(done)
         call_start = time.perf_counter()
         state, chunk = trainer.run(state, batch, n)
         # Fetching the losses blocks on the call: never queue collective calls unboundedly.
         losses.append(trainer.local(chunk))
         if done == 0:
-            compile_s = time.perf_counter() - call_start  # first call: compile + run
+            first_call_s = time.perf_counter() - call_start  # compile + run
         done += n
-    if on_progress:
-        on_progress(done)
+    on_progress(done)
 
     final = trainer.local(state.params)
     history = {i: np.concatenate([dict(chunk)[i] for chunk in losses]) for i, _ in losses[0]}
@@ -57,7 +54,7 @@ def train_host(cfg: Config, on_progress: Optional[Callable[[int], None]] = None)
         "collective_devices": collective_devices,
         "pieces": pieces,  # one per local device (one model) or per local member (ensemble)
         "train_s": time.perf_counter() - started,
-        "first_call_s": compile_s,
+        "first_call_s": first_call_s,
     }
 
 
