@@ -30,6 +30,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
@@ -39,54 +48,55 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         epilog="`launch.py inspect [flags]` prints, instead of training, the jaxpr, vmapped axes, "
                "collectives and compiled cost of one step for those flags (one process, no cluster). "
                "Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or failed launch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Help)
     d = DEFAULTS
     g = p.add_argument_group("slice")
-    g.add_argument("--hosts", type=int, default=d.hosts,
+    g.add_argument("--hosts", type=int, metavar="N", default=d.hosts,
                    help="hosts (JAX processes), one Ray actor each; default: cpu-sim 4, tpu the "
                         "slice's hosts, gpu every GPU node")
-    g.add_argument("--devices-per-host", type=int, default=d.devices_per_host,
+    g.add_argument("--devices-per-host", type=int, metavar="K", default=d.devices_per_host,
                    help="local devices per host; default: cpu-sim 2 (simulated CPU devices), tpu the "
                         "host's chips, gpu the node's GPUs")
-    g.add_argument("--platform", default=d.platform,
+    g.add_argument("--platform", metavar="NAME", default=d.platform,
                    help=f"one of {', '.join(config.PLATFORMS)}; default: the first the Ray cluster "
                         f"offers, in that order")
-    g.add_argument("--tpu-type", default=d.tpu_type,
+    g.add_argument("--tpu-type", metavar="TYPE", default=d.tpu_type,
                    help="tpu: the slice to use, by pod type (v4-32) or generation (v4); default: "
                         "the only kind of slice present")
-    g.add_argument("--tpu-topology", default=d.tpu_topology, help="tpu: the slice to use, by topology (2x2x4)")
+    g.add_argument("--tpu-topology", metavar="TOPOLOGY", default=d.tpu_topology,
+                   help="tpu: the slice to use, by topology (2x2x4)")
     g = p.add_argument_group("data: y = m*x + b + noise, x ~ U(-1, 1)")
-    g.add_argument("--true-m", type=float, default=d.true_m, help="slope of the generating line")
-    g.add_argument("--true-b", type=float, default=d.true_b, help="intercept of the generating line")
-    g.add_argument("--noise", type=float, default=d.noise, help="std of the Gaussian noise on y")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of the data and the initial params")
-    g.add_argument("--samples-per-host", type=int, default=d.samples_per_host,
+    g.add_argument("--true-m", type=float, metavar="M", default=d.true_m, help="slope of the generating line")
+    g.add_argument("--true-b", type=float, metavar="B", default=d.true_b, help="intercept of the generating line")
+    g.add_argument("--noise", type=float, metavar="STD", default=d.noise, help="std of the Gaussian noise on y")
+    g.add_argument("--seed", type=int, metavar="N", default=d.seed, help="seed of the data and the initial params")
+    g.add_argument("--samples-per-host", type=int, metavar="N", default=d.samples_per_host,
                    help="points each host generates; split evenly over its devices")
     g = p.add_argument_group("training (full-batch gradient descent on the mean squared error)")
-    g.add_argument("--model", default=d.model, help=f"one of {', '.join(config.MODELS)}")
-    g.add_argument("--optimizer", default=d.optimizer,
+    g.add_argument("--model", metavar="NAME", default=d.model, help=f"one of {', '.join(config.MODELS)}")
+    g.add_argument("--optimizer", metavar="NAME", default=d.optimizer,
                    help=f"optax optimiser, one of {', '.join(config.OPTIMIZERS)}: sgd and adam "
                         "converge at the defaults, adagrad wants --lr 0.5, and rmsprop at a constant "
                         "lr hovers near the solution (and may not verify)")
-    g.add_argument("--lr", type=float, default=d.lr, help="learning rate")
-    g.add_argument("--steps", type=int, default=d.steps, help="training steps in total")
-    g.add_argument("--steps-per-call", type=int, default=d.steps_per_call,
+    g.add_argument("--lr", type=float, metavar="LR", default=d.lr, help="learning rate")
+    g.add_argument("--steps", type=int, metavar="N", default=d.steps, help="training steps in total")
+    g.add_argument("--steps-per-call", type=int, metavar="N", default=d.steps_per_call,
                    help="steps fused into one compiled call (lax.scan); hosts block between calls")
-    g.add_argument("--parallel", default=d.parallel,
+    g.add_argument("--parallel", metavar="MODE", default=d.parallel,
                    help="pmap (pmap over local devices, collectives across hosts) or sharding "
                         "(jit over a global Mesh)")
-    g.add_argument("--ensemble", type=int, default=d.ensemble,
+    g.add_argument("--ensemble", type=int, metavar="E", default=d.ensemble,
                    help="train E independent members at once, split over all devices of all hosts "
                         "(E must divide by hosts x devices); 0: one data-parallel model")
     g = p.add_argument_group("launch and output")
-    g.add_argument("--address", default=None,
+    g.add_argument("--address", metavar="HOST:PORT", default=None,
                    help="Ray cluster to join: host:port of its GCS, or auto for the one this "
                         "machine belongs to (on a cluster's head node); default: $RAY_ADDRESS, else "
                         "start an embedded local Ray for this run")
-    g.add_argument("--timeout", type=float, default=d.timeout,
+    g.add_argument("--timeout", type=float, metavar="SECONDS", default=d.timeout,
                    help="seconds each phase (placement, jax.distributed.initialize, training) may take "
                         "before the run fails, naming the hosts that died or hung")
-    g.add_argument("--tol", type=float, default=d.tol,
+    g.add_argument("--tol", type=float, metavar="TOL", default=d.tol,
                    help="max |param - normal-equation solution| for the run to verify")
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     g.add_argument("--dump-data", metavar="PATH",
