@@ -1,11 +1,14 @@
 """`python launch.py` end to end, as a user runs it: embedded Ray, simulated slice, exit codes."""
 
 import json
+import re
+import signal
 import subprocess
+import sys
 
 import numpy as np
 
-from conftest import gone, launch
+from conftest import ROOT, gone, launch
 
 
 def _ray_pids():
@@ -41,3 +44,21 @@ def test_diverging_run_exits_1_and_says_why():
     result = launch("--hosts", 2, "--devices-per-host", 1, "--lr", 50, "--steps", 200)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "NOT VERIFIED" in result.stdout and "[FAIL] loss finite" in result.stdout
+
+
+def test_ctrl_c_stops_every_host_and_the_embedded_ray():
+    before = _ray_pids()
+    run = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--steps", "100000"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    identities = ""
+    while "host 3/4" not in identities:  # all four hosts have joined: training begins
+        line = run.stderr.readline()
+        assert line, "launch.py ended before its hosts started"
+        identities += line
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted; all hosts stopped" in err
+    pids = [int(p) for p in re.findall(r"pid (\d+)", identities)]
+    assert len(pids) == 4 and all(gone(p) for p in pids)
+    assert _ray_pids() <= before
