@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, gone, launch
 
@@ -44,6 +45,13 @@ def test_diverging_run_exits_1_and_says_why():
     result = launch("--hosts", 2, "--devices-per-host", 1, "--lr", 50, "--steps", 200)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "NOT VERIFIED" in result.stdout and "[FAIL] loss finite" in result.stdout
+
+
+def test_diverging_run_json_is_standard_json():
+    result = launch("--hosts", 2, "--devices-per-host", 1, "--lr", 50, "--steps", 200, "--json")
+    assert result.returncode == 1
+    rep = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert rep["verified"] is False and rep["max_error"] is None and rep["hosts"][0]["params"]["m"] is None
 
 
 def test_ctrl_c_stops_every_host_and_the_embedded_ray():

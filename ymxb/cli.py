@@ -5,7 +5,6 @@ Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or a failed laun
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -161,7 +160,7 @@ def _run(cfg: Config, address: Optional[str], args) -> int:
         x, y = data.global_dataset(cfg)
         np.savez(args.dump_data, x=x, y=y)
     result = report.build(cfg, run, time.perf_counter() - started)
-    print(json.dumps(result, indent=1) if args.json else report.summary(result))
+    print(report.to_json(result) if args.json else report.summary(result))
     return EXIT_VERIFIED if result["verified"] else EXIT_NOT_VERIFIED
 
 

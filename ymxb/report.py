@@ -1,5 +1,8 @@
 """Turn what the hosts returned into the run's report: checks, verdict, table, JSON."""
 
+import dataclasses
+import json
+import math
 from typing import Dict, List
 
 import numpy as np
@@ -30,7 +33,7 @@ def build(cfg: Config, run: Dict, wall_s: float) -> Dict:
     checks.append(solution_check)
 
     report = {
-        "config": {**vars(cfg)},
+        "config": dataclasses.asdict(cfg),
         "platform": run["platform"],
         "coordinator": run["coordinator"],
         "hosts": [_host_summary(cfg, host) for host in run["hosts"]],
@@ -49,6 +52,20 @@ def build(cfg: Config, run: Dict, wall_s: float) -> Dict:
         report["ensemble"] = {"members": len(rows), "mean_m": float(ms.mean()), "mean_b": float(bs.mean()),
                               "std_m": float(ms.std()), "std_b": float(bs.std())}
     return report
+
+
+def to_json(report: Dict) -> str:
+    """The report as standard JSON: NaN and infinities (a diverged run) become null."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(report), indent=1, allow_nan=False)
 
 
 def summary(report: Dict) -> str:
