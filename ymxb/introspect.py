@@ -43,12 +43,13 @@ def inspect(cfg: Config) -> str:
              f"'{AXIS}' spans {cfg.global_devices} devices ({cfg.hosts} hosts x {cfg.devices_per_host}).",
            "", "## jaxpr of one training step (jax.make_jaxpr)", str(jaxpr), "",
            "## vmap"]
-    out += _vmap_lines(cfg, one, state, jax)
+    out += _vmap_lines(cfg, one, state)
     out += ["", "## collectives in the jaxpr (explicit: pmap's lax collectives)"]
     found = Counter((eqn.primitive.name, str(eqn.params[COLLECTIVES[eqn.primitive.name]]))
                     for eqn in _eqns(jaxpr.jaxpr) if eqn.primitive.name in COLLECTIVES)
-    out += [f"  {name} over axes {axes} x{n}" for (name, axes), n in sorted(found.items())] or [
-        "  none: the step names no collective (jit/Mesh: XLA inserts them, see below)"]
+    none = "  none: the step names no collective" + (
+        " (with jit over a Mesh, XLA inserts them: see below)" if cfg.parallel == "sharding" else "")
+    out += [f"  {name} over axes {axes} x{n}" for (name, axes), n in sorted(found.items())] or [none]
     out += ["", "## collectives in the compiled program (what XLA runs)"]
     out += _hlo_collectives(compiled.as_text()) or ["  none: no data moves between devices in a step"]
     out += ["", "## compiled cost of one step (XLA cost analysis, per device program)"]
@@ -56,7 +57,9 @@ def inspect(cfg: Config) -> str:
     return "\n".join(out)
 
 
-def _vmap_lines(cfg: Config, one: Config, state, jax) -> List[str]:
+def _vmap_lines(cfg: Config, one: Config, state) -> List[str]:
+    import jax
+
     shapes = [f"    {jax.tree_util.keystr(path)}: {tuple(leaf.shape)}"
               for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)]
     layout = ("pmap adds a leading axis of local devices" if cfg.parallel == "pmap"
