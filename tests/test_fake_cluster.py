@@ -53,6 +53,8 @@ def fake_tpu_cluster():
            "AUTOSCALER_UPDATE_INTERVAL_S": "1", "YMXB_FAKE_CLUSTER": temp}
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
     try:
+        # Token auth on both sides; on a machine that never ran Ray there is no token yet.
+        subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
         subprocess.run([ray_cli, "start", "--head", f"--port={port}", f"--autoscaling-config={config}",
                         "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
                        env=env, check=True, capture_output=True, timeout=120)
