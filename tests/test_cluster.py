@@ -2,10 +2,12 @@
 nodes with the resources, labels and environment real TPU VMs and GPU nodes register.
 
 Layout: a CPU-only head; TPU slice "slice-a" (v4-32, 4 hosts); TPU slice "slice-b" (v4-16,
-2 hosts); two GPU nodes with 2 GPUs each. Hosts train on CPU devices (test-only override).
+2 hosts); "slice-c" (v5litepod-16, 4 hosts) of which only worker 0 is up; two GPU nodes with 2
+GPUs each. Hosts train on CPU devices (test-only override).
 """
 
 import json
+import re
 import time
 
 import pytest
@@ -18,7 +20,11 @@ from ymxb.config import Config
 from ymxb.errors import HostFailure, UsageError
 from ymxb.launcher import run_hosts
 
-SLICES = {"slice-a": ("v4-32", "2x2x4", 4), "slice-b": ("v4-16", "2x2x2", 2)}
+# name: (pod type, topology, hosts up, accelerator type)
+SLICES = {"slice-a": ("v4-32", "2x2x4", 4, "TPU-V4"), "slice-b": ("v4-16", "2x2x2", 2, "TPU-V4"),
+          "slice-c": ("v5litepod-16", "4x4", 1, "TPU-V5LITEPOD")}
+EXISTS = ("slice-a (v4-32, 2x2x4, 4 hosts); slice-b (v4-16, 2x2x2, 2 hosts); "
+          "slice-c (v5litepod-16, 4x4, 4 hosts, only 1 up)")
 SMALL = dict(samples_per_host=256, steps=200, timeout=60)
 
 
@@ -31,15 +37,15 @@ def cluster_address(cluster):
 def cluster():
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     nodes = {}
-    for name, (pod_type, topology, hosts) in SLICES.items():
+    for name, (pod_type, topology, hosts, accelerator) in SLICES.items():
         for worker in range(hosts):
-            resources = {"TPU": 4, "accelerator_type:TPU-V4": 1, name: 1}
+            resources = {"TPU": 4, f"accelerator_type:{accelerator}": 1, name: 1}
             if worker == 0:
                 resources[f"TPU-{pod_type}-head"] = 1
             node = c.add_node(num_cpus=1, resources=resources, labels={
                 platforms.TPU_SLICE_LABEL: name, platforms.TPU_WORKER_LABEL: str(worker),
                 platforms.TPU_POD_TYPE_LABEL: pod_type, platforms.TPU_TOPOLOGY_LABEL: topology,
-                platforms.ACCELERATOR_LABEL: "TPU-V4"},
+                platforms.ACCELERATOR_LABEL: accelerator},
                 # What a TPU VM's environment says; Ray's slice reservation reads the name.
                 env_vars={"TPU_NAME": name, "TPU_WORKER_ID": str(worker)})
             nodes[(name, worker)] = node.node_id
@@ -74,14 +80,14 @@ def test_tpu_slice_by_topology(cluster, cpu_devices):
 
 
 def test_tpu_with_two_kinds_of_slice_must_be_told_which(cluster):
-    with pytest.raises(UsageError, match=r"several kinds of TPU slice match \(slice-a \(v4-32, 2x2x4, 4 hosts\); "
-                                         r"slice-b \(v4-16, 2x2x2, 2 hosts\)\): choose one with --tpu-type"):
+    with pytest.raises(UsageError, match=re.escape(f"several kinds of TPU slice match ({EXISTS}): "
+                                                   "choose one with --tpu-type")):
         run_hosts(Config(platform="tpu", **SMALL))
 
 
 def test_tpu_slice_that_is_not_there_names_what_exists(cluster):
     started = time.monotonic()
-    with pytest.raises(HostFailure, match=r"no TPU slice matches --tpu-type v5p; the cluster has: slice-a \(v4-32"):
+    with pytest.raises(HostFailure, match=re.escape(f"no TPU slice matches --tpu-type v5p; the cluster has: {EXISTS}")):
         run_hosts(Config(platform="tpu", tpu_type="v5p", **SMALL))
     assert time.monotonic() - started < 10
 
@@ -126,9 +132,14 @@ def test_launch_py_on_the_two_slice_cluster(cluster, cluster_address):
     assert rep["verified"] and [h["node_id"] for h in rep["hosts"]] == [cluster[("slice-b", w)] for w in range(2)]
 
     started = time.monotonic()
-    result = launch("--address", cluster_address, "--platform", "tpu", "--tpu-type", "v5litepod-16", "--timeout", 10)
+    result = launch("--address", cluster_address, "--platform", "tpu", "--tpu-type", "v5p", "--timeout", 10)
     assert time.monotonic() - started < 30
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("launch.py: error: no TPU slice matches --tpu-type v5litepod-16; the cluster has: "
-                                "slice-a (v4-32, 2x2x4, 4 hosts); slice-b (v4-16, 2x2x2, 2 hosts)")
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"launch.py: error: no TPU slice matches --tpu-type v5p; the cluster has: {EXISTS}")
+
+
+def test_a_slice_with_hosts_missing_is_named_not_used(cluster):
+    with pytest.raises(HostFailure, match=re.escape(
+            f"no whole TPU slice matches --tpu-type v5litepod-16: {EXISTS}; wait for the missing hosts")):
+        run_hosts(Config(platform="tpu", tpu_type="v5litepod-16", **SMALL))

@@ -100,15 +100,21 @@ class TpuSlice(NamedTuple):
     topology: str  # "2x2x4"
     version: str  # "v4"
     chips_per_host: int
-    workers: Dict[int, str]  # tpu-worker-id -> node id
+    workers: Dict[int, str]  # tpu-worker-id -> node id, of the hosts alive in Ray
+    hosts: int  # how many hosts a slice of this topology has
+
+    @property
+    def complete(self) -> bool:
+        return sorted(self.workers) == list(range(self.hosts))
 
     def describe(self) -> str:
-        return f"{self.name} ({self.pod_type}, {self.topology}, {len(self.workers)} hosts)"
+        up = "" if self.complete else f", only {len(self.workers)} up"
+        return f"{self.name} ({self.pod_type}, {self.topology}, {self.hosts} hosts{up})"
 
 
 def tpu_slices(nodes: List[dict]) -> List[TpuSlice]:
     """The TPU slices among Ray's nodes, from the labels each TPU VM registers."""
-    from ray.util.tpu import get_tpu_version_from_type
+    from ray.util.tpu import get_tpu_version_from_type, get_tpu_worker_resources
 
     by_name: Dict[str, List[dict]] = {}
     for node in nodes:
@@ -117,11 +123,13 @@ def tpu_slices(nodes: List[dict]) -> List[TpuSlice]:
     slices = []
     for name, members in sorted(by_name.items()):
         labels = members[0]["Labels"]
+        topology = labels[TPU_TOPOLOGY_LABEL]
+        version = get_tpu_version_from_type(labels[ACCELERATOR_LABEL])
         slices.append(TpuSlice(
-            name, labels[TPU_POD_TYPE_LABEL], labels[TPU_TOPOLOGY_LABEL],
-            get_tpu_version_from_type(labels[ACCELERATOR_LABEL]),
+            name, labels[TPU_POD_TYPE_LABEL], topology, version,
             int(members[0]["Resources"].get("TPU", 0)),
-            {int(n["Labels"][TPU_WORKER_LABEL]): n["NodeID"] for n in members}))
+            {int(n["Labels"][TPU_WORKER_LABEL]): n["NodeID"] for n in members},
+            get_tpu_worker_resources(topology, version)[0]))
     return slices
 
 
@@ -147,12 +155,16 @@ class Tpu(Platform):
                               f"the {TPU_SLICE_LABEL} label)")
         if not wanted:
             raise HostFailure(f"no TPU slice matches {asked or '--platform tpu'}; the cluster has: {exists}")
+        if not any(s.complete for s in wanted):
+            raise HostFailure(f"no whole TPU slice matches {asked or '--platform tpu'}: {exists}; wait "
+                              f"for the missing hosts (ray status) or replace the slice")
+        wanted = [s for s in wanted if s.complete]
         kinds = Counter((s.pod_type, s.topology) for s in wanted)
         if len(kinds) > 1:
             raise UsageError(f"several kinds of TPU slice match ({exists}): choose one with "
                              f"--tpu-type or --tpu-topology")
         self.slice = wanted[0]
-        hosts = len(self.slice.workers)
+        hosts = self.slice.hosts
         self._check_explicit("--hosts", cfg.hosts, hosts, f"a {self.slice.pod_type} slice has hosts:")
         devices = self.test_cpu_devices or self.slice.chips_per_host
         self._check_explicit("--devices-per-host", cfg.devices_per_host, devices,
@@ -177,13 +189,13 @@ class Tpu(Platform):
             raise HostFailure(f"could not reserve a {s.pod_type} slice ({s.topology}) within "
                               f"{timeout:g} s: every matching slice is busy") from None
         self.pg = self.tpu_pg.placement_group
-        self._wait_ready(timeout, f"the {len(s.workers)} hosts of a {s.pod_type} slice")
+        self._wait_ready(timeout, f"the {s.hosts} hosts of a {s.pod_type} slice")
         # Bundle order is Ray's; process order must be tpu-worker-id order.
         labels = {n["NodeID"]: n["Labels"] for n in ray.nodes()}
         nodes = ray.util.placement_group_table(self.pg)["bundles_to_node_id"]
         worker = {b: int(labels[node][TPU_WORKER_LABEL]) for b, node in nodes.items()}
         slices = {labels[node][TPU_SLICE_LABEL] for node in nodes.values()}
-        if sorted(worker.values()) != list(range(len(s.workers))) or len(slices) != 1:
+        if sorted(worker.values()) != list(range(s.hosts)) or len(slices) != 1:
             raise HostFailure(f"the reserved bundles are not one whole slice: slices {sorted(slices)}, "
                               f"worker ids {sorted(worker.values())}")
         self.bundle_of_host = sorted(worker, key=worker.get)
