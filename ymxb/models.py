@@ -10,7 +10,6 @@ import numpy as np
 
 
 class Model(NamedTuple):
-    name: str
     init: Callable  # PRNG key -> params
     apply: Callable  # (params, x of shape (n,)) -> y of shape (n,)
 
@@ -38,7 +37,7 @@ def _pure() -> Model:
     def apply(params, x):
         return params["m"] * x + params["b"]
 
-    return Model("pure", init, apply)
+    return Model(init, apply)
 
 
 def _haiku() -> Model:
@@ -50,4 +49,4 @@ def _haiku() -> Model:
 
     # No randomness at apply time, so drop the rng argument.
     net = hk.without_apply_rng(hk.transform(forward))
-    return Model("haiku", lambda key: net.init(key, jnp.zeros((1,), jnp.float32)), net.apply)
+    return Model(lambda key: net.init(key, jnp.zeros((1,), jnp.float32)), net.apply)

@@ -36,7 +36,8 @@ def build(cfg: Config, run: Dict, wall_s: float) -> Dict:
         "config": dataclasses.asdict(cfg),
         "platform": run["platform"],
         "coordinator": run["coordinator"],
-        "hosts": [_host_summary(cfg, host) for host in run["hosts"]],
+        "hosts": [_host_summary(cfg, host, [r for r in rows if r["host"] == host["process_index"]])
+                  for host in run["hosts"]],
         "normal_equation": {"m": solution[0], "b": solution[1], "points": cfg.global_samples},
         "max_error": max_error,
         "tol": cfg.tol,
@@ -126,16 +127,15 @@ def _piece_row(cfg: Config, host: Dict, piece: Dict) -> Dict:
             "first_nonfinite_step": piece["first_nonfinite_step"]}
 
 
-def _host_summary(cfg: Config, host: Dict) -> Dict:
+def _host_summary(cfg: Config, host: Dict, rows: List[Dict]) -> Dict:
+    """What one host reports; `rows` are its pieces as _piece_row made them."""
     keys = ("process_index", "process_count", "hostname", "node_ip", "node_id", "pid", "platform",
             "device_kind", "local_devices", "global_devices", "collective_devices", "train_s",
             "first_call_s")
     out = {k: host[k] for k in keys}
-    pieces: List[Dict] = host["pieces"]
     if cfg.ensemble:
-        out["members"] = [p["index"] for p in pieces]
+        out["members"] = [r["index"] for r in rows]
     else:
-        m, b = to_mb(cfg.model, pieces[0]["params"])
-        out["params"] = {"m": float(m), "b": float(b)}
-        out["loss_history"] = [float(v) for v in pieces[0]["losses"]]
+        out["params"] = {"m": rows[0]["m"], "b": rows[0]["b"]}
+        out["loss_history"] = [float(v) for v in host["pieces"][0]["losses"]]
     return out
