@@ -1,67 +1,156 @@
-"""cluster/local-fake-tpu.yaml brought up as its header says (Ray's fake multi-node provider,
-`ray start --autoscaling-config`), then `launch.py --platform tpu` run against it."""
+"""cluster/local-fake-tpu.yaml brought up through the set-up a real node does: the token shipped
+as its file_mounts say into a folder that stands in for the node's home, then its setup and
+start commands run as Ray's SSH command runner runs them (`clusterconfig.script`). Then: every
+node runs with token auth from the venv, refuses calls without the token, and `launch.py`, run
+as `ray exec` runs it, trains on the slice.
+
+The fake provider runs no commands on its workers: they are processes of the head's autoscaler
+and inherit its environment, which is what the per-node checks below look at.
+"""
 
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import grpc
 import pytest
 import yaml
+from ray._private.authentication.authentication_constants import (
+    AUTHORIZATION_BEARER_PREFIX, AUTHORIZATION_HEADER_NAME)
+from ray.autoscaler._private.command_runner import _with_interactive
+from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, node_manager_pb2, node_manager_pb2_grpc
 
-from conftest import ROOT, launch
+from conftest import ROOT
+from ymxb.clusterconfig import load, script
 from ymxb.platforms import TEST_CPU_DEVICES_ENV
 
 pytestmark = pytest.mark.slow
 
+HOSTS = 2
 WAIT_FOR_HOSTS = """
 import json, sys, time, ray
 ray.init(address=sys.argv[1], log_to_driver=False)
 deadline = time.monotonic() + 90
 while time.monotonic() < deadline:
-    hosts = {n["Labels"]["ray.io/tpu-worker-id"]: n["NodeID"] for n in ray.nodes()
-             if n["Alive"] and "ray.io/tpu-worker-id" in n["Labels"]}
-    if len(hosts) == 2:
-        print(json.dumps(hosts)); sys.exit(0)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if sum("ray.io/tpu-worker-id" in n["Labels"] for n in nodes) == int(sys.argv[2]):
+        print(json.dumps([{"id": n["NodeID"], "worker": n["Labels"].get("ray.io/tpu-worker-id"),
+                           "raylet": f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}"} for n in nodes]))
+        sys.exit(0)
     time.sleep(1)
 sys.exit("the fake TPU hosts did not come up in 90 s")
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fake_tpu_cluster():
     """The fake slice on a free port and its own temp dir; only its own processes are stopped."""
-    import socket
-
     from ray.util import get_node_ip_address
 
     temp = tempfile.mkdtemp(prefix="ymxb-fake-", dir="/tmp")  # short: Ray's socket paths are long
+    home = Path(temp) / "home"  # the head node's home
     with socket.socket() as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
     address = f"{get_node_ip_address()}:{port}"
-    cfg = yaml.safe_load((ROOT / "cluster" / "local-fake-tpu.yaml").read_text())
-    cfg["provider"]["gcs_address"] = address  # the header's note for a port other than 6379
     config = Path(temp) / "fake.yaml"
+    cfg = load(ROOT / "cluster" / "local-fake-tpu.yaml")
+    cfg["provider"]["gcs_address"] = address  # the header's note for a port other than 6379
+    # Test-only: a free port, this config and a private temp dir (click takes the last value given).
+    cfg["head_start_ray_commands"][-1] += (f" --port={port} --autoscaling-config={config}"
+                                           f" --temp-dir={temp}/ray --disable-usage-stats")
     config.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "TPU_NAME": "fake-v4-16", "RAY_AUTH_MODE": "token",
-           "AUTOSCALER_UPDATE_INTERVAL_S": "1", "YMXB_FAKE_CLUSTER": temp}
-    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    # The node's environment: none of this machine's Ray settings; the config must supply them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), YMXB_BASE_PYTHON=sys.executable, YMXB_FAKE_CLUSTER=temp)
     try:
-        # Token auth on both sides; on a machine that never ran Ray there is no token yet.
-        subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-        subprocess.run([ray_cli, "start", "--head", f"--port={port}", f"--autoscaling-config={config}",
-                        "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-                       env=env, check=True, capture_output=True, timeout=120)
-        yield address
+        # On a machine that never ran Ray there is no token yet: `ray get-auth-token --generate`.
+        ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+        subprocess.run([ray_cli, "get-auth-token", "--generate"], check=True, capture_output=True)
+        for remote, local in cfg["file_mounts"].items():  # what `ray up` rsyncs to the node
+            target = home / remote.removeprefix("~/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(os.path.expanduser(local), target)
+        up = Path(temp) / "up.sh"
+        up.write_text(script(cfg, "head"))
+        started = subprocess.run(["bash", str(up)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield SimpleNamespace(address=address, home=home, temp=temp, env=env,
+                              token=(home / ".ray" / "auth_token").read_text().strip())
     finally:
         _stop_processes_of(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def nodes(fake_tpu_cluster):
+    """The cluster's alive nodes, once both TPU hosts are up (a client with the user's token)."""
+    waited = subprocess.run([sys.executable, "-c", WAIT_FOR_HOSTS, fake_tpu_cluster.address, str(HOSTS)],
+                            capture_output=True, text=True, timeout=150,
+                            env={**os.environ, "RAY_AUTH_MODE": "token"})
+    assert waited.returncode == 0, waited.stderr[-2000:]
+    return json.loads(waited.stdout.strip().splitlines()[-1])
+
+
+def ray_exec(cluster, command: str, env=None, timeout=300):
+    """Run command on the head as `ray exec` does: a login shell of the node, ~/.bashrc sourced."""
+    return subprocess.run(" ".join(_with_interactive(command)), shell=True, cwd=ROOT, stdin=subprocess.DEVNULL,
+                          env={**cluster.env, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_node_runs_with_token_auth_from_the_venv(fake_tpu_cluster, nodes):
+    raylets = [p for p in _pids_of(fake_tpu_cluster.temp) if _cmdline(p)[0].endswith("raylet")]
+    assert len(raylets) == len(nodes) == HOSTS + 1  # the head and one per TPU host
+    venv_python = str(fake_tpu_cluster.home / "venv" / "bin" / "python")
+    for pid in raylets:
+        env = _environ(pid)
+        assert env.get("RAY_AUTH_MODE") == "token", f"raylet {pid} runs without token auth"
+        assert env.get("HOME") == str(fake_tpu_cluster.home)  # so its token is the shipped file
+        # What the node starts its workers (the host actors) with: the venv's Python.
+        worker_command = next(a for a in _cmdline(pid) if a.startswith("--python_worker_command="))
+        assert worker_command.split("=", 1)[1].split()[0] == venv_python
+
+
+def test_every_node_refuses_calls_without_the_token(fake_tpu_cluster, nodes):
+    good = ((AUTHORIZATION_HEADER_NAME, AUTHORIZATION_BEARER_PREFIX + fake_tpu_cluster.token),)
+    wrong = ((AUTHORIZATION_HEADER_NAME, AUTHORIZATION_BEARER_PREFIX + "not-the-token"),)
+    calls = {f"raylet of {n['worker'] or 'head'}": (
+        node_manager_pb2_grpc.NodeManagerServiceStub(grpc.insecure_channel(n["raylet"])).GetNodeStats,
+        node_manager_pb2.GetNodeStatsRequest()) for n in nodes}
+    calls["GCS"] = (gcs_service_pb2_grpc.NodeInfoGcsServiceStub(grpc.insecure_channel(fake_tpu_cluster.address))
+                    .GetAllNodeInfo, gcs_service_pb2.GetAllNodeInfoRequest())
+    for name, (call, request) in calls.items():
+        for metadata in ((), wrong):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=10, metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+        call(request, timeout=10, metadata=good)  # the token opens it
+
+
+def test_ray_exec_shells_use_the_venv_and_token_auth(fake_tpu_cluster):
+    shell = ray_exec(fake_tpu_cluster, "python -c 'import os, sys; print(sys.prefix, os.environ[\"RAY_AUTH_MODE\"])'")
+    assert shell.returncode == 0, shell.stderr[-2000:]
+    assert shell.stdout.split() == [str(fake_tpu_cluster.home / "venv"), "token"]
+
+
+def test_launch_on_the_fake_tpu_cluster(fake_tpu_cluster, nodes):
+    result = ray_exec(fake_tpu_cluster, f"python launch.py --address {fake_tpu_cluster.address} --platform tpu --json",
+                      env={TEST_CPU_DEVICES_ENV: "4"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rep = json.loads(result.stdout)
+    assert rep["verified"] and rep["platform"] == "tpu"
+    workers = {n["worker"]: n["id"] for n in nodes}
+    assert [h["node_id"] for h in rep["hosts"]] == [workers["0"], workers["1"]]
+    assert {h["global_devices"] for h in rep["hosts"]} == {8}
 
 
 def _stop_processes_of(temp: str) -> None:
@@ -95,17 +184,13 @@ def _pids_of(temp: str):
     return [p for p in found if p != os.getpid()]
 
 
-def test_launch_on_the_fake_tpu_cluster(fake_tpu_cluster):
-    env = {"RAY_AUTH_MODE": "token"}
-    waited = subprocess.run([sys.executable, "-c", WAIT_FOR_HOSTS, fake_tpu_cluster], capture_output=True,
-                            text=True, timeout=150, env={**os.environ, **env})
-    assert waited.returncode == 0, waited.stderr[-2000:]
-    workers = json.loads(waited.stdout.strip().splitlines()[-1])
+def _environ(pid: int) -> dict:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
 
-    result = launch("--address", fake_tpu_cluster, "--platform", "tpu", "--json",
-                    env={**env, TEST_CPU_DEVICES_ENV: "4"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    rep = json.loads(result.stdout)
-    assert rep["verified"] and rep["platform"] == "tpu"
-    assert [h["node_id"] for h in rep["hosts"]] == [workers["0"], workers["1"]]
-    assert {h["global_devices"] for h in rep["hosts"]} == {8}
+
+def _cmdline(pid: int) -> list:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return [""]
