@@ -78,10 +78,10 @@ class Host:
         return train_host(cfg, on_progress=self._set_progress)
 
     def progress(self):
-        """Steps done before the current compiled call, None before training starts.
+        """Steps done (by the compiled calls completed so far), None before training starts.
 
-        Answered while `train` runs (the actor has two threads): at a hang, the hosts that are
-        behind the others are the ones to blame."""
+        Answered while `train` runs (the actor has two threads): the driver judges training by
+        it. A host whose count stops is stuck; one that does not answer at all is stopped."""
         with self._lock:
             return self._steps_started
 

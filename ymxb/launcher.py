@@ -24,6 +24,9 @@ from ymxb.host import FAULT_ENV, PLATFORM_ENV, Host
 SETTLE_S = 3.0
 # How long killed host processes may take to disappear.
 KILL_WAIT_S = 15.0
+# While training: how often each host is asked how far it got, and how long a live host may take
+# to answer (it answers from a second thread in milliseconds; a stopped process never does).
+POLL_S, ANSWER_S = 2.0, 5.0
 
 
 def run_hosts(cfg: Config, log=lambda line: None) -> Dict:
@@ -55,8 +58,9 @@ def run_hosts(cfg: Config, log=lambda line: None) -> Dict:
             log(_identity_line(ident))
 
         start = time.perf_counter()
+        # Training may take as long as it keeps progressing: judged by calls completed.
         results = _gather(hosts, [h.train.remote(cfg) for h in hosts], "training", cfg.timeout,
-                          identities)
+                          identities, progress=_Progress(hosts, cfg))
         phases["train"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -82,21 +86,32 @@ def _start_hosts(platform: platforms.Platform, cfg: Config) -> List:
 
 
 def _gather(hosts: List, refs: List, phase: str, timeout: float,
-            identities: Optional[List[dict]] = None, peers_give_up_s: float = math.inf) -> List:
+            identities: Optional[List[dict]] = None, peers_give_up_s: float = math.inf,
+            progress: Optional["_Progress"] = None) -> List:
     """Results of one call per host, in host order; HostFailure if any host fails or hangs.
 
     `peers_give_up_s`: after this long, waiting hosts abort on their own (as JAX's initialize
     does), so failures from then on are a symptom of a host that never arrived, not the cause.
+    `progress`: the call may take as long as the hosts keep progressing (no `timeout` on the
+    whole); it fails when they stall, naming the host to blame.
     """
     index = {ref: i for i, ref in enumerate(refs)}
     results, failures = {}, []
     started = time.monotonic()
-    deadline = started + timeout
+    deadline = math.inf if progress else started + timeout
     pending = list(refs)
     while pending:
+        wait_s = max(0.0, deadline - time.monotonic())
         ready, pending = ray.wait(pending, num_returns=1,
-                                  timeout=max(0.0, deadline - time.monotonic()))
+                                  timeout=min(wait_s, POLL_S) if progress else wait_s)
+        if not ready and progress and not failures:
+            stall = progress.stall([index[r] for r in pending], lambda i: _host_name(i, identities))
+            if stall:
+                raise HostFailure(f"{phase} stalled: {stall}")
+            continue
         if not ready:
+            if time.monotonic() < deadline:
+                continue
             break
         try:
             results[index[ready[0]]] = ray.get(ready[0])
@@ -108,12 +123,61 @@ def _gather(hosts: List, refs: List, phase: str, timeout: float,
     if failures or pending:
         stuck = sorted(index[r] for r in pending)
         blame_stuck = bool(failures) and first_failure_s >= peers_give_up_s
-        raise HostFailure(_failure_message(phase, timeout, failures, stuck, blame_stuck, hosts,
-                                           identities))
+        raise HostFailure(_failure_message(phase, timeout, failures, stuck, blame_stuck, identities))
     return [results[i] for i in range(len(refs))]
 
 
-def _failure_message(phase, timeout, failures, stuck, blame_stuck, hosts, identities) -> str:
+class _Progress:
+    """A training call's progress: a host is hung when it completes no compiled call within
+    the timeout, however long the run as a whole takes."""
+
+    def __init__(self, hosts: List, cfg: Config):
+        self.hosts, self.timeout, self.steps_per_call = hosts, cfg.timeout, cfg.steps_per_call
+        now = time.monotonic()
+        self.steps = {i: None for i in range(len(hosts))}  # steps done; None: not started
+        self.since = {i: now for i in range(len(hosts))}  # when `steps` last changed
+        self.asked = {}  # host -> (progress query, when asked), until it answers
+
+    def stall(self, pending: List[int], name) -> Optional[str]:
+        """None while every pending host progressed within the timeout; else why not, naming
+        (with `name(host index)`) the host to blame."""
+        now = time.monotonic()
+        for i in pending:
+            if i not in self.asked:
+                self.asked[i] = (self.hosts[i].progress.remote(), now)
+        refs = [self.asked[i][0] for i in pending]
+        answered, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for i in pending:
+            if self.asked[i][0] in answered:
+                ref, _ = self.asked.pop(i)
+                with contextlib.suppress(ray.exceptions.RayError):  # a dead host: train says so
+                    steps = ray.get(ref)
+                    if steps != self.steps[i]:
+                        self.steps[i], self.since[i] = steps, now
+        if all(now - self.since[i] <= self.timeout for i in pending):
+            return None
+        return self._blame(pending, name, now)
+
+    def _blame(self, pending: List[int], name, now: float) -> str:
+        names = lambda indices: ", ".join(name(i) for i in indices)
+        silent = [i for i in pending if i in self.asked and now - self.asked[i][1] > ANSWER_S]
+        if silent:
+            return (f"{names(silent)} stopped answering: no compiled call completed in "
+                    f"{self.timeout:g} s and no reply to a progress query in {ANSWER_S:g} s (the "
+                    f"process is stopped, or stuck outside Python); the other hosts wait for it")
+        rank = {i: -1 if self.steps[i] is None else self.steps[i] for i in pending}
+        low = min(rank.values())
+        behind = [i for i in pending if rank[i] == low]
+        at = "before its first step" if low < 0 else f"at step {low}"
+        if len(behind) < len(pending):
+            return (f"{names(behind)} fell behind ({at}, others at step {max(rank.values())}) and "
+                    f"completed no compiled call in {self.timeout:g} s (the likely culprit)")
+        return (f"no host completed a compiled call in {self.timeout:g} s (all {at}, all "
+                f"answering): the run is slow, not hung; raise --timeout or lower "
+                f"--steps-per-call (now {self.steps_per_call})")
+
+
+def _failure_message(phase, timeout, failures, stuck, blame_stuck, identities) -> str:
     names = lambda indices: ", ".join(_host_name(i, identities) for i in indices)
     if blame_stuck:
         return (f"{phase} failed: {names(stuck)} never finished (the likely culprit); "
@@ -124,21 +188,7 @@ def _failure_message(phase, timeout, failures, stuck, blame_stuck, hosts, identi
         if failures[1:]:
             msg += f"; then {names(i for i, _ in failures[1:])}"
         return msg + (f"; {names(stuck)} left waiting" if stuck else "")
-    msg = f"{phase} did not finish within {timeout:g} s on {names(stuck)}"
-    behind = _behind(hosts, stuck) if phase == "training" else stuck
-    if behind != stuck:
-        msg += f"; {names(behind)} fell behind the others (the likely culprit)"
-    return msg
-
-
-def _behind(hosts: List, stuck: List[int]) -> List[int]:
-    """Of the stuck hosts, those whose training progress is least (None: never started)."""
-    try:
-        progress = ray.get([hosts[i].progress.remote() for i in stuck], timeout=5)
-    except ray.exceptions.RayError:
-        return stuck
-    rank = [-1 if p is None else p for p in progress]
-    return [i for i, r in zip(stuck, rank) if r == min(rank)]
+    return f"{phase} did not finish within {timeout:g} s on {names(stuck)}"
 
 
 def _stop(hosts: List, platform: platforms.Platform, identities: List[dict]) -> None:
