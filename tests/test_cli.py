@@ -1,6 +1,9 @@
 """The command line as a user meets it: --help, bad input, an unreachable cluster."""
 
+import re
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -29,6 +32,14 @@ BAD_INPUT = [
     (["--ensemble=-8"], "--ensemble must be 0 (off) or a positive member count"),
     (["--platform", "quantum"], "--platform must be one of"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
+    (["--seed", "99999999999999999999"], "--seed must be an integer from 0 to 4294967295"),
+    (["--noise", "1e30"], "the loss (its square) would overflow float32"),
+    (["--true-m", "1e38"], "the loss (its square) would overflow float32"),
+    (["--samples-per-host", str(10**11)], "lower --samples-per-host, or run on a cluster"),
+    (["--ensemble", str(2**30)], "lower --ensemble, or run on a cluster"),
+    (["--dump-data", "/proc/x.npz"], "cannot write --dump-data '/proc/x.npz'"),
+    (["--dump-data", "/tmp"], "--dump-data '/tmp' is a folder; give a file path such as '/tmp/data.npz'"),
 ]
 
 
@@ -60,6 +71,21 @@ def test_unreachable_address_fails_fast_in_one_line():
     assert time.monotonic() - started < 30
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "cannot reach a Ray cluster" in result.stderr
+
+
+def test_an_address_where_something_else_listens_fails_in_seconds():
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = re.search(r"port (\d+)", server.stdout.readline()).group(1)
+        started = time.monotonic()
+        result = launch("--address", f"127.0.0.1:{port}", timeout=60)
+        assert time.monotonic() - started < 30
+    finally:
+        server.kill()
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"--address 127.0.0.1:{port}: something listens there, but it is not a Ray cluster" in result.stderr
 
 
 def test_ray_address_from_the_environment_is_used(tmp_path):

@@ -62,3 +62,19 @@ def test_members_once_each_and_distinct_at_init():
     assert verify.check_distinct_init([("m0", 1.0, 2.0), ("m1", 1.0, 3.0)]).ok
     same = verify.check_distinct_init([("m0", 1.0, 2.0), ("m1", 1.0, 2.0)])
     assert not same.ok and "m1 and m0" in same.detail
+
+
+def test_a_loss_non_finite_before_any_update_points_at_the_data_not_the_lr():
+    at_start = verify.check_finite([("host 0 device 0", 0), ("host 1 device 0", 0)], 100)
+    assert not at_start.ok and "at step 0, before any update" in at_start.detail
+    assert "--noise" in at_start.detail and "--lr" not in at_start.detail
+    later = verify.check_finite([("host 0 device 0", 140)], 100)
+    assert "diverged; try a smaller --lr" in later.detail and "call of steps 100-199" in later.detail
+
+
+def test_a_miss_says_whether_float32_or_training_is_to_blame():
+    big = 3e8  # float32 resolves ~36 here: no float32 run can come within 1e-4
+    check, _ = verify.check_solution([("a", big + 40.0, 1.0)], (big, 1.0), 1e-4)
+    assert not check.ok and "float32 resolves only about" in check.detail and "raise --tol" in check.detail
+    check, _ = verify.check_solution([("a", 2.01, 1.0)], (2.0, 1.0), 1e-4)
+    assert not check.ok and "not converged yet: more --steps" in check.detail

@@ -1,15 +1,17 @@
 """Command line: parse and validate flags, bring up (or connect to) Ray, run, verify, report.
 
-Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or a failed launch.
+Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or a failed launch,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 import argparse
 import contextlib
-import logging
 import os
-import socket
+import signal
 import sys
+import tempfile
 import time
+import types
 from typing import List, Optional
 
 import numpy as np
@@ -17,8 +19,10 @@ import numpy as np
 from ymxb import config, data, report
 from ymxb.config import Config
 from ymxb.errors import HostFailure, UsageError
+from ymxb.ray_cluster import ray_cluster
 
 EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_FAILED = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 DEFAULTS = Config()
 
 
@@ -46,7 +50,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                     "simulates one: N local processes, each a host with K CPU devices.",
         epilog="`launch.py inspect [flags]` prints, instead of training, the jaxpr, vmapped axes, "
                "collectives and compiled cost of one step for those flags (one process, no cluster). "
-               "Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or failed launch.",
+               "Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or failed launch, "
+               "130 interrupted (Ctrl-C), 143 terminated (SIGTERM); every host is stopped either way.",
         formatter_class=_Help)
     d = DEFAULTS
     g = p.add_argument_group("slice")
@@ -133,9 +138,11 @@ def _launch(argv: List[str]) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     if not address and cfg.platform in (None, "cpu-sim"):
         # An embedded cluster can only simulate: settle the shape now, before Ray starts.
+        from ymxb.budget import check_fits
         from ymxb.platforms import CpuSim
 
         cfg = CpuSim(cfg).shape()
+        check_fits(cfg)  # every host is a process on this machine
     if args.dump_data:
         _check_writable(args.dump_data)
     return _run(cfg, address, args)
@@ -146,72 +153,71 @@ def _run(cfg: Config, address: Optional[str], args) -> int:
 
     log = lambda line: print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
-    try:
-        with ray_cluster(address):
-            run = run_hosts(cfg, log)
-    except HostFailure as err:
-        log(f"launch.py: error: {err}")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        log("launch.py: interrupted; all hosts stopped")
-        return 130
-    cfg = run["config"]  # with the platform's slice shape
-    if args.dump_data:
-        x, y = data.global_dataset(cfg)
-        np.savez(args.dump_data, x=x, y=y)
-    result = report.build(cfg, run, time.perf_counter() - started)
-    print(report.to_json(result) if args.json else report.summary(result))
+    with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:
+        try:
+            with ray_cluster(address, log):
+                run = run_hosts(cfg, log)
+        except HostFailure as err:
+            log(f"launch.py: error: {err}")
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            if signals.terminated:
+                log("launch.py: terminated; all hosts stopped")
+                return EXIT_TERMINATED
+            log("launch.py: interrupted; all hosts stopped")
+            return EXIT_INTERRUPTED
+        cfg = run["config"]  # with the platform's slice shape
+        if args.dump_data:
+            x, y = data.global_dataset(cfg)
+            with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
+                np.savez(f, x=x, y=y)
+        result = report.build(cfg, run, time.perf_counter() - started)
+        print(report.to_json(result) if args.json else report.summary(result), file=out, flush=True)
     return EXIT_VERIFIED if result["verified"] else EXIT_NOT_VERIFIED
 
 
 @contextlib.contextmanager
-def ray_cluster(address: Optional[str]):
-    """Connect to the cluster at `address`, else start an embedded Ray that ends with us.
+def _sigterm_as_interrupt():
+    """SIGTERM is handled as Ctrl-C is (every host stopped), then said apart by `.terminated`.
+    A flag, not an exception type: Ray re-raises a KeyboardInterrupt of its own from ray.get."""
+    signals = types.SimpleNamespace(terminated=False)
 
-    The embedded cluster keeps Ray's token authentication on (the default since 2.50); Ray
-    reads the token from, or writes it to, ~/.ray/auth_token.
-    """
-    import ray
+    def handler(signum, frame):
+        signals.terminated = True
+        raise KeyboardInterrupt
 
-    quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        if address:
-            _check_reachable(address)
-            ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
-        else:
-            # Ray warns on every start that token auth is on; we chose it (see above): no warning.
-            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            ray.init(address="local", **quiet)  # "local": never join some other running cluster
-    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
-        where = f"join the Ray cluster at {address}" if address else "start an embedded Ray"
-        raise HostFailure(f"could not {where}: {_first_line(err)}") from None
-    try:
-        yield
+        yield signals
     finally:
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-def _check_reachable(address: str) -> None:
-    """Fail fast, in one line, when nothing listens at a Ray address (ray.init would retry)."""
-    if address in ("auto", "local") or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
+@contextlib.contextmanager
+def _stdout_kept_for_result():
+    """Stdout carries the result alone: whatever else writes to file descriptor 1 while the
+    run lasts (Ray's "(raylet) ..." lines, processes Ray starts) goes to stderr instead.
+    Yields a file for the real stdout."""
+    sys.stdout.flush()
+    kept = os.dup(1)
+    os.dup2(2, 1)
     try:
-        with socket.create_connection((host, int(port)), timeout=3):
-            return
-    except (OSError, ValueError) as err:
-        raise UsageError(
-            f"cannot reach a Ray cluster at --address {address!r} ({err}); start one with "
-            f"`ray start --head`, fix the address (host:port of its GCS), or omit --address "
-            f"to run on an embedded local cluster") from None
+        with os.fdopen(os.dup(kept), "w") as out:
+            yield out
+    finally:
+        sys.stdout.flush()
+        os.dup2(kept, 1)
+        os.close(kept)
 
 
 def _check_writable(path: str) -> None:
-    """Fail before the run, not after it, when --dump-data cannot be written."""
+    """Fail before the run, not after it, when --dump-data cannot be written as given."""
+    if os.path.isdir(path):
+        raise UsageError(f"--dump-data {path!r} is a folder; give a file path such as {os.path.join(path, 'data.npz')!r}")
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UsageError(f"cannot write --dump-data {path!r}: {folder} is not a writable folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write --dump-data {path!r}: {err.strerror} ({folder}); "
+                         f"choose a path in a writable folder") from None

@@ -12,6 +12,8 @@ PARALLEL_MODES = ("pmap", "sharding")
 # optax optimisers offered by --optimizer, each built as optax.<name>(learning_rate=lr). No
 # weight decay (adamw) here: it moves the optimum away from the normal-equation solution.
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: 2**32 would silently be seed 0
+MAX_DATA_SCALE = 1e18  # |y| up to this keeps the squared error within float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,15 @@ class Config:
                 raise UsageError(f"{_flag(name)} must be finite, got {getattr(self, name)}")
         if self.noise < 0:
             raise UsageError(f"--noise must be >= 0, got {self.noise}")
+        scale = abs(self.true_m) + abs(self.true_b) + 6 * self.noise
+        if scale > MAX_DATA_SCALE:
+            raise UsageError(
+                f"|--true-m| + |--true-b| + 6 x --noise is {scale:.3g}: y would reach that size, and "
+                f"the loss (its square) would overflow float32 (max 3.4e38); keep it below "
+                f"{MAX_DATA_SCALE:.0e}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be an integer from 0 to {MAX_SEED} (2**32 - 1: JAX keys "
+                             f"take 32 bits), got {self.seed}")
         if not isinstance(self.ensemble, int) or self.ensemble < 0:
             raise UsageError(f"--ensemble must be 0 (off) or a positive member count, got {self.ensemble}")
         _check_choice("model", self.model, MODELS)

@@ -5,6 +5,11 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 
+# How close float32 training gets to the float64 solution, in units of float32's epsilon
+# relative to the params' size: rounding in the loss and gradient leaves a few ulps.
+FLOAT32_ULPS = 16
+
+
 class Check(NamedTuple):
     name: str
     ok: bool
@@ -38,7 +43,18 @@ def check_solution(params: Sequence[Tuple[str, float, float]], solution: Tuple[f
     worst, label, m, b = max(errors, key=lambda e: e[0])
     detail = (f"max |error| {worst:.3g} at {label} (m={m:.7g} b={b:.7g} vs m={solution[0]:.7g} "
               f"b={solution[1]:.7g}), tol {tol:g}")
+    if worst > tol and np.isfinite(worst):
+        detail += "; " + _why_not_within(solution, tol)
     return Check("matches normal equation", worst <= tol, detail), worst
+
+
+def _why_not_within(solution: Tuple[float, float], tol: float) -> str:
+    """What a finite miss points to: float32's resolution at this scale, or too few steps."""
+    resolution = FLOAT32_ULPS * np.finfo(np.float32).eps * max(1.0, *map(abs, solution))
+    if tol < resolution:
+        return (f"float32 resolves only about {resolution:.1g} at this scale, so a --tol below "
+                f"that cannot pass: raise --tol")
+    return "not converged yet: more --steps, or another --lr"
 
 
 def check_participation(identities: List[dict], hosts: int, devices_per_host: int) -> Check:
@@ -95,6 +111,11 @@ def check_finite(first_bad: Sequence[Tuple[str, Optional[int]]], steps_per_call:
     if not bad:
         return Check("loss finite", True, "loss finite at every step")
     label, step = min(bad, key=lambda b: b[1])
+    if step == 0:
+        return Check("loss finite", False,
+                     f"loss non-finite at step 0, before any update, on {label} and {len(bad) - 1} "
+                     f"more: the data or the initial params overflow float32, not the learning "
+                     f"rate; use smaller --true-m, --true-b, --noise")
     call = step // steps_per_call * steps_per_call
     return Check("loss finite", False,
                  f"loss became non-finite at step {step} (call of steps {call}-{call + steps_per_call - 1}) "

@@ -1,0 +1,152 @@
+"""The failure paths of `python launch.py`, with real processes, real signals and real sockets:
+every failure bounded and named, stdout clean, nothing left running or lying around."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from conftest import ROOT, gone, launch
+from ymxb.host import FAULT_ENV
+
+
+@pytest.fixture
+def tmpdir_env():
+    """A short $TMPDIR of the test's own (Ray's socket paths under it must stay short): the
+    embedded Ray's folder lands there, so the test sees exactly what its run left."""
+    path = tempfile.mkdtemp(prefix="t-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _start(*args, env=None):
+    """`launch.py ARGS` in the background, SIGINT/SIGTERM at their defaults (a background job
+    of a non-interactive shell would ignore SIGINT)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _wait_for_hosts(run, hosts: int) -> str:
+    """Read stderr until every host has said who it is (training begins); return those lines."""
+    lines = ""
+    while f"host {hosts - 1}/{hosts}" not in lines:
+        line = run.stderr.readline()
+        assert line, f"launch.py ended before its hosts started: {lines}"
+        lines += line
+    return lines
+
+
+def _descendants(root: int):
+    """(pid, start time) of every living descendant of `root`: the processes this run started."""
+    from ymxb.reaper import descendants
+
+    return descendants(root)
+
+
+def _all_gone(procs, within_s: float) -> list:
+    """Those of `procs` still running after `within_s` seconds (the same process: pid + start)."""
+    from ymxb.reaper import _start_time
+
+    deadline = time.monotonic() + within_s
+    while True:
+        left = [(p, s) for p, s in procs if _start_time(p) == s]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def test_sigterm_stops_every_host_like_ctrl_c(tmpdir_env):
+    run = _start("--hosts", 2, "--devices-per-host", 1, "--steps", 100000, env={"TMPDIR": tmpdir_env})
+    identities = _wait_for_hosts(run, 2)
+    started = _descendants(run.pid)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "launch.py: terminated; all hosts stopped", err
+    assert "SIGTERM received" not in err  # no C++ stack dump from Ray
+    assert out == ""
+    pids = [int(p) for p in re.findall(r"pid (\d+)", identities)]
+    assert len(pids) == 2 and all(gone(p) for p in pids)
+    assert _all_gone(started, within_s=10) == []
+    assert os.listdir(tmpdir_env) == []  # interrupted, not failed: its Ray folder is removed
+
+
+def test_nothing_outlives_a_driver_killed_with_sigkill(tmpdir_env):
+    run = _start("--hosts", 2, "--devices-per-host", 1, "--steps", 100000, env={"TMPDIR": tmpdir_env})
+    _wait_for_hosts(run, 2)
+    started = _descendants(run.pid)
+    names = {p: open(f"/proc/{p}/cmdline").read()[:60] for p, _ in started if os.path.exists(f"/proc/{p}")}
+    assert any("DashboardAgent" in n for n in names.values()), names  # the ones that used to linger
+    run.kill()
+    run.communicate(timeout=30)
+    left = _all_gone(started, within_s=10)
+    assert left == [], [names.get(p) for p, _ in left]
+
+
+def test_a_stopped_host_is_named_as_the_one_not_answering():
+    run = _start("--hosts", 3, "--devices-per-host", 1, "--steps", 100000, "--timeout", 10)
+    identities = _wait_for_hosts(run, 3)
+    stopped = int(re.search(r"host 1/3: .* pid (\d+)", identities).group(1))
+    time.sleep(2)  # training under way
+    os.kill(stopped, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        _, err = run.communicate(timeout=120)
+    finally:
+        with pytest.raises(ProcessLookupError):  # the run killed it (SIGKILL works on stopped ones)
+            os.kill(stopped, signal.SIGCONT)
+    assert run.returncode == 2, err
+    assert time.monotonic() - started < 10 + 30
+    error = [line for line in err.splitlines() if line.startswith("launch.py: error:")]
+    assert len(error) == 1, err
+    assert re.search(rf"training stalled: host 1 \([\d.]+ pid {stopped}\) stopped answering", error[0]), error[0]
+    assert "host 0" not in error[0] and "host 2" not in error[0]  # only the culprit is named
+
+
+def test_a_run_longer_than_the_timeout_trains_on_while_it_progresses():
+    result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 65536,
+                    "--steps", 4000, "--steps-per-call", 50, "--timeout", 4, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rep = json.loads(result.stdout)
+    assert rep["verified"]
+    assert rep["phases_s"]["train"] > rep["config"]["timeout"]  # longer than --timeout, as a whole
+
+
+def test_a_call_slower_than_the_timeout_says_the_run_is_slow():
+    result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 1 << 20,
+                    "--steps", 1000, "--steps-per-call", 1000, "--timeout", 2)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "the run is slow, not hung; raise --timeout or lower --steps-per-call (now 1000)" in result.stderr
+
+
+@pytest.mark.slow
+def test_json_stdout_stays_one_document_when_ray_talks():
+    # 16 hosts start 16 workers at once on 2 cores: the raylet warns (8x its startup concurrency).
+    result = launch("--hosts", 16, "--devices-per-host", 1, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(raylet)" in result.stderr  # Ray did talk...
+    assert json.loads(result.stdout)["verified"]  # ...and stdout is still exactly the report
+
+
+def test_a_failed_run_keeps_rays_logs_and_says_where(tmpdir_env):
+    result = launch("--hosts", 2, "--devices-per-host", 1, "--json",
+                    env={FAULT_ENV: "die:1:train", "TMPDIR": tmpdir_env})
+    assert result.returncode == 2
+    assert result.stdout == ""  # not even "(raylet) A worker died ..."
+    kept = re.search(r"Ray's logs of this run are kept in (\S+)", result.stderr).group(1)
+    assert kept.startswith(tmpdir_env) and os.path.isdir(kept) and os.listdir(kept)
+
+
+def test_a_clean_run_removes_its_ray_folder(tmpdir_env):
+    result = launch("--hosts", 2, "--devices-per-host", 1, "--steps", 300, env={"TMPDIR": tmpdir_env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert os.listdir(tmpdir_env) == []

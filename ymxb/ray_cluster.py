@@ -1,0 +1,157 @@
+"""The Ray cluster a run uses: one it joins (checked first to be a Ray GCS), or an embedded one
+that starts with the run and leaves nothing behind.
+
+An embedded cluster keeps Ray's token authentication on (the default since 2.50; Ray reads the
+token from, or writes it to, ~/.ray/auth_token), keeps its files in a folder of its own
+(removed after a clean run, kept and named after a failure: its logs say what happened), and
+is watched by a reaper process (reaper.py) that kills whatever of it outlives the driver.
+"""
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import Optional
+
+from ymxb import reaper as reaper_script
+from ymxb.errors import HostFailure, UsageError
+
+# How long the address probe waits for an answer: a GCS answers in milliseconds.
+PROBE_S = 5.0
+# An embedded run's Ray folder, in $TMPDIR (else /tmp): keep that short, as Ray's socket paths
+# under it must stay within 107 characters.
+TEMP_PREFIX = "ymxb-"
+# How long the reaper may take to tidy up after a clean run.
+REAPER_WAIT_S = 15.0
+
+
+@contextlib.contextmanager
+def ray_cluster(address: Optional[str], log=lambda line: None):
+    """Join the Ray cluster at `address`, else start an embedded one that ends with us.
+
+    An embedded run that ends in an exception other than an interrupt (a host failed) keeps
+    its Ray folder, and `log` gets where its logs are.
+    """
+    if address:
+        with _joined(address):
+            yield
+        return
+    with _embedded(log):
+        yield
+
+
+@contextlib.contextmanager
+def _joined(address: str):
+    auth = probe(address)
+    if auth == "token" and "ray" not in sys.modules:
+        # A token cluster: the client must say so before Ray is imported (ray caches the mode).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+
+    try:
+        with _signals_kept():
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
+        raise HostFailure(f"could not join the Ray cluster at {address}: {_first_line(err)}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _embedded(log):
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    reaper = subprocess.Popen([sys.executable, reaper_script.__file__, str(os.getpid()), temp_dir],
+                              stdin=subprocess.PIPE)
+    clean = False
+    try:
+        # Ray warns on every start that token auth is on; we chose it (see above): no warning.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        try:
+            # "local": never join some other running cluster.
+            with _signals_kept():
+                ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False, _temp_dir=temp_dir)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
+            raise HostFailure(f"could not start an embedded Ray: {_first_line(err)}") from None
+        try:
+            yield
+            clean = True
+        except KeyboardInterrupt:  # stopped, not failed: nothing to look into
+            clean = True
+            raise
+        finally:
+            ray.shutdown()
+    finally:
+        _dismiss(reaper, clean)
+        if not clean:
+            log(f"launch.py: Ray's logs of this run are kept in {temp_dir}/session_latest/logs")
+
+
+@contextlib.contextmanager
+def _signals_kept():
+    """ray.init installs a C++ SIGTERM handler (it prints a stack dump and exits 1); put back
+    the one the caller chose."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dismiss(reaper: subprocess.Popen, clean: bool) -> None:
+    """Close the reaper's pipe (after a clean run, saying so) and wait for it to finish."""
+    with contextlib.suppress(OSError):
+        if clean:
+            reaper.stdin.write(b"clean")
+        reaper.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        reaper.wait(REAPER_WAIT_S)
+
+
+def probe(address: str) -> Optional[str]:
+    """Check that a Ray GCS answers at `address` ("host:port"), in seconds, not minutes.
+
+    Returns "token" when it wants token authentication, None otherwise ("auto" and "ray://"
+    addresses are left to Ray). Raises UsageError, naming the address, when nothing answers,
+    or when what answers is not a Ray GCS (`ray.init` would retry against it for minutes).
+    """
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return None
+    import grpc
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address!r} is not host:port (the GCS of a Ray cluster, e.g. "
+                         f"10.0.0.2:6379), auto, or ray://host:port")
+    fix = ("start one with `ray start --head`, fix the address (host:port of its GCS), or omit "
+           "--address to run on an embedded local cluster")
+    # Any GCS answers this call: with the cluster id, or "unauthenticated" for a token cluster.
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
+                                   request_serializer=bytes, response_deserializer=bytes)
+        try:
+            call(b"", timeout=PROBE_S)
+            return None
+        except grpc.RpcError as err:
+            code, detail = err.code(), _first_line(Exception(err.details() or ""))
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return "token"
+    if code == grpc.StatusCode.UNAVAILABLE and "HTTP/2" in detail:
+        raise UsageError(f"--address {address}: something listens there, but it is not a Ray "
+                         f"cluster (it does not speak gRPC); {fix}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        raise UsageError(f"--address {address}: a gRPC server listens there, but not a Ray GCS; {fix}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        raise UsageError(f"--address {address}: no answer within {PROBE_S:g} s; {fix}")
+    raise UsageError(f"cannot reach a Ray cluster at --address {address} ({detail}); {fix}")
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
