@@ -73,7 +73,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--true-m", type=float, metavar="M", default=d.true_m, help="slope of the generating line")
     g.add_argument("--true-b", type=float, metavar="B", default=d.true_b, help="intercept of the generating line")
     g.add_argument("--noise", type=float, metavar="STD", default=d.noise, help="std of the Gaussian noise on y")
-    g.add_argument("--seed", type=int, metavar="N", default=d.seed, help="seed of the data and the initial params")
+    g.add_argument("--seed", type=int, metavar="N", default=d.seed, help="seed of the data and the initial params, 0 to 2**32-1")
     g.add_argument("--samples-per-host", type=int, metavar="N", default=d.samples_per_host,
                    help="points each host generates; split evenly over its devices")
     g = p.add_argument_group("training (full-batch gradient descent on the mean squared error)")
@@ -98,8 +98,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         "machine belongs to (on a cluster's head node); default: $RAY_ADDRESS, else "
                         "start an embedded local Ray for this run")
     g.add_argument("--timeout", type=float, metavar="SECONDS", default=d.timeout,
-                   help="seconds each phase (placement, jax.distributed.initialize, training) may take "
-                        "before the run fails, naming the hosts that died or hung")
+                   help="seconds placement and jax.distributed.initialize may take, and training "
+                        "between two completed compiled calls, before the run fails naming the "
+                        "host that died or hung")
     g.add_argument("--tol", type=float, metavar="TOL", default=d.tol,
                    help="max |param - normal-equation solution| for the run to verify")
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
