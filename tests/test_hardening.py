@@ -1,6 +1,9 @@
 """The failure paths of `python launch.py`, with real processes, real signals and real sockets:
 every failure bounded and named, stdout clean, nothing left running or lying around."""
 
+import contextlib
+import glob
+import ipaddress
 import json
 import os
 import re
@@ -62,6 +65,51 @@ def _all_gone(procs, within_s: float) -> list:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
+
+
+def _listening(pids) -> list:
+    """(address, pid) of every TCP socket that one of `pids` listens on (from /proc)."""
+    owner = {}
+    for pid in pids:
+        for fd in glob.glob(f"/proc/{pid}/fd/*"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    owner[link[8:-1]] = pid
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and fields[9] in owner:  # 0A: LISTEN
+                    found.append((_address(fields[1].split(":")[0]), owner[fields[9]]))
+    return found
+
+
+def _address(hex_ip: str):
+    """/proc/net/tcp's address: 32-bit words, each in host (little-endian) byte order."""
+    raw = bytes.fromhex(hex_ip)
+    return ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+
+
+def _loopback(address) -> bool:
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+
+
+def test_an_embedded_run_listens_on_loopback_only():
+    run = _start("--hosts", 2, "--devices-per-host", 2, "--steps", 100000)
+    try:
+        identities = _wait_for_hosts(run, 2)
+        time.sleep(2)  # training under way: gloo's sockets are open too
+        sockets = _listening([run.pid] + [p for p, _ in _descendants(run.pid)])
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.communicate(timeout=60)
+    hosts = [int(p) for p in re.findall(r"pid (\d+)", identities)]
+    assert {pid for _, pid in sockets} >= set(hosts)  # the coordinator, gloo: each host listens
+    assert len(sockets) >= 6  # and GCS, raylet, agents, workers
+    assert [(str(a), pid) for a, pid in sockets if not _loopback(a)] == []
+    assert "(127.0.0.1) pid" in identities  # Ray's node address: loopback
 
 
 def test_sigterm_stops_every_host_like_ctrl_c(tmpdir_env):

@@ -6,7 +6,9 @@ shutdown. JAX is imported only here, inside the actor, after Ray has set its env
 """
 
 import contextlib
+import functools
 import glob
+import ipaddress
 import os
 import socket
 import threading
@@ -42,13 +44,14 @@ class Host:
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     def coordinator_address(self) -> str:
-        """A free port on this node for the JAX coordinator (run by process 0)."""
+        """A free port on this node's address for the JAX coordinator (run by process 0)."""
         import ray
 
+        ip = ray.util.get_node_ip_address()
         with socket.socket() as s:
-            s.bind(("", 0))
+            s.bind((ip, 0))
             port = s.getsockname()[1]
-        return f"{ray.util.get_node_ip_address()}:{port}"
+        return f"{ip}:{port}"
 
     def initialize(self, coordinator: str, num_processes: int, timeout_s: float) -> dict:
         """Join the distributed runtime; return what JAX now sees from this process."""
@@ -56,8 +59,13 @@ class Host:
         if os.environ.get(PLATFORM_ENV) == "tpu" and os.environ.get("JAX_PLATFORMS") != "cpu":
             free_tpu()
         import jax
+        import ray
 
-        # All four arguments explicit, so JAX's cluster auto-detection never guesses.
+        node_ip = ray.util.get_node_ip_address()
+        if ipaddress.ip_address(node_ip).is_loopback:
+            _gloo_listens_on(node_ip)  # a simulation on loopback keeps every socket there
+        # All four arguments explicit, so JAX's cluster auto-detection never guesses. The
+        # coordinator listens where the others are told to connect, not on every interface.
         jax.distributed.initialize(
             coordinator_address=coordinator,
             num_processes=num_processes,
@@ -65,6 +73,7 @@ class Host:
             local_device_ids=None,
             initialization_timeout=max(1, int(timeout_s)),
             shutdown_timeout_seconds=max(1, int(timeout_s)),
+            coordinator_bind_address=coordinator,
         )
         devices = jax.local_devices()
         return {"process_index": jax.process_index(), "process_count": jax.process_count(),
@@ -102,6 +111,14 @@ class Host:
             os._exit(17)
         if kind == "hang":
             time.sleep(3600)
+
+
+def _gloo_listens_on(host: str) -> None:
+    """Make the CPU collectives (gloo) listen on `host`: by default gloo binds to whatever this
+    machine's hostname resolves to, and JAX offers no setting for it (jax 0.10)."""
+    from jax._src.lib import _jax
+
+    _jax.make_gloo_tcp_collectives = functools.partial(_jax.make_gloo_tcp_collectives, hostname=host)
 
 
 def free_tpu(lockfile: str = TPU_LOCKFILE, devices: Iterable[str] = None) -> None:

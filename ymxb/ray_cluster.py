@@ -26,6 +26,12 @@ PROBE_S = 5.0
 TEMP_PREFIX = "ymxb-"
 # How long the reaper may take to tidy up after a clean run.
 REAPER_WAIT_S = 15.0
+# An embedded cluster listens on loopback only. Ray binds every server (GCS, raylet, workers,
+# agents, metrics) to all interfaces unless its node address is 127.0.0.1, and it keeps that
+# address only where this variable turns multi-node clusters off (ray_constants.py). The two
+# metrics ports are otherwise fixed, and two embedded runs at once would fight over them.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DASHBOARD_METRIC_PORT": "0",
+                "AUTOSCALER_METRIC_PORT": "0"}
 
 
 @contextlib.contextmanager
@@ -64,7 +70,11 @@ def _joined(address: str):
 
 @contextlib.contextmanager
 def _embedded(log):
+    os.environ.update(LOOPBACK_ENV)  # read by the processes Ray starts
     import ray
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
 
     temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
     reaper = subprocess.Popen([sys.executable, reaper_script.__file__, str(os.getpid()), temp_dir],
