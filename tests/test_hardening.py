@@ -162,7 +162,7 @@ def test_a_stopped_host_is_named_as_the_one_not_answering():
 
 def test_a_run_longer_than_the_timeout_trains_on_while_it_progresses():
     result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 65536,
-                    "--steps", 4000, "--steps-per-call", 50, "--timeout", 4, "--json")
+                    "--steps", 12000, "--steps-per-call", 50, "--timeout", 5, "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     rep = json.loads(result.stdout)
     assert rep["verified"]
