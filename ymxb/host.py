@@ -8,7 +8,6 @@ shutdown. JAX is imported only here, inside the actor, after Ray has set its env
 import contextlib
 import functools
 import glob
-import ipaddress
 import os
 import socket
 import threading
@@ -61,9 +60,8 @@ class Host:
         import jax
         import ray
 
-        node_ip = ray.util.get_node_ip_address()
-        if ipaddress.ip_address(node_ip).is_loopback:
-            _gloo_listens_on(node_ip)  # a simulation on loopback keeps every socket there
+        if os.environ.get("JAX_PLATFORMS") == "cpu":
+            _gloo_listens_on(ray.util.get_node_ip_address())
         # All four arguments explicit, so JAX's cluster auto-detection never guesses. The
         # coordinator listens where the others are told to connect, not on every interface.
         jax.distributed.initialize(
@@ -114,8 +112,9 @@ class Host:
 
 
 def _gloo_listens_on(host: str) -> None:
-    """Make the CPU collectives (gloo) listen on `host`: by default gloo binds to whatever this
-    machine's hostname resolves to, and JAX offers no setting for it (jax 0.10)."""
+    """Make the CPU collectives (gloo) listen on `host`, this node's address. By default gloo
+    binds to whatever the hostname resolves to, often 127.0.0.1 (/etc/hosts), which peers on
+    other nodes cannot reach; JAX offers no setting for it (jax 0.10)."""
     from jax._src.lib import _jax
 
     _jax.make_gloo_tcp_collectives = functools.partial(_jax.make_gloo_tcp_collectives, hostname=host)
