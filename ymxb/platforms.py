@@ -54,6 +54,7 @@ class Platform:
         self.pg: Optional[PlacementGroup] = None
         self.bundle_of_host: List[int] = []
         self.test_cpu_devices = int(os.environ.get(TEST_CPU_DEVICES_ENV, 0)) or None
+        self.note: Optional[str] = None  # what the user should know about the placement
 
     @classmethod
     def is_present(cls, resources: Dict[str, float]) -> bool:
@@ -265,10 +266,17 @@ class CpuSim(Platform):
         return self.cfg
 
     def reserve(self, timeout):
-        self.pg = placement_group([{"CPU": SIM_HOST_CPUS}] * self.cfg.hosts, strategy="PACK",
-                                  name="ymxb-cpu-sim")
-        self._wait_ready(timeout, f"{self.cfg.hosts} simulated hosts ({SIM_HOST_CPUS} CPU each)")
-        self.bundle_of_host = list(range(self.cfg.hosts))
+        # One host per node where the cluster has enough nodes, as on a real slice; else spread
+        # as evenly as Ray can (and say so). One node (the embedded simulation): all there.
+        nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+        hosts = self.cfg.hosts
+        strategy = "PACK" if nodes == 1 else "STRICT_SPREAD" if hosts <= nodes else "SPREAD"
+        if strategy == "SPREAD":
+            self.note = (f"cpu-sim: {hosts} hosts on {nodes} nodes, so some nodes run several hosts "
+                         f"(one per node needs --hosts {nodes} or fewer)")
+        self.pg = placement_group([{"CPU": SIM_HOST_CPUS}] * hosts, strategy=strategy, name="ymxb-cpu-sim")
+        self._wait_ready(timeout, f"{hosts} simulated hosts ({SIM_HOST_CPUS} CPU each)")
+        self.bundle_of_host = list(range(hosts))
 
     def host_env(self):
         return cpu_device_env(self.cfg.devices_per_host)
