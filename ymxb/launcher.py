@@ -41,6 +41,8 @@ def run_hosts(cfg: Config, log=lambda line: None) -> Dict:
     try:
         start = time.perf_counter()
         platform.reserve(cfg.timeout)
+        if platform.note:
+            log(platform.note)
         hosts = _start_hosts(platform, cfg)
         identities = _gather(hosts, [h.identity.remote() for h in hosts], "start", cfg.timeout)
         phases["start"] = time.perf_counter() - start
@@ -119,11 +121,16 @@ def _gather(hosts: List, refs: List, phase: str, timeout: float,
             if not failures:  # the others' fate follows within moments: let them report
                 first_failure_s = time.monotonic() - started
                 deadline = min(deadline, time.monotonic() + SETTLE_S)
-            failures.append((index[ready[0]], _reason(err)))
+            failures.append((index[ready[0]], _reason(err), _died(err)))
     if failures or pending:
         stuck = sorted(index[r] for r in pending)
         blame_stuck = bool(failures) and first_failure_s >= peers_give_up_s
-        raise HostFailure(_failure_message(phase, timeout, failures, stuck, blame_stuck, identities))
+        # A host that died is the cause; the errors its peers raise (a collective's connection
+        # reset) are symptoms. Where none is known to have died, a host that cannot answer is.
+        failures.sort(key=lambda f: not f[2])
+        silent = _silent(hosts, stuck) if failures and not failures[0][2] and not blame_stuck else []
+        raise HostFailure(_failure_message(phase, timeout, failures, stuck, blame_stuck, silent,
+                                           identities))
     return [results[i] for i in range(len(refs))]
 
 
@@ -177,16 +184,32 @@ class _Progress:
                 f"--steps-per-call (now {self.steps_per_call})")
 
 
-def _failure_message(phase, timeout, failures, stuck, blame_stuck, identities) -> str:
+def _silent(hosts: List, indices: List[int]) -> List[int]:
+    """Those of the hosts that do not answer a progress query within ANSWER_S."""
+    refs = {hosts[i].progress.remote(): i for i in indices}
+    answered, _ = ray.wait(list(refs), num_returns=len(refs), timeout=ANSWER_S)
+    alive = set()
+    for ref in answered:
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.get(ref)
+            alive.add(refs[ref])
+    return [i for i in indices if i not in alive]
+
+
+def _failure_message(phase, timeout, failures, stuck, blame_stuck, silent, identities) -> str:
     names = lambda indices: ", ".join(_host_name(i, identities) for i in indices)
     if blame_stuck:
         return (f"{phase} failed: {names(stuck)} never finished (the likely culprit); "
-                f"{names(i for i, _ in failures)} gave up waiting: {failures[0][1]}")
+                f"{names(i for i, *_ in failures)} gave up waiting: {failures[0][1]}")
+    if silent:
+        return (f"{phase} failed: {names(silent)} stopped answering (its process or its node is "
+                f"gone: the likely culprit); {names(i for i, *_ in failures)} then failed: "
+                f"{failures[0][1]}")
     if failures:
-        first, reason = failures[0]
+        first, reason, _ = failures[0]
         msg = f"{phase} failed: {names([first])} failed first: {reason}"
         if failures[1:]:
-            msg += f"; then {names(i for i, _ in failures[1:])}"
+            msg += f"; then {names(i for i, *_ in failures[1:])}"
         return msg + (f"; {names(stuck)} left waiting" if stuck else "")
     return f"{phase} did not finish within {timeout:g} s on {names(stuck)}"
 
@@ -233,6 +256,11 @@ def _host_name(i: int, identities: Optional[List[dict]]) -> str:
     return f"host {i}"
 
 
+def _died(err: Exception) -> bool:
+    """Whether a host's call failed because its process (or node) went, not by raising."""
+    return isinstance(err, (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError))
+
+
 def _reason(err: Exception) -> str:
     """Why a host's call failed, in one line."""
     if isinstance(err, ray.exceptions.RayTaskError):
@@ -241,4 +269,6 @@ def _reason(err: Exception) -> str:
         return f"raised {type(cause).__name__}: {first}"[:400]
     if isinstance(err, ray.exceptions.ActorDiedError):
         return "its process exited unexpectedly (crashed, killed, or aborted by JAX)"
+    if isinstance(err, ray.exceptions.ActorUnavailableError):
+        return "its process became unreachable (its node, or the node's raylet, is gone)"
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:400]
