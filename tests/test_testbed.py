@@ -1,0 +1,148 @@
+"""Runs on a real multi-node cluster on this machine (ymxb.testbed): each Ray node in its own
+network namespace with its own address, real jax.distributed over the bridge, and the
+failures only a network can make: a host cut off, a node lost for good."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, gone
+from ymxb import testbed
+
+pytestmark = pytest.mark.slow
+
+try:
+    testbed.check_can_run()
+except testbed.BedError as err:
+    pytest.skip(str(err), allow_module_level=True)
+
+
+@pytest.fixture
+def make_bed():
+    """Beds built by the test; after it, each must be gone without a trace."""
+    beds = []
+
+    def make(**spec):
+        beds.append(testbed.up(testbed.plan(**spec)))
+        return beds[-1]
+
+    yield make
+    for bed in beds:
+        pids = [p for i in range(len(bed.nodes)) for p in bed.pids(i)]
+        testbed.down(bed)
+        assert testbed.leftovers(bed) == []
+        assert [p for p in pids if not gone(p)] == []
+
+
+@pytest.fixture(scope="module")
+def big_bed():
+    """A CPU head, a pretend v4-32 slice (4 hosts) and two GPU nodes with 2 GPUs each."""
+    bed = testbed.up(testbed.plan(tpu=["v4-32"], gpu=["2:2"]))
+    yield bed
+    testbed.down(bed)
+    assert testbed.leftovers(bed) == []
+
+
+def _launch(bed, *args, timeout=180):
+    """`launch.py ARGS` from the head's namespace, as `testbed run` does."""
+    return bed.exec(0, [sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
+                    capture_output=True, text=True, timeout=timeout)
+
+
+def _hosts(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    rep = json.loads(result.stdout)
+    assert rep["verified"], rep["checks"]
+    return rep, [h["node_ip"] for h in rep["hosts"]]
+
+
+def test_a_pretend_tpu_slice_trains_across_four_addresses(big_bed):
+    rep, ips = _hosts(_launch(big_bed, "--platform", "tpu", "--json"))
+    slice_hosts = [n.ip for n in big_bed.nodes if n.labels.get("ray.io/tpu-worker-id")]
+    assert ips == slice_hosts  # one host per TPU VM, in tpu-worker-id order
+    assert rep["coordinator"].rsplit(":", 1)[0] == ips[0]  # on host 0's node, not loopback
+    assert {h["global_devices"] for h in rep["hosts"]} == {16}
+
+
+def test_gpu_nodes_get_one_host_each(big_bed):
+    _, ips = _hosts(_launch(big_bed, "--platform", "gpu", "--json"))
+    gpu_nodes = {n.ip for n in big_bed.nodes if n.num_gpus}
+    assert len(ips) == 2 and set(ips) == gpu_nodes
+
+
+def test_cpu_sim_spreads_one_host_per_node(big_bed):
+    rep, ips = _hosts(_launch(big_bed, "--platform", "cpu-sim", "--hosts", 3, "--devices-per-host", 1, "--json"))
+    assert len(set(ips)) == 3 and rep["coordinator"].rsplit(":", 1)[0] == ips[0]
+
+
+def test_more_sim_hosts_than_nodes_says_so(make_bed):
+    bed = make_bed(cpu=1)
+    result = _launch(bed, "--platform", "cpu-sim", "--hosts", 3, "--devices-per-host", 1, "--json")
+    _, ips = _hosts(result)
+    assert "cpu-sim: 3 hosts on 2 nodes, so some nodes run several hosts" in result.stderr
+    assert set(ips) == {n.ip for n in bed.nodes}
+
+
+def _start_training(bed, hosts):
+    run = subprocess.Popen(["ip", "netns", "exec", bed.netns(0), sys.executable, str(ROOT / "launch.py"),
+                            "--platform", "cpu-sim", "--hosts", str(hosts), "--devices-per-host", "1",
+                            "--steps", "100000", "--timeout", "10"],
+                           cwd=ROOT, env={**os.environ, **bed.env()}, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = ""
+    while f"host {hosts - 1}/{hosts}" not in lines:
+        line = run.stderr.readline()
+        assert line, f"launch.py ended before its hosts started: {lines}"
+        lines += line
+    time.sleep(2)  # training under way
+    return run, lines
+
+
+def _host_on(identities: str, ip: str) -> int:
+    return int(re.search(rf"host (\d+)/\d+: .* \({re.escape(ip)}\) pid", identities).group(1))
+
+
+def test_a_partitioned_host_is_named_within_the_timeout(make_bed):
+    bed = make_bed(cpu=2)
+    run, identities = _start_training(bed, 3)
+    cut = bed.nodes[2]
+    subprocess.run(["ip", "link", "set", bed.link(cut.index), "down"], check=True)
+    started = time.monotonic()
+    _, err = run.communicate(timeout=180)
+    assert run.returncode == 2, err
+    assert time.monotonic() - started < 10 + 40
+    error = next(line for line in err.splitlines() if line.startswith("launch.py: error:"))
+    print(error)
+    host = _host_on(identities, cut.ip)
+    assert re.search(rf": host {host} \({re.escape(cut.ip)} pid \d+\) (failed first|stopped answering)", error), error
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def test_a_lost_node_is_named_with_its_host(make_bed):
+    bed = make_bed(cpu=2)
+    run, identities = _start_training(bed, 3)
+    lost = bed.nodes[1]
+    raylets = [p for p in bed.pids(lost.index) if "raylet" in _cmdline(p)]
+    assert raylets
+    for pid in raylets:
+        os.kill(pid, signal.SIGKILL)
+    _, err = run.communicate(timeout=180)
+    assert run.returncode == 2, err
+    error = next(line for line in err.splitlines() if line.startswith("launch.py: error:"))
+    print(error)
+    host = _host_on(identities, lost.ip)
+    # Named as the cause, not among the peers whose collectives then failed.
+    assert re.search(rf"failed: host {host} \({re.escape(lost.ip)} pid \d+\) (failed first|stopped answering)", error), error
