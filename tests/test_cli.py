@@ -123,3 +123,10 @@ def test_inspect_sharded_ensemble_shows_members_vmapped_and_no_collective():
 def test_inspect_rejects_bad_input_like_a_run():
     result = launch("inspect", "--ensemble", 3)
     assert result.returncode == 2 and result.stderr.startswith("launch.py: error: --ensemble (3)")
+
+
+def test_testbed_refuses_in_one_line_where_it_cannot_work():
+    no_ip = subprocess.run([sys.executable, "-m", "ymxb.testbed", "up", "--cpu", "1"], capture_output=True,
+                           text=True, env={"PATH": "/nonexistent"}, timeout=60)
+    assert no_ip.returncode == 2 and no_ip.stdout == ""
+    assert no_ip.stderr.strip().count("\n") == 0 and no_ip.stderr.startswith("testbed: error: the test bed needs")

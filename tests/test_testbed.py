@@ -45,8 +45,9 @@ def big_bed():
     """A CPU head, a pretend v4-32 slice (4 hosts) and two GPU nodes with 2 GPUs each."""
     bed = testbed.up(testbed.plan(tpu=["v4-32"], gpu=["2:2"]))
     yield bed
+    pids = [p for i in range(len(bed.nodes)) for p in bed.pids(i)]
     testbed.down(bed)
-    assert testbed.leftovers(bed) == []
+    assert testbed.leftovers(bed) == [] and [p for p in pids if not gone(p)] == []
 
 
 def _launch(bed, *args, timeout=180):
@@ -81,12 +82,21 @@ def test_cpu_sim_spreads_one_host_per_node(big_bed):
     assert len(set(ips)) == 3 and rep["coordinator"].rsplit(":", 1)[0] == ips[0]
 
 
-def test_more_sim_hosts_than_nodes_says_so(make_bed):
-    bed = make_bed(cpu=1)
-    result = _launch(bed, "--platform", "cpu-sim", "--hosts", 3, "--devices-per-host", 1, "--json")
-    _, ips = _hosts(result)
-    assert "cpu-sim: 3 hosts on 2 nodes, so some nodes run several hosts" in result.stderr
-    assert set(ips) == {n.ip for n in bed.nodes}
+def test_testbed_run_passes_on_the_exit_code_and_leaves_nothing():
+    bed_id = f"r{os.getpid() % 1000}"
+    run = subprocess.run([sys.executable, "-m", "ymxb.testbed", "run", "--cpu", "1", "--id", bed_id, "--",
+                          sys.executable, "launch.py", "--platform", "cpu-sim", "--hosts", "3",
+                          "--devices-per-host", "1", "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    _, ips = _hosts(run)
+    assert "cpu-sim: 3 hosts on 2 nodes, so some nodes run several hosts" in run.stderr
+    assert len(set(ips)) == 2
+    bed = testbed.plan(cpu=1, bed_id=bed_id)
+    assert testbed.leftovers(bed) == []
+    failing = subprocess.run([sys.executable, "-m", "ymxb.testbed", "run", "--id", bed_id, "--",
+                              sys.executable, "-c", "import sys; sys.exit(7)"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert failing.returncode == 7 and testbed.leftovers(bed) == []
 
 
 def _start_training(bed, hosts):
