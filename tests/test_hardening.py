@@ -141,7 +141,7 @@ def test_nothing_outlives_a_driver_killed_with_sigkill(tmpdir_env):
 
 
 def test_a_stopped_host_is_named_as_the_one_not_answering():
-    run = _start("--hosts", 3, "--devices-per-host", 1, "--steps", 100000, "--timeout", 10)
+    run = _start("--hosts", 3, "--devices-per-host", 1, "--steps", 100000, "--timeout", 6)
     identities = _wait_for_hosts(run, 3)
     stopped = int(re.search(r"host 1/3: .* pid (\d+)", identities).group(1))
     time.sleep(2)  # training under way
@@ -153,7 +153,7 @@ def test_a_stopped_host_is_named_as_the_one_not_answering():
         with pytest.raises(ProcessLookupError):  # the run killed it (SIGKILL works on stopped ones)
             os.kill(stopped, signal.SIGCONT)
     assert run.returncode == 2, err
-    assert time.monotonic() - started < 10 + 30
+    assert time.monotonic() - started < 6 + 30
     error = [line for line in err.splitlines() if line.startswith("launch.py: error:")]
     assert len(error) == 1, err
     assert re.search(rf"training stalled: host 1 \([\d.]+ pid {stopped}\) stopped answering", error[0]), error[0]
@@ -162,7 +162,7 @@ def test_a_stopped_host_is_named_as_the_one_not_answering():
 
 def test_a_run_longer_than_the_timeout_trains_on_while_it_progresses():
     result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 65536,
-                    "--steps", 12000, "--steps-per-call", 50, "--timeout", 5, "--json")
+                    "--steps", 9000, "--steps-per-call", 50, "--timeout", 4, "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     rep = json.loads(result.stdout)
     assert rep["verified"]
@@ -170,31 +170,26 @@ def test_a_run_longer_than_the_timeout_trains_on_while_it_progresses():
 
 
 def test_a_call_slower_than_the_timeout_says_the_run_is_slow():
-    result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 1 << 20,
-                    "--steps", 1000, "--steps-per-call", 1000, "--timeout", 2)
+    result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 1 << 22,
+                    "--steps", 1000, "--steps-per-call", 1000, "--timeout", 5)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "the run is slow, not hung; raise --timeout or lower --steps-per-call (now 1000)" in result.stderr
 
 
 @pytest.mark.slow
-def test_json_stdout_stays_one_document_when_ray_talks():
+def test_json_stdout_stays_one_document_when_ray_talks_and_the_ray_folder_goes(tmpdir_env):
     # 16 hosts start 16 workers at once on 2 cores: the raylet warns (8x its startup concurrency).
-    result = launch("--hosts", 16, "--devices-per-host", 1, "--json")
+    result = launch("--hosts", 16, "--devices-per-host", 1, "--json", env={"TMPDIR": tmpdir_env})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "(raylet)" in result.stderr  # Ray did talk...
+    assert "(raylet) WARNING" in result.stderr  # Ray did talk...
     assert json.loads(result.stdout)["verified"]  # ...and stdout is still exactly the report
+    assert os.listdir(tmpdir_env) == []  # a clean run leaves no Ray folder
 
 
 def test_a_failed_run_keeps_rays_logs_and_says_where(tmpdir_env):
     result = launch("--hosts", 2, "--devices-per-host", 1, "--json",
                     env={FAULT_ENV: "die:1:train", "TMPDIR": tmpdir_env})
     assert result.returncode == 2
-    assert result.stdout == ""  # not even "(raylet) A worker died ..."
+    assert result.stdout == "" and "(raylet)" in result.stderr  # "(raylet) A worker died ...": stderr
     kept = re.search(r"Ray's logs of this run are kept in (\S+)", result.stderr).group(1)
     assert kept.startswith(tmpdir_env) and os.path.isdir(kept) and os.listdir(kept)
-
-
-def test_a_clean_run_removes_its_ray_folder(tmpdir_env):
-    result = launch("--hosts", 2, "--devices-per-host", 1, "--steps", 300, env={"TMPDIR": tmpdir_env})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert os.listdir(tmpdir_env) == []

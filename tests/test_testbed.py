@@ -84,25 +84,21 @@ def test_cpu_sim_spreads_one_host_per_node(big_bed):
 
 def test_testbed_run_passes_on_the_exit_code_and_leaves_nothing():
     bed_id = f"r{os.getpid() % 1000}"
+    # --tol no float32 run can meet: launch.py trains, reports, and exits 1 (not verified).
     run = subprocess.run([sys.executable, "-m", "ymxb.testbed", "run", "--cpu", "1", "--id", bed_id, "--",
                           sys.executable, "launch.py", "--platform", "cpu-sim", "--hosts", "3",
-                          "--devices-per-host", "1", "--json"],
+                          "--devices-per-host", "1", "--tol", "1e-12", "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    _, ips = _hosts(run)
+    assert run.returncode == 1, run.stderr[-3000:]
     assert "cpu-sim: 3 hosts on 2 nodes, so some nodes run several hosts" in run.stderr
-    assert len(set(ips)) == 2
-    bed = testbed.plan(cpu=1, bed_id=bed_id)
-    assert testbed.leftovers(bed) == []
-    failing = subprocess.run([sys.executable, "-m", "ymxb.testbed", "run", "--id", bed_id, "--",
-                              sys.executable, "-c", "import sys; sys.exit(7)"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert failing.returncode == 7 and testbed.leftovers(bed) == []
+    assert len({h["node_ip"] for h in json.loads(run.stdout)["hosts"]}) == 2
+    assert testbed.leftovers(testbed.plan(cpu=1, bed_id=bed_id)) == []
 
 
 def _start_training(bed, hosts):
     run = subprocess.Popen(["ip", "netns", "exec", bed.netns(0), sys.executable, str(ROOT / "launch.py"),
                             "--platform", "cpu-sim", "--hosts", str(hosts), "--devices-per-host", "1",
-                            "--steps", "100000", "--timeout", "10"],
+                            "--steps", "100000", "--timeout", "6"],
                            cwd=ROOT, env={**os.environ, **bed.env()}, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines = ""
@@ -119,14 +115,14 @@ def _host_on(identities: str, ip: str) -> int:
 
 
 def test_a_partitioned_host_is_named_within_the_timeout(make_bed):
-    bed = make_bed(cpu=2)
-    run, identities = _start_training(bed, 3)
-    cut = bed.nodes[2]
+    bed = make_bed(cpu=1)
+    run, identities = _start_training(bed, 2)
+    cut = bed.nodes[1]
     subprocess.run(["ip", "link", "set", bed.link(cut.index), "down"], check=True)
     started = time.monotonic()
     _, err = run.communicate(timeout=180)
     assert run.returncode == 2, err
-    assert time.monotonic() - started < 10 + 40
+    assert time.monotonic() - started < 6 + 40
     error = next(line for line in err.splitlines() if line.startswith("launch.py: error:"))
     print(error)
     host = _host_on(identities, cut.ip)
@@ -142,8 +138,8 @@ def _cmdline(pid: int) -> str:
 
 
 def test_a_lost_node_is_named_with_its_host(make_bed):
-    bed = make_bed(cpu=2)
-    run, identities = _start_training(bed, 3)
+    bed = make_bed(cpu=1)
+    run, identities = _start_training(bed, 2)
     lost = bed.nodes[1]
     raylets = [p for p in bed.pids(lost.index) if "raylet" in _cmdline(p)]
     assert raylets
@@ -155,4 +151,5 @@ def test_a_lost_node_is_named_with_its_host(make_bed):
     print(error)
     host = _host_on(identities, lost.ip)
     # Named as the cause, not among the peers whose collectives then failed.
-    assert re.search(rf"failed: host {host} \({re.escape(lost.ip)} pid \d+\) (failed first|stopped answering)", error), error
+    assert re.search(rf"failed: host {host} \({re.escape(lost.ip)} pid \d+\) failed first: its node is "
+                     rf"gone|failed: host {host} \({re.escape(lost.ip)} pid \d+\) stopped answering", error), error

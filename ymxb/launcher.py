@@ -22,11 +22,14 @@ from ymxb.host import FAULT_ENV, PLATFORM_ENV, Host
 
 # After the first host fails, how long to wait for the others to report before naming names.
 SETTLE_S = 3.0
-# How long killed host processes may take to disappear.
-KILL_WAIT_S = 15.0
+# How long host processes get to go after ray.kill, before the driver SIGKILLs the ones on its
+# own machine itself; and how long killed processes may take to disappear.
+RAY_KILL_S, KILL_WAIT_S = 3.0, 15.0
 # While training: how often each host is asked how far it got, and how long a live host may take
 # to answer (it answers from a second thread in milliseconds; a stopped process never does).
 POLL_S, ANSWER_S = 2.0, 5.0
+# How long a node's raylet may take to accept a connection before the node counts as gone.
+RAYLET_ANSWER_S = 2.0
 
 
 def run_hosts(cfg: Config, log=lambda line: None) -> Dict:
@@ -125,9 +128,13 @@ def _gather(hosts: List, refs: List, phase: str, timeout: float,
     if failures or pending:
         stuck = sorted(index[r] for r in pending)
         blame_stuck = bool(failures) and first_failure_s >= peers_give_up_s
-        # A host that died is the cause; the errors its peers raise (a collective's connection
-        # reset) are symptoms. Where none is known to have died, a host that cannot answer is.
-        failures.sort(key=lambda f: not f[2])
+        # A host whose node left the cluster, else one that died, is the cause; what its peers
+        # then report (a collective's connection reset, JAX aborting when the coordinator goes)
+        # are symptoms. Where none is known to have died, a host that cannot answer is.
+        lost = _on_lost_nodes(identities)
+        failures = [(i, "its node is gone (its raylet does not answer)", True) if i in lost
+                    else (i, reason, died) for i, reason, died in failures]
+        failures.sort(key=lambda f: (f[0] not in lost, not f[2]))
         silent = _silent(hosts, stuck) if failures and not failures[0][2] and not blame_stuck else []
         raise HostFailure(_failure_message(phase, timeout, failures, stuck, blame_stuck, silent,
                                            identities))
@@ -143,7 +150,7 @@ class _Progress:
         now = time.monotonic()
         self.steps = {i: None for i in range(len(hosts))}  # steps done; None: not started
         self.since = {i: now for i in range(len(hosts))}  # when `steps` last changed
-        self.asked = {}  # host -> (progress query, when asked), until it answers
+        self.asked = {}  # host -> progress query, until it answers
 
     def stall(self, pending: List[int], name) -> Optional[str]:
         """None while every pending host progressed within the timeout; else why not, naming
@@ -151,23 +158,22 @@ class _Progress:
         now = time.monotonic()
         for i in pending:
             if i not in self.asked:
-                self.asked[i] = (self.hosts[i].progress.remote(), now)
-        refs = [self.asked[i][0] for i in pending]
+                self.asked[i] = self.hosts[i].progress.remote()
+        refs = [self.asked[i] for i in pending]
         answered, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for i in pending:
-            if self.asked[i][0] in answered:
-                ref, _ = self.asked.pop(i)
+            if self.asked[i] in answered:
+                ref = self.asked.pop(i)
                 with contextlib.suppress(ray.exceptions.RayError):  # a dead host: train says so
                     steps = ray.get(ref)
                     if steps != self.steps[i]:
                         self.steps[i], self.since[i] = steps, now
         if all(now - self.since[i] <= self.timeout for i in pending):
             return None
-        return self._blame(pending, name, now)
+        return self._blame(pending, name, _silent(self.hosts, pending))
 
-    def _blame(self, pending: List[int], name, now: float) -> str:
+    def _blame(self, pending: List[int], name, silent: List[int]) -> str:
         names = lambda indices: ", ".join(name(i) for i in indices)
-        silent = [i for i in pending if i in self.asked and now - self.asked[i][1] > ANSWER_S]
         if silent:
             return (f"{names(silent)} stopped answering: no compiled call completed in "
                     f"{self.timeout:g} s and no reply to a progress query in {ANSWER_S:g} s (the "
@@ -182,6 +188,41 @@ class _Progress:
         return (f"no host completed a compiled call in {self.timeout:g} s (all {at}, all "
                 f"answering): the run is slow, not hung; raise --timeout or lower "
                 f"--steps-per-call (now {self.steps_per_call})")
+
+
+def _on_lost_nodes(identities: Optional[List[dict]]) -> set:
+    """Indices of the hosts whose Ray node is gone: dead to the GCS, or its raylet not answering
+    (the GCS takes ~15 s of missed health checks to notice a node die; this takes at most 2 s)."""
+    import grpc
+
+    if not identities:
+        return set()
+    try:
+        nodes = {n["NodeID"]: n for n in ray.nodes()}
+    except ray.exceptions.RayError:  # the GCS itself is gone: no node to single out
+        return set()
+    checks = {}
+    for node_id in {ident.get("node_id") for ident in identities} & set(nodes):
+        node = nodes[node_id]
+        if node["Alive"]:
+            channel = grpc.insecure_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
+            checks[node_id] = (channel, grpc.channel_ready_future(channel))  # all dial at once
+        else:
+            checks[node_id] = None
+    gone = set()
+    deadline = time.monotonic() + RAYLET_ANSWER_S
+    for node_id, check in checks.items():
+        if check is None:
+            gone.add(node_id)
+            continue
+        channel, ready = check
+        try:
+            ready.result(timeout=max(0.0, deadline - time.monotonic()))
+        except grpc.FutureTimeoutError:
+            gone.add(node_id)
+        finally:
+            channel.close()
+    return {i for i, ident in enumerate(identities) if ident.get("node_id") in gone}
 
 
 def _silent(hosts: List, indices: List[int]) -> List[int]:
@@ -220,14 +261,20 @@ def _stop(hosts: List, platform: platforms.Platform, identities: List[dict]) -> 
         ray.kill(h, no_restart=True)
     platform.release()
     here = socket.gethostname()
-    pids = [i["pid"] for i in identities if i.get("hostname") == here]
-    deadline = time.monotonic() + KILL_WAIT_S
+    pids = _wait_gone([i["pid"] for i in identities if i.get("hostname") == here], RAY_KILL_S)
+    for pid in pids:  # ours, and still there (its raylet unreachable?): kill it ourselves
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _wait_gone(pids, KILL_WAIT_S)
+
+
+def _wait_gone(pids: List[int], within_s: float) -> List[int]:
+    """Those of `pids` still alive after waiting up to `within_s` for them to go."""
+    deadline = time.monotonic() + within_s
     while pids and time.monotonic() < deadline:
         pids = [p for p in pids if _alive(p)]
         time.sleep(0.1)
-    for pid in pids:  # ours, and still there: make sure
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    return [p for p in pids if _alive(p)]
 
 
 def _alive(pid: int) -> bool:
