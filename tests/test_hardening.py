@@ -140,8 +140,9 @@ def test_nothing_outlives_a_driver_killed_with_sigkill(tmpdir_env):
     assert left == [], [names.get(p) for p, _ in left]
 
 
-def test_a_stopped_host_is_named_as_the_one_not_answering():
-    run = _start("--hosts", 3, "--devices-per-host", 1, "--steps", 100000, "--timeout", 6)
+def test_a_stopped_host_is_named_as_the_one_not_answering(tmpdir_env):
+    run = _start("--hosts", 3, "--devices-per-host", 1, "--steps", 100000, "--timeout", 6,
+                 env={"TMPDIR": tmpdir_env})  # a failure: its Ray folder is kept, in the test's own
     identities = _wait_for_hosts(run, 3)
     stopped = int(re.search(r"host 1/3: .* pid (\d+)", identities).group(1))
     time.sleep(2)  # training under way
@@ -169,9 +170,9 @@ def test_a_run_longer_than_the_timeout_trains_on_while_it_progresses():
     assert rep["phases_s"]["train"] > rep["config"]["timeout"]  # longer than --timeout, as a whole
 
 
-def test_a_call_slower_than_the_timeout_says_the_run_is_slow():
+def test_a_call_slower_than_the_timeout_says_the_run_is_slow(tmpdir_env):
     result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 1 << 22,
-                    "--steps", 1000, "--steps-per-call", 1000, "--timeout", 5)
+                    "--steps", 1000, "--steps-per-call", 1000, "--timeout", 5, env={"TMPDIR": tmpdir_env})
     assert result.returncode == 2, result.stderr[-2000:]
     assert "the run is slow, not hung; raise --timeout or lower --steps-per-call (now 1000)" in result.stderr
 
