@@ -19,6 +19,7 @@ from ymxb import platforms
 from ymxb.config import Config
 from ymxb.errors import HostFailure
 from ymxb.host import FAULT_ENV, PLATFORM_ENV, Host
+from ymxb.reaper import wait_gone
 
 # After the first host fails, how long to wait for the others to report before naming names.
 SETTLE_S = 3.0
@@ -261,32 +262,11 @@ def _stop(hosts: List, platform: platforms.Platform, identities: List[dict]) -> 
         ray.kill(h, no_restart=True)
     platform.release()
     here = socket.gethostname()
-    pids = _wait_gone([i["pid"] for i in identities if i.get("hostname") == here], RAY_KILL_S)
+    pids = wait_gone([i["pid"] for i in identities if i.get("hostname") == here], RAY_KILL_S)
     for pid in pids:  # ours, and still there (its raylet unreachable?): kill it ourselves
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _wait_gone(pids, KILL_WAIT_S)
-
-
-def _wait_gone(pids: List[int], within_s: float) -> List[int]:
-    """Those of `pids` still alive after waiting up to `within_s` for them to go."""
-    deadline = time.monotonic() + within_s
-    while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if _alive(p)]
-        time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone in all but name
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    wait_gone(pids, KILL_WAIT_S)
 
 
 def _identity_line(ident: dict) -> str:

@@ -17,7 +17,7 @@ import shutil
 import signal
 import sys
 import time
-from typing import Dict, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 SCAN_S = 0.25  # how often the descendants are listed while the driver lives
 CLEAN = b"clean"  # what the driver writes before closing the pipe after a clean run
@@ -69,6 +69,20 @@ def kill(procs: Set[Proc], wait_s: float = 5.0) -> None:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and any(_start_time(p) == s for p, s in procs if p != mine):
         time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie is gone in all but name)."""
+    return _stat(pid) is not None
+
+
+def wait_gone(pids: List[int], within_s: float) -> List[int]:
+    """Those of `pids` still alive after waiting up to `within_s` for them to go."""
+    deadline = time.monotonic() + within_s
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if alive(p)]
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
 
 
 def _pids():

@@ -29,6 +29,8 @@ import time
 import uuid
 from typing import Dict, List, Optional
 
+from ymxb.reaper import wait_gone
+
 PREFIX = "ybed"
 NETWORK = ipaddress.ip_network("198.18.0.0/15")
 RAY_PORT = 6379
@@ -253,17 +255,7 @@ def _kill(pids: List[int], wait_s: float = 15.0) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") and not _zombie(p) for p in pids):
-        time.sleep(0.1)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    wait_gone(pids, wait_s)
 
 
 def _ip(*args: str) -> None:
