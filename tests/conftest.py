@@ -8,6 +8,10 @@ from pathlib import Path
 LOCAL_DEVICES = 4
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={LOCAL_DEVICES}"
+# Some tests open gRPC channels in this process (grpcio), and many start subprocesses. With
+# gRPC's fork support on (grpcio's default), ~1 child in 10 started with a preexec_fn dies of
+# SIGABRT before exec ("epoll_wait error: Bad file descriptor", grpc/grpc#43055).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import pytest  # noqa: E402
 import ray  # noqa: E402
