@@ -16,8 +16,8 @@ import jax
 
 
 def main() -> int:
-    from ymxb import data, models, verify
-    from ymxb.config import Config
+    from ymxb import data, verify
+    from ymxb.config import Program, SliceSpec, TrialSpec
     from ymxb.train import train_host
 
     with socket.socket() as s:
@@ -31,13 +31,12 @@ def main() -> int:
     for model in ("pure", "haiku"):
         for parallel in ("pmap", "sharding"):
             for ensemble in (0, 512 * k):
-                cfg = Config(hosts=1, devices_per_host=k, model=model, parallel=parallel,
-                             ensemble=ensemble)
+                cfg = TrialSpec(model=model, parallel=parallel, ensemble=ensemble)
                 started = time.perf_counter()
-                result = train_host(cfg)
-                solution = verify.normal_equation(*data.global_dataset(cfg))
-                params = [(str(p["index"]), *map(float, models.to_mb(model, p["params"])))
-                          for p in result["pieces"]]
+                result = train_host(Program.of(SliceSpec(hosts=1, devices_per_host=k), [cfg]))
+                solution = verify.normal_equation(*data.global_dataset(cfg, 1))
+                params = [(str(e), m, b) for e, m, b in
+                          zip(result["entry"].tolist(), result["m"].tolist(), result["b"].tolist())]
                 check, error = verify.check_solution(params, solution, cfg.tol)
                 failed += not check.ok
                 print(f"{model:<6} {parallel:<9} E={ensemble:<5} {'ok  ' if check.ok else 'FAIL'} "

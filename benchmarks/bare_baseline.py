@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = """
 import sys, jax
-from ymxb.config import Config
+from ymxb.config import Program, SliceSpec, TrialSpec
 from ymxb.train import train_host
 pid, n, k, addr = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 jax.distributed.initialize(addr, n, pid, initialization_timeout=60)
-train_host(Config(hosts=n, devices_per_host=k))
+train_host(Program.of(SliceSpec(hosts=n, devices_per_host=k), [TrialSpec()]))
 jax.distributed.shutdown()
 """
 

@@ -49,12 +49,13 @@ def _measure(args, parallel, model, ensemble):
     import jax
 
     from ymxb import data, models
-    from ymxb.config import Config
+    from ymxb.config import Program, SliceSpec, TrialSpec
     from ymxb.steps import TRAINERS
 
-    cfg = Config(hosts=1, devices_per_host=args.devices, samples_per_host=args.samples,
-                 parallel=parallel, model=model, ensemble=ensemble, steps_per_call=args.steps_per_call)
-    trainer = TRAINERS[parallel](models.build(model), cfg)
+    cfg = TrialSpec(samples_per_host=args.samples, parallel=parallel, model=model, ensemble=ensemble,
+                    steps_per_call=args.steps_per_call)
+    program = Program.of(SliceSpec(hosts=1, devices_per_host=args.devices), [cfg])
+    trainer = TRAINERS[parallel](models.build(model), program)
     state = trainer.init()
     x, y = data.host_shard(cfg, 0)
     batch = trainer.put_data(x, y)

@@ -41,3 +41,16 @@ def gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def run_one(**settings):
+    """One trial on a slice of its own, on the connected Ray; settings as the flags' names.
+    Returns (launcher.ProgramRun, the report a single run prints)."""
+    from ymxb import report, results
+    from ymxb.config import SliceSpec, TrialSpec
+    from ymxb.launcher import run_trial
+
+    spec = SliceSpec(**{k: settings.pop(k) for k in SliceSpec.fields() if k in settings})
+    run = run_trial(spec, TrialSpec(**settings))
+    [record] = results.judge(run, spec)
+    return run, report.build(record, run, wall_s=0.0)

@@ -22,18 +22,18 @@ BAD_INPUT = [
     (["--lr", "inf"], "--lr must be a positive finite number"),
     (["--tol=-1e-3"], "--tol must be a positive finite number"),
     (["--timeout", "0"], "--timeout must be a positive finite number"),
-    (["--noise", "nan"], "--noise must be finite"),
+    (["--noise", "nan"], "--noise must be a finite number"),
     (["--samples-per-host", "1000", "--devices-per-host", "3"],
      "--samples-per-host (1000) must be divisible by --devices-per-host (3)"),
     (["--model", "mlp"], "--model must be one of pure, haiku"),
     (["--optimizer", "adamx"], "--optimizer must be one of sgd, adam"),
     (["--parallel", "dp"], "--parallel must be one of pmap, sharding"),
-    (["--ensemble", "6"], "--ensemble (6) must be divisible by the global device count (8 = 4 hosts x 2 devices): try --ensemble 8"),
     (["--ensemble=-8"], "--ensemble must be 0 (off) or a positive member count"),
     (["--platform", "quantum"], "--platform must be one of"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
     (["--seed", "99999999999999999999"], "--seed must be an integer from 0 to 4294967295"),
+    (["--data-seed", "-1"], "--data-seed must be an integer from 0 to 4294967295"),
     (["--noise", "1e30"], "the loss (its square) would overflow float32"),
     (["--true-m", "1e38"], "the loss (its square) would overflow float32"),
     (["--samples-per-host", str(10**11)], "lower --samples-per-host, or run on a cluster"),
@@ -105,7 +105,7 @@ def test_inspect_pmap_shows_the_cross_device_mean():
     assert "## jaxpr of one training step" in out and "scan[" in out
     assert "psum over axes ('devices',)" in out  # pmean of (loss, grads)
     assert "all-reduce replica_groups={{0,1}}" in out
-    assert "nothing vmapped" in out
+    assert "vmapped over the leading trial axis" in out and "1 trial here" in out
     flops = int(out.split("flops: ")[1].split()[0].replace(",", ""))
     assert flops > 1000  # 512 points a device, several flops each
 
@@ -121,8 +121,8 @@ def test_inspect_sharded_ensemble_shows_members_vmapped_and_no_collective():
 
 
 def test_inspect_rejects_bad_input_like_a_run():
-    result = launch("inspect", "--ensemble", 3)
-    assert result.returncode == 2 and result.stderr.startswith("launch.py: error: --ensemble (3)")
+    result = launch("inspect", "--devices-per-host", 3, "--samples-per-host", 1000)
+    assert result.returncode == 2 and result.stderr.startswith("launch.py: error: --samples-per-host (1000)")
 
 
 def test_testbed_refuses_in_one_line_where_it_cannot_work():

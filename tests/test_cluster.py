@@ -14,11 +14,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from conftest import launch
-from ymxb import platforms, report
-from ymxb.config import Config
+from conftest import launch, run_one
+from ymxb import platforms
 from ymxb.errors import HostFailure, UsageError
-from ymxb.launcher import run_hosts
 
 # name: (pod type, topology, hosts up, accelerator type)
 SLICES = {"slice-a": ("v4-32", "2x2x4", 4, "TPU-V4"), "slice-b": ("v4-16", "2x2x2", 2, "TPU-V4"),
@@ -64,37 +62,35 @@ def cpu_devices(monkeypatch):
 
 @pytest.mark.parametrize("tpu_type,slice_name", [("v4-32", "slice-a"), ("v4-16", "slice-b")])
 def test_tpu_run_places_one_host_per_tpu_vm_of_one_slice_in_worker_order(cluster, cpu_devices, tpu_type, slice_name):
-    cfg = Config(platform="tpu", tpu_type=tpu_type, **SMALL)
-    run = run_hosts(cfg)
+    run, rep = run_one(platform="tpu", tpu_type=tpu_type, **SMALL)
     hosts = SLICES[slice_name][2]
-    assert run["platform"] == "tpu" and run["config"].hosts == hosts
+    assert run.platform == "tpu" and run.program.slice.hosts == hosts
     # Process i runs on tpu-worker-id i of the chosen slice; nothing on the head or elsewhere.
-    assert [h["node_id"] for h in run["hosts"]] == [cluster[(slice_name, w)] for w in range(hosts)]
-    rep = report.build(run["config"], run, wall_s=0)
+    assert [h["node_id"] for h in run.hosts] == [cluster[(slice_name, w)] for w in range(hosts)]
     assert rep["verified"], rep["checks"]
 
 
 def test_tpu_slice_by_topology(cluster, cpu_devices):
-    run = run_hosts(Config(platform="tpu", tpu_topology="2x2x2", **SMALL))
-    assert [h["node_id"] for h in run["hosts"]] == [cluster[("slice-b", w)] for w in range(2)]
+    run, _ = run_one(platform="tpu", tpu_topology="2x2x2", **SMALL)
+    assert [h["node_id"] for h in run.hosts] == [cluster[("slice-b", w)] for w in range(2)]
 
 
 def test_tpu_with_two_kinds_of_slice_must_be_told_which(cluster):
     with pytest.raises(UsageError, match=re.escape(f"several kinds of TPU slice match ({EXISTS}): "
                                                    "choose one with --tpu-type")):
-        run_hosts(Config(platform="tpu", **SMALL))
+        run_one(platform="tpu", **SMALL)
 
 
 def test_tpu_slice_that_is_not_there_names_what_exists(cluster):
     started = time.monotonic()
     with pytest.raises(HostFailure, match=re.escape(f"no TPU slice matches --tpu-type v5p; the cluster has: {EXISTS}")):
-        run_hosts(Config(platform="tpu", tpu_type="v5p", **SMALL))
+        run_one(platform="tpu", tpu_type="v5p", **SMALL)
     assert time.monotonic() - started < 10
 
 
 def test_tpu_host_count_must_match_the_slice(cluster):
     with pytest.raises(UsageError, match="--hosts is 3, but a v4-32 slice has hosts: 4"):
-        run_hosts(Config(platform="tpu", tpu_type="v4-32", hosts=3, **SMALL))
+        run_one(platform="tpu", tpu_type="v4-32", hosts=3, **SMALL)
 
 
 def test_busy_slice_fails_within_the_timeout(cluster, cpu_devices):
@@ -106,22 +102,22 @@ def test_busy_slice_fails_within_the_timeout(cluster, cpu_devices):
     try:
         started = time.monotonic()
         with pytest.raises(HostFailure, match=r"could not reserve a v4-16 slice \(2x2x2\) within 3 s"):
-            run_hosts(Config(platform="tpu", tpu_type="v4-16", **{**SMALL, "timeout": 3}))
+            run_one(platform="tpu", tpu_type="v4-16", **{**SMALL, "timeout": 3})
         assert time.monotonic() - started < 20
     finally:
         holder.shutdown()
 
 
 def test_gpu_run_spreads_one_host_per_gpu_node(cluster, cpu_devices):
-    run = run_hosts(Config(platform="gpu", **SMALL))
-    assert run["platform"] == "gpu" and run["config"].hosts == 2
-    assert sorted(h["node_id"] for h in run["hosts"]) == sorted([cluster[("gpu", 0)], cluster[("gpu", 1)]])
-    assert report.build(run["config"], run, wall_s=0)["verified"]
+    run, rep = run_one(platform="gpu", **SMALL)
+    assert run.platform == "gpu" and run.program.slice.hosts == 2
+    assert sorted(h["node_id"] for h in run.hosts) == sorted([cluster[("gpu", 0)], cluster[("gpu", 1)]])
+    assert rep["verified"]
 
 
 def test_more_gpu_hosts_than_nodes_fails_naming_what_exists(cluster):
     with pytest.raises(HostFailure, match=r"asked for 3 GPU node\(s\) with 2 GPUs each, but the cluster has 2 node\(s\) with 2 GPUs"):
-        run_hosts(Config(platform="gpu", hosts=3, **SMALL))
+        run_one(platform="gpu", hosts=3, **SMALL)
 
 
 def test_launch_py_on_the_two_slice_cluster(cluster, cluster_address):
@@ -142,4 +138,4 @@ def test_launch_py_on_the_two_slice_cluster(cluster, cluster_address):
 def test_a_slice_with_hosts_missing_is_named_not_used(cluster):
     with pytest.raises(HostFailure, match=re.escape(
             f"no whole TPU slice matches --tpu-type v5litepod-16: {EXISTS}; wait for the missing hosts")):
-        run_hosts(Config(platform="tpu", tpu_type="v5litepod-16", **SMALL))
+        run_one(platform="tpu", tpu_type="v5litepod-16", **SMALL)

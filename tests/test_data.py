@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 
 from ymxb import data
-from ymxb.config import Config
+from ymxb.config import TrialSpec
 
 
 def test_shards_concatenate_to_the_global_dataset():
-    cfg = Config(hosts=3, samples_per_host=10)
-    x, y = data.global_dataset(cfg)
+    cfg = TrialSpec(samples_per_host=10)
+    x, y = data.global_dataset(cfg, 3)
     assert x.shape == y.shape == (30,)
     for i in range(3):
         sx, sy = data.host_shard(cfg, i)
@@ -15,18 +15,18 @@ def test_shards_concatenate_to_the_global_dataset():
         np.testing.assert_array_equal(y[10 * i:10 * (i + 1)], sy)
 
 
-def test_a_shard_depends_only_on_seed_and_host_index():
-    a = data.host_shard(Config(hosts=2, seed=5), 1)
-    b = data.host_shard(Config(hosts=8, seed=5), 1)  # other slice size, same host: same points
+def test_a_shard_depends_only_on_the_data_seed_and_host_index():
+    a = data.host_shard(TrialSpec(data_seed=5), 1)
+    b = data.host_shard(TrialSpec(data_seed=5, seed=9, lr=0.5), 1)  # the params' seed: same data
     np.testing.assert_array_equal(a[0], b[0])
-    other_host = data.host_shard(Config(hosts=2, seed=5), 0)
-    other_seed = data.host_shard(Config(hosts=2, seed=6), 1)
+    other_host = data.host_shard(TrialSpec(data_seed=5), 0)
+    other_seed = data.host_shard(TrialSpec(data_seed=6), 1)
     assert not np.array_equal(a[0], other_host[0])
     assert not np.array_equal(a[0], other_seed[0])
 
 
 def test_points_follow_the_line():
-    cfg = Config(hosts=1, samples_per_host=4000, true_m=3.0, true_b=0.5, noise=0.0)
+    cfg = TrialSpec(samples_per_host=4000, true_m=3.0, true_b=0.5, noise=0.0)
     x, y = data.host_shard(cfg, 0)
     assert x.dtype == y.dtype == np.float32
     assert -1 <= x.min() and x.max() <= 1
@@ -40,6 +40,6 @@ def test_split_over_devices_keeps_order_and_rejects_uneven_sizes():
         data.split_over_devices(a, 4)
 
 
-def test_host_index_out_of_range_is_an_error():
-    with pytest.raises(ValueError, match="outside 0..1"):
-        data.host_shard(Config(hosts=2), 2)
+def test_a_negative_host_index_is_an_error():
+    with pytest.raises(ValueError, match="negative"):
+        data.host_shard(TrialSpec(), -1)

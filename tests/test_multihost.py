@@ -6,37 +6,30 @@ import time
 import numpy as np
 import pytest
 
-from conftest import gone
-from ymxb import data, report, verify
-from ymxb.config import Config
+from conftest import gone, run_one
+from ymxb import data, verify
+from ymxb.config import TrialSpec
 from ymxb.host import FAULT_ENV
 from ymxb.errors import HostFailure
-from ymxb.launcher import run_hosts
 
 SMALL = dict(samples_per_host=256, steps=300)
 
 
-def _run(cfg):
-    run = run_hosts(cfg)
-    return run, report.build(cfg, run, wall_s=0.0)
-
-
 @pytest.mark.parametrize("hosts,devices", [(2, 2), (3, 1)])
 def test_slice_trains_to_the_normal_equation(local_ray, hosts, devices):
-    cfg = Config(hosts=hosts, devices_per_host=devices, **SMALL)
-    run, rep = _run(cfg)
-    got = run["hosts"]
+    run, rep = run_one(hosts=hosts, devices_per_host=devices, **SMALL)
+    got = run.hosts
     assert [h["process_index"] for h in got] == list(range(hosts))
     assert len({h["pid"] for h in got}) == hosts  # one process per host
     for h in got:
         assert (h["process_count"], h["local_devices"], h["global_devices"]) == (hosts, devices, hosts * devices)
         # A psum of ones over the pmap axis counts every device of every host.
         assert h["collective_devices"] == hosts * devices
-        assert len(h["pieces"]) == devices
-    params = {(float(p["params"]["m"]), float(p["params"]["b"])) for h in got for p in h["pieces"]}
+        assert len(h["m"]) == devices
+    params = {(m, b) for h in got for m, b in zip(h["m"].tolist(), h["b"].tolist())}
     assert len(params) == 1  # all replicas on all hosts identical
     m, b = params.pop()
-    ref = verify.normal_equation(*data.global_dataset(cfg))
+    ref = verify.normal_equation(*data.global_dataset(TrialSpec(**SMALL), hosts))
     assert abs(m - ref[0]) < 1e-4 and abs(b - ref[1]) < 1e-4
     assert rep["verified"], rep["checks"]
     assert all(gone(h["pid"]) for h in got)  # no host process outlives the run
@@ -44,18 +37,16 @@ def test_slice_trains_to_the_normal_equation(local_ray, hosts, devices):
 
 def test_gradient_really_spans_hosts(local_ray):
     """Hosts with different data end with the same params: the mean is global, not per host."""
-    cfg = Config(hosts=2, devices_per_host=1, **SMALL)
-    run, rep = _run(cfg)
-    per_host = [verify.normal_equation(*data.host_shard(cfg, i)) for i in range(2)]
-    m = float(run["hosts"][0]["pieces"][0]["params"]["m"])
+    run, rep = run_one(hosts=2, devices_per_host=1, **SMALL)
+    per_host = [verify.normal_equation(*data.host_shard(TrialSpec(**SMALL), i)) for i in range(2)]
+    m = float(run.hosts[0]["m"][0])
     assert abs(per_host[0][0] - per_host[1][0]) > 1e-3  # the shards disagree...
     assert min(abs(m - p[0]) for p in per_host) > 1e-4  # ...and neither host's own fit won
     assert rep["verified"]
 
 
 def test_divergence_is_reported_not_verified(local_ray):
-    cfg = Config(hosts=2, devices_per_host=1, lr=50.0, **SMALL)
-    _, rep = _run(cfg)
+    _, rep = run_one(hosts=2, devices_per_host=1, lr=50.0, **SMALL)
     assert not rep["verified"]
     finite = next(c for c in rep["checks"] if c["name"] == "loss finite")
     assert not finite["ok"] and "non-finite at step" in finite["detail"]
@@ -72,43 +63,40 @@ HOST = r"host {} \([\d.]+ pid \d+\)"
 ])
 def test_a_dying_or_hanging_host_is_named_within_the_timeout(local_ray, monkeypatch, fault, expected):
     monkeypatch.setenv(FAULT_ENV, fault)
-    cfg = Config(hosts=3, devices_per_host=1, timeout=12, **SMALL)
+    timeout = 12
     started = time.monotonic()
     with pytest.raises(HostFailure) as failure:
-        run_hosts(cfg)
+        run_one(hosts=3, devices_per_host=1, timeout=timeout, **SMALL)
     elapsed = time.monotonic() - started
     message = str(failure.value)
     assert re.search(expected, message), message
-    assert elapsed < 2 * cfg.timeout + 15, elapsed
+    assert elapsed < 2 * timeout + 15, elapsed
     pids = [int(pid) for pid in re.findall(r"pid (\d+)", message)]
     assert pids and all(gone(pid) for pid in pids)  # every host process named is gone
 
 
 def test_impossible_placement_fails_within_the_timeout(local_ray):
-    cfg = Config(hosts=500, devices_per_host=1, timeout=3, **SMALL)  # 500 x 0.01 CPU > 2 CPUs
     started = time.monotonic()
     with pytest.raises(HostFailure, match=r"could not reserve 500 simulated hosts .* within 3 s; the cluster has CPU=2 free"):
-        run_hosts(cfg)
+        run_one(hosts=500, devices_per_host=1, timeout=3, **SMALL)  # 500 x 0.01 CPU > 2 CPUs
     assert time.monotonic() - started < 15
 
 
 @pytest.mark.parametrize("model,parallel", [("haiku", "pmap"), ("haiku", "sharding"), ("pure", "sharding")])
 def test_models_and_parallel_modes_across_hosts(local_ray, model, parallel):
-    cfg = Config(hosts=2, devices_per_host=2, model=model, parallel=parallel, **SMALL)
-    run, rep = _run(cfg)
+    run, rep = run_one(hosts=2, devices_per_host=2, model=model, parallel=parallel, **SMALL)
     assert rep["verified"], rep["checks"]
-    assert {h["collective_devices"] for h in run["hosts"]} == {4}
+    assert {h["collective_devices"] for h in run.hosts} == {4}
 
 
 def test_ensemble_members_are_split_over_hosts_and_reassembled(local_ray):
     members = {}
     for parallel in ("pmap", "sharding"):
-        cfg = Config(hosts=2, devices_per_host=2, model="haiku", optimizer="adam", ensemble=8,
-                     parallel=parallel, **{**SMALL, "steps": 600})
-        run, rep = _run(cfg)
+        run, rep = run_one(hosts=2, devices_per_host=2, model="haiku", optimizer="adam", ensemble=8,
+                           parallel=parallel, **{**SMALL, "steps": 600})
         assert rep["verified"], rep["checks"]
         # Each host holds only its own members: 2 devices x 2 members each.
-        assert [sorted(p["index"] for p in h["pieces"]) for h in run["hosts"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+        assert [sorted(h["entry"].tolist()) for h in run.hosts] == [[0, 1, 2, 3], [4, 5, 6, 7]]
         assert [m["index"] for m in rep["members"]] == list(range(8))
         assert len({(m["init_m"], m["init_b"]) for m in rep["members"]}) == 8
         members[parallel] = np.array([(m["m"], m["b"]) for m in rep["members"]])
@@ -122,5 +110,5 @@ def test_ensemble_members_are_split_over_hosts_and_reassembled(local_ray):
 def test_asking_for_hardware_the_cluster_lacks_fails_at_once(local_ray, platform, message):
     started = time.monotonic()
     with pytest.raises(HostFailure, match=re.escape(message)):
-        run_hosts(Config(platform=platform))
+        run_one(platform=platform)
     assert time.monotonic() - started < 5

@@ -21,12 +21,12 @@ def test_label_names_are_rays():
 
 def test_detection_order_is_tpu_gpu_cpu_sim():
     assert tuple(cls.name for cls in platforms.Platform.registry) == config.PLATFORMS
-    cfg = config.Config()
+    cfg = config.SliceSpec()
     detect = lambda resources: platforms.resolve(cfg, resources).name
     assert detect({"CPU": 8, "TPU": 16, "GPU": 2}) == "tpu"
     assert detect({"CPU": 8, "GPU": 2}) == "gpu"
     assert detect({"CPU": 8}) == "cpu-sim"
-    assert platforms.resolve(config.Config(platform="cpu-sim"), {"TPU": 4}).name == "cpu-sim"
+    assert platforms.resolve(config.SliceSpec(platform="cpu-sim"), {"TPU": 4}).name == "cpu-sim"
 
 
 def test_a_process_holding_the_tpu_is_named(tmp_path):

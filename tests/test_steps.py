@@ -1,19 +1,29 @@
-"""The training step in one process (4 CPU devices): models, parallel modes, ensembles."""
+"""The training step in one process (4 CPU devices): models, parallel modes, ensembles, and
+programs of several trials."""
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from conftest import LOCAL_DEVICES
 from ymxb import data, models, verify
-from ymxb.config import Config
+from ymxb.config import Program, SliceSpec, TrialSpec
+from ymxb.steps import make_optimizer
 from ymxb.train import train_host
 
-ONE_HOST = dict(hosts=1, devices_per_host=LOCAL_DEVICES, samples_per_host=256, steps=300)
+ONE_HOST = SliceSpec(hosts=1, devices_per_host=LOCAL_DEVICES)
+SMALL = dict(samples_per_host=256, steps=300)
 
 
-def _mb(cfg, piece):
-    return tuple(float(v) for v in models.to_mb(cfg.model, piece["params"]))
+def _train(*trials, spec=ONE_HOST):
+    return train_host(Program.of(spec, trials))
+
+
+def _params(result, entry=0):
+    """The distinct (m, b) held for one entry of the program's axis (one per replica)."""
+    mine = result["entry"] == entry
+    return set(zip(result["m"][mine].tolist(), result["b"][mine].tolist()))
 
 
 def test_haiku_params_map_to_m_and_b():
@@ -34,39 +44,73 @@ def test_haiku_params_map_to_m_and_b():
 def test_pmap_and_sharding_agree_on_the_same_data(model):
     got = {}
     for parallel in ("pmap", "sharding"):
-        cfg = Config(model=model, parallel=parallel, **ONE_HOST)
-        result = train_host(cfg)
+        trial = TrialSpec(model=model, parallel=parallel, **SMALL)
+        result = _train(trial)
         assert result["collective_devices"] == LOCAL_DEVICES
-        got[parallel] = {_mb(cfg, p) for p in result["pieces"]}
-        assert len(got[parallel]) == 1  # replicas identical
+        got[parallel] = _params(result)
+        assert len(got[parallel]) == 1 and len(result["m"]) == LOCAL_DEVICES  # replicas identical
     (pm, pb), (sm, sb) = got["pmap"].pop(), got["sharding"].pop()
     np.testing.assert_allclose([pm, pb], [sm, sb], rtol=0, atol=1e-6)  # float32 round-off
-    solution = verify.normal_equation(*data.global_dataset(cfg))
+    solution = verify.normal_equation(*data.global_dataset(trial, 1))
     np.testing.assert_allclose([pm, pb], solution, atol=1e-4)
 
 
 @pytest.mark.parametrize("parallel", ["pmap", "sharding"])
 def test_ensemble_members_are_distinct_at_init_and_all_converge(parallel):
-    cfg = Config(model="haiku", optimizer="adam", ensemble=8, parallel=parallel, **{**ONE_HOST, "steps": 600})
-    pieces = train_host(cfg)["pieces"]
-    assert sorted(p["index"] for p in pieces) == list(range(8))
-    inits = {tuple(float(v) for v in models.to_mb("haiku", p["init_params"])) for p in pieces}
-    assert len(inits) == 8
-    solution = verify.normal_equation(*data.global_dataset(cfg))
-    for p in pieces:
-        np.testing.assert_allclose(_mb(cfg, p), solution, atol=1e-4)
+    trial = TrialSpec(model="haiku", optimizer="adam", ensemble=8, parallel=parallel, **{**SMALL, "steps": 600})
+    result = _train(trial)
+    assert sorted(result["entry"].tolist()) == list(range(8))
+    assert len(set(zip(result["init_m"].tolist(), result["init_b"].tolist()))) == 8
+    solution = verify.normal_equation(*data.global_dataset(trial, 1))
+    np.testing.assert_allclose(result["m"], solution[0], atol=1e-4)
+    np.testing.assert_allclose(result["b"], solution[1], atol=1e-4)
 
 
 def test_member_j_is_the_same_member_in_both_modes():
     inits = {}
     for parallel in ("pmap", "sharding"):
-        cfg = Config(ensemble=8, parallel=parallel, **{**ONE_HOST, "steps": 1})
-        pieces = sorted(train_host(cfg)["pieces"], key=lambda p: p["index"])
-        inits[parallel] = np.array([models.to_mb("pure", p["init_params"]) for p in pieces])
+        result = _train(TrialSpec(ensemble=8, parallel=parallel, **{**SMALL, "steps": 1}))
+        order = np.argsort(result["entry"])
+        inits[parallel] = np.stack([result["init_m"][order], result["init_b"][order]], 1)
     assert inits["pmap"].shape == (8, 2)
     np.testing.assert_array_equal(inits["pmap"], inits["sharding"])
 
 
+@pytest.mark.parametrize("parallel", ["pmap", "sharding"])
+@pytest.mark.parametrize("ensemble", [0, 3])
+def test_a_trial_trains_the_same_in_a_program_of_many_as_alone(parallel, ensemble):
+    """The sweep invariant, in one process: lr and seed batched on the model axis (members
+    padded: 3 trials x 3 members on 4 devices) change nothing but float32 round-off."""
+    base = TrialSpec(optimizer="adam", parallel=parallel, ensemble=ensemble, **{**SMALL, "steps": 100})
+    trials = [base.replace(lr=lr, seed=seed) for lr, seed in ((0.03, 0), (0.1, 7), (0.3, 2**32 - 1))]
+    together = _train(*trials)
+    members = base.members
+    assert sorted(set(together["entry"].tolist())) == list(range(3 * members))  # padding dropped
+    for t, trial in enumerate(trials):
+        alone = _train(trial)
+        for j in range(members):
+            a, b = _params(together, t * members + j), _params(alone, j)
+            assert len(a) == len(b) == 1
+            np.testing.assert_allclose(list(a.pop()), list(b.pop()), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(together["losses"][together["loss_entry"] // members == t],
+                                   alone["losses"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adagrad", "rmsprop"])
+def test_the_injected_optimizer_is_the_plain_one(name):
+    """The learning rate lives in the state (one per model); every other setting stays static,
+    so the updates equal plain optax's bit for bit."""
+    f32 = lambda v: np.asarray(v, np.float32)
+    params = {"m": f32(0.3), "b": f32(-0.2)}
+    plain, injected = getattr(optax, name)(learning_rate=0.05), make_optimizer(name)(learning_rate=0.05)
+    states = [plain.init(params), injected.init(params)]
+    for step in range(5):
+        grads = {"m": f32(0.1 * step - 0.3), "b": f32(0.7 / (step + 1))}
+        (u1, states[0]), (u2, states[1]) = (opt.update(grads, s, params)
+                                            for opt, s in zip((plain, injected), states))
+        jax.tree.map(np.testing.assert_array_equal, u1, u2)
+
+
 def test_wrong_local_device_count_is_an_error():
     with pytest.raises(ValueError, match="has 4 local devices, but --devices-per-host is 2"):
-        train_host(Config(hosts=1, devices_per_host=2))
+        _train(TrialSpec(), spec=SliceSpec(hosts=1, devices_per_host=2))

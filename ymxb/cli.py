@@ -1,12 +1,20 @@
-"""Command line: parse and validate flags, bring up (or connect to) Ray, run, verify, report.
+"""Command line: parse and validate, bring up (or connect to) Ray, run, verify, report.
 
-Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or a failed launch,
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+    launch.py [flags]                 one trial (a sweep of one), today's report
+    launch.py sweep FILE [options]    every trial of a sweep file not yet in its results store
+    launch.py results DIR [--json]    a results store's table and plots again, no cluster
+    launch.py inspect [flags]         what one training step is, for those flags
+
+Exit codes: 0 verified (every trial), 1 trained but not verified (a result, not a crash),
+2 bad usage or a failed launch, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -16,14 +24,16 @@ from typing import List, Optional
 
 import numpy as np
 
-from ymxb import config, data, report
-from ymxb.config import Config
+from ymxb import config, data, experiment, report, results, sweep as sweeps
+from ymxb.config import SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
 from ymxb.ray_cluster import ray_cluster
+from ymxb.results import Store
 
 EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_FAILED = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
-DEFAULTS = Config()
+SLICE, TRIAL = SliceSpec(), TrialSpec()
+RUNS = "runs"  # a sweep's results go to runs/<its name>/ unless --out
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,12 +58,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         description="Fit y = m*x + b with JAX on every host of a slice, one Ray actor per host, "
                     "and verify the result against the normal equation. With no cluster it "
                     "simulates one: N local processes, each a host with K CPU devices.",
-        epilog="`launch.py inspect [flags]` prints, instead of training, the jaxpr, vmapped axes, "
+        epilog="`launch.py sweep FILE` runs a sweep file's trials (see `launch.py sweep --help`); "
+               "`launch.py results DIR` shows a sweep's results again; "
+               "`launch.py inspect [flags]` prints, instead of training, the jaxpr, vmapped axes, "
                "collectives and compiled cost of one step for those flags (one process, no cluster). "
                "Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or failed launch, "
                "130 interrupted (Ctrl-C), 143 terminated (SIGTERM); every host is stopped either way.",
         formatter_class=_Help)
-    d = DEFAULTS
+    d, t = SLICE, TRIAL
     g = p.add_argument_group("slice")
     g.add_argument("--hosts", type=int, metavar="N", default=d.hosts,
                    help="hosts (JAX processes), one Ray actor each; default: cpu-sim 4, tpu the "
@@ -70,28 +82,29 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--tpu-topology", metavar="TOPOLOGY", default=d.tpu_topology,
                    help="tpu: the slice to use, by topology (2x2x4)")
     g = p.add_argument_group("data: y = m*x + b + noise, x ~ U(-1, 1)")
-    g.add_argument("--true-m", type=float, metavar="M", default=d.true_m, help="slope of the generating line")
-    g.add_argument("--true-b", type=float, metavar="B", default=d.true_b, help="intercept of the generating line")
-    g.add_argument("--noise", type=float, metavar="STD", default=d.noise, help="std of the Gaussian noise on y")
-    g.add_argument("--seed", type=int, metavar="N", default=d.seed, help="seed of the data and the initial params, 0 to 2**32-1")
-    g.add_argument("--samples-per-host", type=int, metavar="N", default=d.samples_per_host,
+    g.add_argument("--true-m", type=float, metavar="M", default=t.true_m, help="slope of the generating line")
+    g.add_argument("--true-b", type=float, metavar="B", default=t.true_b, help="intercept of the generating line")
+    g.add_argument("--noise", type=float, metavar="STD", default=t.noise, help="std of the Gaussian noise on y")
+    g.add_argument("--data-seed", type=int, metavar="N", default=t.data_seed, help="seed of the data, 0 to 2**32-1")
+    g.add_argument("--samples-per-host", type=int, metavar="N", default=t.samples_per_host,
                    help="points each host generates; split evenly over its devices")
     g = p.add_argument_group("training (full-batch gradient descent on the mean squared error)")
-    g.add_argument("--model", metavar="NAME", default=d.model, help=f"one of {', '.join(config.MODELS)}")
-    g.add_argument("--optimizer", metavar="NAME", default=d.optimizer,
+    g.add_argument("--model", metavar="NAME", default=t.model, help=f"one of {', '.join(config.MODELS)}")
+    g.add_argument("--optimizer", metavar="NAME", default=t.optimizer,
                    help=f"optax optimiser, one of {', '.join(config.OPTIMIZERS)}: sgd and adam "
                         "converge at the defaults, adagrad wants --lr 0.5, and rmsprop at a constant "
                         "lr hovers near the solution (and may not verify)")
-    g.add_argument("--lr", type=float, metavar="LR", default=d.lr, help="learning rate")
-    g.add_argument("--steps", type=int, metavar="N", default=d.steps, help="training steps in total")
-    g.add_argument("--steps-per-call", type=int, metavar="N", default=d.steps_per_call,
+    g.add_argument("--lr", type=float, metavar="LR", default=t.lr, help="learning rate")
+    g.add_argument("--seed", type=int, metavar="N", default=t.seed, help="seed of the initial params, 0 to 2**32-1")
+    g.add_argument("--steps", type=int, metavar="N", default=t.steps, help="training steps in total")
+    g.add_argument("--steps-per-call", type=int, metavar="N", default=t.steps_per_call,
                    help="steps fused into one compiled call (lax.scan); hosts block between calls")
-    g.add_argument("--parallel", metavar="MODE", default=d.parallel,
+    g.add_argument("--parallel", metavar="MODE", default=t.parallel,
                    help="pmap (pmap over local devices, collectives across hosts) or sharding "
                         "(jit over a global Mesh)")
-    g.add_argument("--ensemble", type=int, metavar="E", default=d.ensemble,
+    g.add_argument("--ensemble", type=int, metavar="E", default=t.ensemble,
                    help="train E independent members at once, split over all devices of all hosts "
-                        "(E must divide by hosts x devices); 0: one data-parallel model")
+                        "(padded to a multiple of the device count); 0: one data-parallel model")
     g = p.add_argument_group("launch and output")
     g.add_argument("--address", metavar="HOST:PORT", default=None,
                    help="Ray cluster to join: host:port of its GCS, or auto for the one this "
@@ -101,7 +114,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="seconds placement and jax.distributed.initialize may take, and training "
                         "between two completed compiled calls, before the run fails naming the "
                         "host that died or hung")
-    g.add_argument("--tol", type=float, metavar="TOL", default=d.tol,
+    g.add_argument("--tol", type=float, metavar="TOL", default=t.tol,
                    help="max |param - normal-equation solution| for the run to verify")
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     g.add_argument("--dump-data", metavar="PATH",
@@ -110,16 +123,49 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 
 def parse(argv: List[str], prog: str = "launch.py"):
-    """Flags -> (Config, the other options). Raises UsageError on bad input."""
+    """Flags -> (SliceSpec, TrialSpec, the other options). Raises UsageError on bad input."""
     args = _parser(prog).parse_args(argv)
-    fields = {f: getattr(args, f) for f in Config.__dataclass_fields__}
-    return Config(**fields), args
+    args.address = args.address or os.environ.get("RAY_ADDRESS") or None
+    spec = SliceSpec(**{f: getattr(args, f) for f in SliceSpec.fields()})
+    return spec, TrialSpec(**{f: getattr(args, f) for f in TrialSpec.fields()}), args
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="launch.py sweep", formatter_class=_Help,
+        description="Run every trial of a sweep file that its results store lacks, on warm slices "
+                    "(placed and initialised once per slice shape), trials that differ only in lr "
+                    "and seed batched into one program; then print the comparison table and draw "
+                    "the plots. Rerun it to finish an interrupted sweep; nothing recorded runs twice.",
+        epilog="Exit codes: 0 every trial verified, 1 all ran but some did not verify, 2 bad input "
+               "or a failed launch (finished programs stay recorded), 130 interrupted, 143 terminated.")
+    p.add_argument("file", help="the sweep file (YAML; see examples/sweeps/)")
+    p.add_argument("--out", metavar="DIR", help=f"the results folder; default: {RUNS}/<the sweep's name>")
+    p.add_argument("--fresh", action="store_true", help="forget the recorded trials and run them all")
+    p.add_argument("--json", action="store_true", help="print one JSON document with every record instead of the table")
+    p.add_argument("--address", metavar="HOST:PORT", help="Ray cluster to join (as for a single run); "
+                   "default: $RAY_ADDRESS, else an embedded local Ray")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="as for a single run; default: the "
+                   f"file's slice timeout, else {SLICE.timeout:g}")
+    return p
+
+
+def _results_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="launch.py results", formatter_class=_Help,
+                description="Print a sweep's comparison table again and (re)draw its plots, from its "
+                            "results folder alone (no cluster).")
+    p.add_argument("dir", help=f"the results folder ({RUNS}/<name>, or a sweep's --out)")
+    p.add_argument("--json", action="store_true", help="print one JSON document with every record")
+    return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    commands = {"inspect": _inspect, "sweep": _sweep, "results": _results}
     try:
-        return _inspect(argv[1:]) if argv[:1] == ["inspect"] else _launch(argv)
+        if argv[:1] and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return _launch(argv)
     except UsageError as err:
         print(f"launch.py: error: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -127,37 +173,96 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _inspect(argv: List[str]) -> int:
     from ymxb.introspect import inspect
-    from ymxb.platforms import CpuSim
 
-    cfg, _ = parse(argv, prog="launch.py inspect")
-    print(inspect(CpuSim(cfg).shape()))
+    spec, trial, _ = parse(argv, prog="launch.py inspect")
+    print(inspect(experiment.settle(spec.replace(address=None)), trial))
     return 0
 
 
 def _launch(argv: List[str]) -> int:
-    cfg, args = parse(argv)
-    address = args.address or os.environ.get("RAY_ADDRESS") or None
-    if not address and cfg.platform in (None, "cpu-sim"):
-        # An embedded cluster can only simulate: settle the shape now, before Ray starts.
-        from ymxb.budget import check_fits
-        from ymxb.platforms import CpuSim
-
-        cfg = CpuSim(cfg).shape()
-        check_fits(cfg)  # every host is a process on this machine
+    spec, trial, args = parse(argv)
+    trials = experiment.prepare(sweeps.single(spec, trial))
     if args.dump_data:
         _check_writable(args.dump_data)
-    return _run(cfg, address, args)
+
+    def show(outcome, out, wall_s):
+        run = outcome.last_run
+        if args.dump_data:
+            x, y = data.global_dataset(trial, run.program.slice.hosts)
+            with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
+                np.savez(f, x=x, y=y)
+        result = report.build(outcome.records[0], run, wall_s)
+        print(report.to_json(result) if args.json else report.summary(result), file=out, flush=True)
+
+    return _run(trials, spec.address, None, None, show)
 
 
-def _run(cfg: Config, address: Optional[str], args) -> int:
-    from ymxb.launcher import run_hosts
+def _sweep(argv: List[str]) -> int:
+    args = _sweep_parser().parse_args(argv)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    defaults = SliceSpec(address=address) if args.timeout is None else SliceSpec(address=address, timeout=args.timeout)
+    sweep = sweeps.load(args.file, defaults)
+    if args.timeout is not None:  # the command line wins over the file
+        sweep = dataclasses.replace(sweep, trials=tuple((s.replace(timeout=args.timeout), t) for s, t in sweep.trials))
+    trials = experiment.prepare(sweep)
+    out = args.out or os.path.join(RUNS, sweep.name)
+    _check_folder(out)
+    store = Store(out)
+    if args.fresh:
+        store.clear()
+    shutil.copyfile(args.file, os.path.join(out, "sweep.yaml"))
+    pending = len(trials) - len(set(store.load()) & {results.trial_id(*t) for t in trials})
 
+    def show(outcome, out_file, wall_s):
+        _show_results(outcome.records, out, args.json, out_file)
+
+    log = lambda line: print(line, file=sys.stderr, flush=True)
+    if not pending:
+        log(f"launch.py: all {len(trials)} trials of {args.file} are recorded in {store.path}; "
+            f"nothing to run (--fresh runs them again)")
+    progress = experiment.Progress(len(trials), len(trials) - pending)
+    try:
+        return _run(trials, address, store, progress, show, launch=bool(pending))
+    finally:
+        progress.close()
+
+
+def _results(argv: List[str]) -> int:
+    args = _results_parser().parse_args(argv)
+    store = Store(args.dir)
+    if not os.path.isfile(store.path):
+        raise UsageError(f"{args.dir} holds no results ({results.STORE} missing): give the folder a "
+                         f"sweep wrote (its --out, or {RUNS}/<name>)")
+    records = list(store.load().values())
+    return _show_results(records, args.dir, args.json, sys.stdout)
+
+
+def _show_results(records, folder: str, as_json: bool, out) -> int:
+    from ymxb import plots
+
+    drawn = plots.draw(records, os.path.join(folder, "plots"))
+    if as_json:
+        doc = {"folder": folder, "store": os.path.join(folder, results.STORE), "plots": drawn,
+               "trials": [json.loads(r.to_json()) for r in records]}
+        print(json.dumps(doc, indent=1), file=out, flush=True)
+    else:
+        print(results.table(records), file=out)
+        print(f"records: {os.path.join(folder, results.STORE)}; plots: {', '.join(drawn)}", file=out, flush=True)
+    return EXIT_VERIFIED if all(r.verified for r in records) else EXIT_NOT_VERIFIED
+
+
+def _run(trials, address, store, progress, show, launch: bool = True) -> int:
+    """Run `trials` (those `store` lacks) on the cluster, then `show(outcome, stdout, wall_s)`;
+    the exit code: every trial verified or not, or how the run failed."""
     log = lambda line: print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
     with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:
         try:
-            with ray_cluster(address, log):
-                run = run_hosts(cfg, log)
+            if launch:
+                with ray_cluster(address, log):
+                    outcome = experiment.run(trials, store, log, progress)
+            else:
+                outcome = experiment.run(trials, store, log, progress)
         except HostFailure as err:
             log(f"launch.py: error: {err}")
             return EXIT_FAILED
@@ -167,14 +272,8 @@ def _run(cfg: Config, address: Optional[str], args) -> int:
                 return EXIT_TERMINATED
             log("launch.py: interrupted; all hosts stopped")
             return EXIT_INTERRUPTED
-        cfg = run["config"]  # with the platform's slice shape
-        if args.dump_data:
-            x, y = data.global_dataset(cfg)
-            with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
-                np.savez(f, x=x, y=y)
-        result = report.build(cfg, run, time.perf_counter() - started)
-        print(report.to_json(result) if args.json else report.summary(result), file=out, flush=True)
-    return EXIT_VERIFIED if result["verified"] else EXIT_NOT_VERIFIED
+        return show(outcome, out, time.perf_counter() - started) or (
+            EXIT_VERIFIED if all(r.verified for r in outcome.records) else EXIT_NOT_VERIFIED)
 
 
 @contextlib.contextmanager
@@ -222,3 +321,14 @@ def _check_writable(path: str) -> None:
     except OSError as err:
         raise UsageError(f"cannot write --dump-data {path!r}: {err.strerror} ({folder}); "
                          f"choose a path in a writable folder") from None
+
+
+def _check_folder(path: str) -> None:
+    """Fail before the sweep, not after its first program, when --out cannot be written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write results to {path!r}: {err.strerror}; choose a writable "
+                         f"folder with --out") from None

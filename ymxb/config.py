@@ -1,8 +1,17 @@
-"""One run's settings: a dataclass with its defaults, validated once when it is made."""
+"""What a run is made of, each part a frozen dataclass validated once when it is made:
+
+- `SliceSpec`: where it runs (the cluster, the platform, the slice's shape, the timeout);
+- `TrialSpec`: what one trial trains (data, model, optimiser, lr, seed, steps, ...);
+- `Program`: trials that differ only in lr and seed, trained together as one compiled program
+  on one slice shape (a single run is a program of one trial).
+
+Field names are the flags' names with underscores; errors name the flag (`--data-seed`), and
+sweep files use the same names.
+"""
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 from ymxb.errors import UsageError
 
@@ -16,73 +25,39 @@ MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: 2**32 would silently be se
 MAX_DATA_SCALE = 1e18  # |y| up to this keeps the squared error within float32
 
 
+class _Spec:
+    """What both specs share: a field's flag name, replace, and the fields as a dict."""
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def asdict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def fields(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
 @dataclasses.dataclass(frozen=True)
-class Config:
+class SliceSpec(_Spec):
     # Slice shape: one Ray actor (one JAX process) per host. None: the platform decides
     # (cpu-sim: 4 x 2; tpu: the slice's hosts x chips; gpu: every GPU node x its GPUs).
     hosts: Optional[int] = None
     devices_per_host: Optional[int] = None
-    # Data: y = true_m * x + true_b + noise * N(0, 1), x ~ U(-1, 1).
-    true_m: float = 2.0
-    true_b: float = -1.0
-    noise: float = 0.1
-    seed: int = 0
-    samples_per_host: int = 1024
-    # Training: full-batch gradient descent on the mean squared error.
-    model: str = "pure"
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    steps: int = 500
-    steps_per_call: int = 100  # steps fused into one compiled call; the host blocks between calls
-    parallel: str = "pmap"
-    ensemble: int = 0  # 0: one model, data-parallel; E > 0: E members split over all devices
-    # Launch and verification.
     platform: Optional[str] = None  # None: detect from the cluster (see platforms.py)
     tpu_type: Optional[str] = None  # which slice: pod type ("v4-32") or generation ("v4")
     tpu_topology: Optional[str] = None  # which slice: chip topology ("2x2x4")
-    timeout: float = 120.0  # seconds any one phase (start, initialize, train) may take
-    tol: float = 1e-4  # max |param - normal-equation solution| to pass
+    address: Optional[str] = None  # the Ray cluster; None: $RAY_ADDRESS, else an embedded one
+    timeout: float = 120.0  # seconds placement or initialize may take; training between calls
 
     def __post_init__(self):
-        for name in ("samples_per_host", "steps", "steps_per_call"):
-            _check_positive_int(name, getattr(self, name))
         for name in ("hosts", "devices_per_host"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
-        for name in ("lr", "timeout", "tol"):
-            _check_positive_float(name, getattr(self, name))
-        for name in ("true_m", "true_b", "noise"):
-            if not math.isfinite(getattr(self, name)):
-                raise UsageError(f"{_flag(name)} must be finite, got {getattr(self, name)}")
-        if self.noise < 0:
-            raise UsageError(f"--noise must be >= 0, got {self.noise}")
-        scale = abs(self.true_m) + abs(self.true_b) + 6 * self.noise
-        if scale > MAX_DATA_SCALE:
-            raise UsageError(
-                f"|--true-m| + |--true-b| + 6 x --noise is {scale:.3g}: y would reach that size, and "
-                f"the loss (its square) would overflow float32 (max 3.4e38); keep it below "
-                f"{MAX_DATA_SCALE:.0e}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed must be an integer from 0 to {MAX_SEED} (2**32 - 1: JAX keys "
-                             f"take 32 bits), got {self.seed}")
-        if not isinstance(self.ensemble, int) or self.ensemble < 0:
-            raise UsageError(f"--ensemble must be 0 (off) or a positive member count, got {self.ensemble}")
-        _check_choice("model", self.model, MODELS)
-        _check_choice("parallel", self.parallel, PARALLEL_MODES)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_positive_float("timeout", self.timeout)
         if self.platform is not None:
             _check_choice("platform", self.platform, PLATFORMS)
-        if self.devices_per_host and self.samples_per_host % self.devices_per_host:
-            raise UsageError(
-                f"--samples-per-host ({self.samples_per_host}) must be divisible by "
-                f"--devices-per-host ({self.devices_per_host})"
-            )
-        if self.ensemble and self.shaped and self.ensemble % self.global_devices:
-            raise UsageError(
-                f"--ensemble ({self.ensemble}) must be divisible by the global device count "
-                f"({self.global_devices} = {self.hosts} hosts x {self.devices_per_host} devices): "
-                f"try --ensemble {self.global_devices * max(1, self.ensemble // self.global_devices)}"
-            )
 
     @property
     def shaped(self) -> bool:
@@ -93,16 +68,129 @@ class Config:
     def global_devices(self) -> int:
         return self.hosts * self.devices_per_host
 
-    @property
-    def global_samples(self) -> int:
-        return self.hosts * self.samples_per_host
+    def shape(self) -> Tuple[int, int]:
+        return self.hosts, self.devices_per_host
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSpec(_Spec):
+    # Data: y = true_m * x + true_b + noise * N(0, 1), x ~ U(-1, 1); each host makes its shard.
+    true_m: float = 2.0
+    true_b: float = -1.0
+    noise: float = 0.1
+    data_seed: int = 0
+    samples_per_host: int = 1024
+    # Training: full-batch gradient descent on the mean squared error.
+    model: str = "pure"
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    seed: int = 0  # the initial params
+    steps: int = 500
+    steps_per_call: int = 100  # steps fused into one compiled call; the host blocks between calls
+    parallel: str = "pmap"
+    ensemble: int = 0  # 0: one model, data-parallel; E > 0: E members split over all devices
+    tol: float = 1e-4  # max |param - normal-equation solution| to pass
+
+    def __post_init__(self):
+        for name in ("samples_per_host", "steps", "steps_per_call"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("lr", "tol"):
+            _check_positive_float(name, getattr(self, name))
+        for name in ("true_m", "true_b", "noise"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UsageError(f"{_flag(name)} must be a finite number, got {value!r}")
+        if self.noise < 0:
+            raise UsageError(f"--noise must be >= 0, got {self.noise}")
+        scale = abs(self.true_m) + abs(self.true_b) + 6 * self.noise
+        if scale > MAX_DATA_SCALE:
+            raise UsageError(
+                f"|--true-m| + |--true-b| + 6 x --noise is {scale:.3g}: y would reach that size, and "
+                f"the loss (its square) would overflow float32 (max 3.4e38); keep it below "
+                f"{MAX_DATA_SCALE:.0e}")
+        for name in ("seed", "data_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+                raise UsageError(f"{_flag(name)} must be an integer from 0 to {MAX_SEED} (2**32 - 1: "
+                                 f"JAX keys take 32 bits), got {value!r}")
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 0:
+            raise UsageError(f"--ensemble must be 0 (off) or a positive member count, got {self.ensemble!r}")
+        _check_choice("model", self.model, MODELS)
+        _check_choice("parallel", self.parallel, PARALLEL_MODES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
 
     @property
-    def members_per_device(self) -> int:
-        return self.ensemble // self.global_devices
+    def members(self) -> int:
+        """Models this trial trains: its ensemble's members, or the one data-parallel model."""
+        return self.ensemble or 1
 
-    def replace(self, **changes) -> "Config":
-        return dataclasses.replace(self, **changes)
+    def check_fits(self, slice_spec: SliceSpec) -> None:
+        """What only a shaped slice can tell: UsageError when this trial cannot run on it."""
+        if self.samples_per_host % slice_spec.devices_per_host:
+            raise UsageError(f"--samples-per-host ({self.samples_per_host}) must be divisible by "
+                             f"--devices-per-host ({slice_spec.devices_per_host})")
+
+    def global_samples(self, hosts: int) -> int:
+        return hosts * self.samples_per_host
+
+
+# The settings trials of one program may differ in: each is one entry on the program's model axis.
+BATCHED = ("lr", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Trials trained together in one compiled program on one (shaped) slice: the same
+    `trial` settings but for lr and seed, which are one per trial.
+
+    The program's model axis has one entry per trial (one-model trials: replicated on every
+    device, the batch split over devices) or one per (trial, member) (ensembles: split over
+    every device, padded to a multiple of the device count; padding is never reported).
+    """
+
+    slice: SliceSpec
+    trial: TrialSpec  # the shared settings (its own lr and seed are those of trials[0])
+    lrs: Tuple[float, ...]
+    seeds: Tuple[int, ...]
+
+    @classmethod
+    def of(cls, slice_spec: SliceSpec, trials) -> "Program":
+        """The program of `trials` (TrialSpecs equal but for lr and seed) on a shaped slice."""
+        trials = list(trials)
+        first = trials[0].replace(lr=0.1, seed=0)
+        if any(t.replace(lr=0.1, seed=0) != first for t in trials):
+            raise ValueError("a program's trials may differ only in " + " and ".join(BATCHED))
+        return cls(slice_spec, trials[0], tuple(t.lr for t in trials), tuple(t.seed for t in trials))
+
+    def trials(self) -> Tuple[TrialSpec, ...]:
+        return tuple(self.trial.replace(lr=lr, seed=seed) for lr, seed in zip(self.lrs, self.seeds))
+
+    @property
+    def count(self) -> int:
+        """Trials in the program."""
+        return len(self.lrs)
+
+    @property
+    def entries(self) -> int:
+        """Models on the program's axis, padding left out: trials x members."""
+        return self.count * self.trial.members
+
+    @property
+    def padded_entries(self) -> int:
+        """Ensembles: entries rounded up to a multiple of the global device count."""
+        if not self.trial.ensemble:
+            return self.count
+        d = self.slice.global_devices
+        return -(-self.entries // d) * d
+
+    @property
+    def entries_per_device(self) -> int:
+        return self.padded_entries // self.slice.global_devices if self.trial.ensemble else self.count
+
+    def entry(self, index: int) -> Tuple[int, int]:
+        """(trial, member) of entry `index`; padding entries repeat the last real one."""
+        index = min(index, self.entries - 1)
+        return divmod(index, self.trial.members)
 
 
 def _flag(name: str) -> str:
@@ -115,7 +203,7 @@ def _check_positive_int(name: str, value) -> None:
 
 
 def _check_positive_float(name: str, value) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise UsageError(f"{_flag(name)} must be a positive finite number, got {value!r}")
 
 

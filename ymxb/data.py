@@ -1,6 +1,7 @@
 """Synthetic data, y = m*x + b + noise: each host makes only its own shard, deterministically.
 
-A shard depends only on (seed, host index), so the driver can rebuild the exact global
+A shard depends only on the data settings (`--data-seed`, not the params' `--seed`) and the host
+index, so the driver can rebuild the exact global
 dataset, shard by shard, without asking the hosts for it.
 """
 
@@ -8,22 +9,22 @@ from typing import Tuple
 
 import numpy as np
 
-from ymxb.config import Config
+from ymxb.config import TrialSpec
 
 
-def host_shard(cfg: Config, host_index: int) -> Tuple[np.ndarray, np.ndarray]:
+def host_shard(cfg: TrialSpec, host_index: int) -> Tuple[np.ndarray, np.ndarray]:
     """The (x, y) points of one host, float32, `cfg.samples_per_host` of each."""
-    if not 0 <= host_index < cfg.hosts:
-        raise ValueError(f"host index {host_index} outside 0..{cfg.hosts - 1}")
-    rng = np.random.default_rng([cfg.seed, host_index])
+    if host_index < 0:
+        raise ValueError(f"host index {host_index} is negative")
+    rng = np.random.default_rng([cfg.data_seed, host_index])
     x = rng.uniform(-1.0, 1.0, cfg.samples_per_host)
     y = cfg.true_m * x + cfg.true_b + cfg.noise * rng.standard_normal(cfg.samples_per_host)
     return x.astype(np.float32), y.astype(np.float32)
 
 
-def global_dataset(cfg: Config) -> Tuple[np.ndarray, np.ndarray]:
+def global_dataset(cfg: TrialSpec, hosts: int) -> Tuple[np.ndarray, np.ndarray]:
     """All hosts' shards, concatenated in host order: exactly the data the slice trains on."""
-    shards = [host_shard(cfg, i) for i in range(cfg.hosts)]
+    shards = [host_shard(cfg, i) for i in range(hosts)]
     return np.concatenate([x for x, _ in shards]), np.concatenate([y for _, y in shards])
 
 

@@ -1,7 +1,7 @@
 """The per-host worker: one Ray actor (one process) on each host of the slice.
 
-The driver calls, in order: identity, coordinator_address (host 0 only), initialize, train,
-shutdown. JAX is imported only here, inside the actor, after Ray has set its environment
+The driver calls, in order: identity, coordinator_address (host 0 only), initialize, train
+(once per program run on the warm slice), shutdown. JAX is imported only here, inside the actor, after Ray has set its environment
 (the XLA device-count flag must be in place before JAX starts).
 """
 
@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Dict, Iterable, List
 
-from ymxb.config import Config
+from ymxb.config import Program
 
 # Test-only fault injection, "<die|hang>:<host index>:<phase>", forwarded to the actors by the
 # launcher: lets the tests make a real host really die or hang. Unset in normal runs.
@@ -78,11 +78,12 @@ class Host:
                 "local_devices": len(devices), "global_devices": jax.device_count(),
                 "platform": devices[0].platform, "device_kind": devices[0].device_kind}
 
-    def train(self, cfg: Config) -> dict:
+    def train(self, program: Program) -> dict:
         from ymxb.train import train_host
 
+        self._set_progress(None)
         self._maybe_fault("train")
-        return train_host(cfg, on_progress=self._set_progress)
+        return train_host(program, on_progress=self._set_progress)
 
     def progress(self):
         """Steps done (by the compiled calls completed so far), None before training starts.

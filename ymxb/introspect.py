@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Iterator, List
 
 from ymxb import data, models
-from ymxb.config import Config
+from ymxb.config import Program, SliceSpec, TrialSpec
 
 # Primitives that move data between devices, and the param naming their axes.
 COLLECTIVES = {"psum": "axes", "pmax": "axes", "pmin": "axes", "all_gather": "axis_name",
@@ -17,33 +17,36 @@ COLLECTIVES = {"psum": "axes", "pmax": "axes", "pmin": "axes", "all_gather": "ax
 HLO_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
-def inspect(cfg: Config) -> str:
-    """The jaxpr, vmapped axes, collectives and compiled cost of one step under `cfg`."""
+def inspect(spec: SliceSpec, cfg: TrialSpec) -> str:
+    """The jaxpr, vmapped axes, collectives and compiled cost of one step of trial `cfg` on a
+    (shaped) slice `spec`."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={cfg.devices_per_host}")
+                               f" --xla_force_host_platform_device_count={spec.devices_per_host}")
     import jax
 
     from ymxb.steps import AXIS, TRAINERS
 
-    one = cfg.replace(hosts=1)  # this process is the whole (one-host) slice
-    if jax.local_device_count() != one.devices_per_host:
+    cfg.check_fits(spec)
+    program = Program.of(spec, [cfg])
+    one = Program.of(spec.replace(hosts=1), [cfg])  # this process is the whole (one-host) slice
+    if jax.local_device_count() != spec.devices_per_host:
         raise RuntimeError(f"JAX was started with {jax.local_device_count()} devices before inspect "
-                           f"could ask for {one.devices_per_host}: run inspect in a fresh process")
+                           f"could ask for {spec.devices_per_host}: run inspect in a fresh process")
     trainer = TRAINERS[cfg.parallel](models.build(cfg.model), one)
     state = trainer.init()
-    batch = trainer.put_data(*data.host_shard(one, 0))
+    batch = trainer.put_data(*data.host_shard(cfg, 0))
     step = trainer.compiled(1)
     jaxpr = jax.make_jaxpr(step)(state, *batch)
     compiled = step.lower(state, *batch).compile()
 
     out = [f"# {cfg.model} model, {cfg.parallel}, {cfg.optimizer}, "
            + (f"ensemble of {cfg.ensemble}" if cfg.ensemble else "one data-parallel model")
-           + f": one process with {one.devices_per_host} CPU devices. On the slice, axis "
-             f"'{AXIS}' spans {cfg.global_devices} devices ({cfg.hosts} hosts x {cfg.devices_per_host}).",
+           + f": one process with {spec.devices_per_host} CPU devices. On the slice, axis "
+             f"'{AXIS}' spans {spec.global_devices} devices ({spec.hosts} hosts x {spec.devices_per_host}).",
            "", "## jaxpr of one training step (jax.make_jaxpr)", str(jaxpr), "",
            "## vmap"]
-    out += _vmap_lines(cfg, one, state)
+    out += _vmap_lines(program, one, state)
     out += ["", "## collectives in the jaxpr (explicit: pmap's lax collectives)"]
     found = Counter((eqn.primitive.name, str(eqn.params[COLLECTIVES[eqn.primitive.name]]))
                     for eqn in _eqns(jaxpr.jaxpr) if eqn.primitive.name in COLLECTIVES)
@@ -57,19 +60,24 @@ def inspect(cfg: Config) -> str:
     return "\n".join(out)
 
 
-def _vmap_lines(cfg: Config, one: Config, state) -> List[str]:
+def _vmap_lines(program: Program, one: Program, state) -> List[str]:
     import jax
 
+    cfg = program.trial
     shapes = [f"    {jax.tree_util.keystr(path)}: {tuple(leaf.shape)}"
               for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)]
     layout = ("pmap adds a leading axis of local devices" if cfg.parallel == "pmap"
               else "global arrays; the Mesh splits them")
     if not cfg.ensemble:
-        return ["  nothing vmapped: one model, params replicated on every device, the batch split "
-                "over the axis", f"  param shapes ({layout}):", *shapes]
+        return ["  the step is vmapped over the leading trial axis: in_axes=(0, None, None) (trials, "
+                "shared batch, shared batch); 1 trial here (a sweep batches its lr x seed trials "
+                "there), its params replicated on every device, the batch split over the axis",
+                f"  param shapes ({layout}):", *shapes]
+    padding = program.padded_entries - program.entries
     return [f"  the step is vmapped over the leading member axis: in_axes=(0, None, None) "
             f"(members, shared batch, shared batch); {cfg.ensemble} members, "
-            f"{one.members_per_device} per device here ({cfg.members_per_device} on the slice)",
+            f"{one.entries_per_device} per device here ({program.entries_per_device} on the slice"
+            + (f", {padding} of them padding, never reported)" if padding else ")"),
             f"  param shapes ({layout}):", *shapes]
 
 

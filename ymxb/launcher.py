@@ -1,22 +1,24 @@
-"""The driver: place one actor per host, run the phases on all of them, collect, clean up.
+"""The driver's side of a slice: one actor per host, placed and initialised once (a warm
+slice), then any number of programs run on it, one after another; then every host stopped.
 
-Every wait is bounded by `cfg.timeout`; a host that dies or hangs ends the run with a
+Every wait is bounded by the slice's timeout; a host that dies or hangs ends the slice with a
 `HostFailure` naming it, and every actor is hard-killed on the way out (after
 `jax.distributed.initialize` a host ignores SIGTERM).
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import socket
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import ray
 
 from ymxb import platforms
-from ymxb.config import Config
+from ymxb.config import Program, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure
 from ymxb.host import FAULT_ENV, PLATFORM_ENV, Host
 from ymxb.reaper import wait_gone
@@ -33,54 +35,97 @@ POLL_S, ANSWER_S = 2.0, 5.0
 RAYLET_ANSWER_S = 2.0
 
 
-def run_hosts(cfg: Config, log=lambda line: None) -> Dict:
-    """Run the whole slice on the connected Ray cluster; return per-host results.
+@dataclasses.dataclass
+class ProgramRun:
+    """What the hosts returned for one program: `hosts` holds, by process index, each host's
+    identity, what initialize saw, and its train_host result (arrays, see train.py)."""
 
-    Returns {"config": cfg with the platform's slice shape, "platform", "coordinator", "hosts":
-    [identity + initialize info + train result, by process index], "phases": {name: seconds}}.
-    """
-    platform = platforms.resolve(cfg, ray.cluster_resources())
-    cfg = platform.shape()
-    hosts, identities, phases = [], [], {}
-    try:
-        start = time.perf_counter()
-        platform.reserve(cfg.timeout)
-        if platform.note:
-            log(platform.note)
-        hosts = _start_hosts(platform, cfg)
-        identities = _gather(hosts, [h.identity.remote() for h in hosts], "start", cfg.timeout)
-        phases["start"] = time.perf_counter() - start
+    program: Program
+    platform: str
+    coordinator: str
+    hosts: List[dict]
+    train_s: float
+    phases: Dict[str, float]  # the slice's: start, initialize, train (all programs), shutdown
 
-        start = time.perf_counter()
-        [coordinator] = _gather(hosts[:1], [hosts[0].coordinator_address.remote()],
-                                "coordinator address", cfg.timeout, identities)
-        # initialize blocks until every process has joined: all hosts call it at once.
-        joined = _gather(hosts, [h.initialize.remote(coordinator, cfg.hosts, cfg.timeout)
-                                 for h in hosts], "jax.distributed.initialize", cfg.timeout + 10,
-                         identities, peers_give_up_s=cfg.timeout)
-        phases["initialize"] = time.perf_counter() - start
-        for ident, info in zip(identities, joined):
-            ident.update(info)
-            log(_identity_line(ident))
 
-        start = time.perf_counter()
+class WarmSlice:
+    """`with WarmSlice(spec) as s:` reserves the slice, starts one actor per host and
+    initialises jax.distributed once; `s.run(program)` trains a program on it (as often as
+    wanted); leaving the block shuts JAX down and stops every host, whatever happened."""
+
+    def __init__(self, spec: SliceSpec, log: Callable[[str], None] = lambda line: None):
+        self.spec, self.log = spec, log
+        self.hosts, self.identities, self.phases = [], [], {}
+        self.platform = self.coordinator = None
+
+    def __enter__(self) -> "WarmSlice":
+        try:
+            self._start()
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, kind, error, trace):
+        try:
+            if kind is None:
+                started = time.perf_counter()
+                _gather(self.hosts, [h.shutdown.remote() for h in self.hosts],
+                        "jax.distributed.shutdown", self.spec.timeout, self.identities)
+                self.phases["shutdown"] = time.perf_counter() - started
+        finally:
+            self._stop()
+
+    def run(self, program: Program, on_steps: Callable[[int], None] = lambda steps: None) -> ProgramRun:
+        """Train `program` on every host; `on_steps(steps)` hears the slowest host's progress."""
+        started = time.perf_counter()
         # Training may take as long as it keeps progressing: judged by calls completed.
-        results = _gather(hosts, [h.train.remote(cfg) for h in hosts], "training", cfg.timeout,
-                          identities, progress=_Progress(hosts, cfg))
-        phases["train"] = time.perf_counter() - start
+        results = _gather(self.hosts, [h.train.remote(program) for h in self.hosts], "training",
+                          self.spec.timeout, self.identities,
+                          progress=_Progress(self.hosts, self.spec.timeout, program.trial, on_steps))
+        train_s = time.perf_counter() - started
+        self.phases["train"] = self.phases.get("train", 0.0) + train_s
+        hosts = [{**ident, **result} for ident, result in zip(self.identities, results)]
+        return ProgramRun(program, self.platform.name, self.coordinator, hosts, train_s, self.phases)
+
+    def _start(self) -> None:
+        spec = self.spec
+        self.platform = platforms.resolve(spec, ray.cluster_resources())
+        self.spec = spec = self.platform.shape()
+        start = time.perf_counter()
+        self.platform.reserve(spec.timeout)
+        if self.platform.note:
+            self.log(self.platform.note)
+        self.hosts = _start_hosts(self.platform, spec)
+        self.identities = _gather(self.hosts, [h.identity.remote() for h in self.hosts], "start",
+                                  spec.timeout)
+        self.phases["start"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        _gather(hosts, [h.shutdown.remote() for h in hosts], "jax.distributed.shutdown",
-                cfg.timeout, identities)
-        phases["shutdown"] = time.perf_counter() - start
-    finally:
-        _stop(hosts, platform, identities)
-    hosts_out = [{**ident, **result} for ident, result in zip(identities, results)]
-    return {"config": cfg, "platform": platform.name, "coordinator": coordinator,
-            "hosts": hosts_out, "phases": phases}
+        [self.coordinator] = _gather(self.hosts[:1], [self.hosts[0].coordinator_address.remote()],
+                                     "coordinator address", spec.timeout, self.identities)
+        # initialize blocks until every process has joined: all hosts call it at once.
+        joined = _gather(self.hosts, [h.initialize.remote(self.coordinator, spec.hosts, spec.timeout)
+                                      for h in self.hosts], "jax.distributed.initialize",
+                         spec.timeout + 10, self.identities, peers_give_up_s=spec.timeout)
+        self.phases["initialize"] = time.perf_counter() - start
+        for ident, info in zip(self.identities, joined):
+            ident.update(info)
+            self.log(_identity_line(ident))
+
+    def _stop(self) -> None:
+        if self.platform is not None:
+            _stop(self.hosts, self.platform, self.identities)
 
 
-def _start_hosts(platform: platforms.Platform, cfg: Config) -> List:
+def run_trial(spec: SliceSpec, trial: TrialSpec, log=lambda line: None) -> ProgramRun:
+    """One trial on a slice of its own: reserve, start, initialise, train, stop."""
+    with WarmSlice(spec, log) as warm:
+        trial.check_fits(warm.spec)
+        return warm.run(Program.of(warm.spec, [trial]))
+
+
+def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:
     env = platform.host_env()
     if os.environ.get(FAULT_ENV):
         env[FAULT_ENV] = os.environ[FAULT_ENV]
@@ -88,7 +133,7 @@ def _start_hosts(platform: platforms.Platform, cfg: Config) -> List:
     # Two threads per actor: `progress` must answer while `train` runs.
     actor = ray.remote(max_concurrency=2, max_restarts=0)(Host)
     return [actor.options(runtime_env={"env_vars": env}, **platform.host_options(i)).remote(i)
-            for i in range(cfg.hosts)]
+            for i in range(spec.hosts)]
 
 
 def _gather(hosts: List, refs: List, phase: str, timeout: float,
@@ -146,8 +191,10 @@ class _Progress:
     """A training call's progress: a host is hung when it completes no compiled call within
     the timeout, however long the run as a whole takes."""
 
-    def __init__(self, hosts: List, cfg: Config):
-        self.hosts, self.timeout, self.steps_per_call = hosts, cfg.timeout, cfg.steps_per_call
+    def __init__(self, hosts: List, timeout: float, trial: TrialSpec,
+                 on_steps: Callable[[int], None] = lambda steps: None):
+        self.hosts, self.timeout, self.steps_per_call = hosts, timeout, trial.steps_per_call
+        self.on_steps = on_steps
         now = time.monotonic()
         self.steps = {i: None for i in range(len(hosts))}  # steps done; None: not started
         self.since = {i: now for i in range(len(hosts))}  # when `steps` last changed
@@ -169,6 +216,9 @@ class _Progress:
                     steps = ray.get(ref)
                     if steps != self.steps[i]:
                         self.steps[i], self.since[i] = steps, now
+        done = [steps for steps in self.steps.values() if steps is not None]
+        if done:
+            self.on_steps(min(done))
         if all(now - self.since[i] <= self.timeout for i in pending):
             return None
         return self._blame(pending, name, _silent(self.hosts, pending))

@@ -14,7 +14,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ymxb.config import Config
+from ymxb.config import SliceSpec
 from ymxb.errors import HostFailure, UsageError
 
 # A simulated host asks for almost no CPU, so any number of them fits on a 2-core machine;
@@ -49,7 +49,7 @@ class Platform:
         super().__init_subclass__(**kwargs)
         Platform.registry.append(cls)
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: SliceSpec):
         self.cfg = cfg
         self.pg: Optional[PlacementGroup] = None
         self.bundle_of_host: List[int] = []
@@ -61,7 +61,7 @@ class Platform:
         """Whether a cluster with these total resources offers this platform."""
         raise NotImplementedError
 
-    def shape(self) -> Config:
+    def shape(self) -> SliceSpec:
         """The config with the slice shape (hosts, devices per host) filled in and checked;
         kept as self.cfg for the steps that follow."""
         raise NotImplementedError
@@ -285,7 +285,7 @@ class CpuSim(Platform):
         return {**super().host_options(host_index), "num_cpus": SIM_HOST_CPUS}
 
 
-def resolve(cfg: Config, resources: Dict[str, float]) -> Platform:
+def resolve(cfg: SliceSpec, resources: Dict[str, float]) -> Platform:
     """`cfg.platform` if given, else the first registered platform the cluster offers."""
     if cfg.platform is not None:
         return next(cls for cls in Platform.registry if cls.name == cfg.platform)(cfg)

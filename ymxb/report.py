@@ -1,54 +1,40 @@
-"""Turn what the hosts returned into the run's report: checks, verdict, table, JSON."""
+"""A single run's report: its trial's record (results.py) with what each host did, as a table
+or one JSON document."""
 
-import dataclasses
-import json
 import math
 from typing import Dict, List
 
 import numpy as np
 
-from ymxb import data, verify
-from ymxb.config import Config
-from ymxb.models import to_mb
+from ymxb.results import TrialRecord
 
 MEMBER_ROWS = 16  # members listed in the table; --json has them all
+HOST_KEYS = ("process_index", "process_count", "hostname", "node_ip", "node_id", "pid", "platform",
+             "device_kind", "local_devices", "global_devices", "collective_devices", "train_s",
+             "first_call_s")
 
 
-def build(cfg: Config, run: Dict, wall_s: float) -> Dict:
-    """The report of one run: config, per-host and per-member results, checks, verdict."""
-    solution = verify.normal_equation(*data.global_dataset(cfg))
-    pieces = [(host, piece) for host in run["hosts"] for piece in host["pieces"]]
-    rows = [_piece_row(cfg, host, piece) for host, piece in pieces]
-    params = [(r["label"], r["m"], r["b"]) for r in rows]
-
-    checks = [verify.check_participation(run["hosts"], cfg.hosts, cfg.devices_per_host),
-              verify.check_finite([(r["label"], r["first_nonfinite_step"]) for r in rows],
-                                  cfg.steps_per_call)]
-    if cfg.ensemble:
-        checks.append(verify.check_members([r["index"] for r in rows], cfg.ensemble))
-        checks.append(verify.check_distinct_init([(r["label"], r["init_m"], r["init_b"]) for r in rows]))
-    else:
-        checks.append(verify.check_replicas(params))
-    solution_check, max_error = verify.check_solution(params, solution, cfg.tol)
-    checks.append(solution_check)
-
+def build(record: TrialRecord, run, wall_s: float) -> Dict:
+    """The report of a one-trial run (launcher.ProgramRun `run`) judged as `record`."""
+    cfg = record.config
     report = {
-        "config": dataclasses.asdict(cfg),
-        "platform": run["platform"],
-        "coordinator": run["coordinator"],
-        "hosts": [_host_summary(cfg, host, [r for r in rows if r["host"] == host["process_index"]])
-                  for host in run["hosts"]],
-        "normal_equation": {"m": solution[0], "b": solution[1], "points": cfg.global_samples},
-        "max_error": max_error,
-        "tol": cfg.tol,
-        "checks": [c._asdict() for c in checks],
-        "verified": all(c.ok for c in checks),
-        "phases_s": run["phases"],
+        "config": cfg,
+        "trial_id": record.trial_id,
+        "platform": run.platform,
+        "coordinator": run.coordinator,
+        "hosts": [_host_summary(cfg, host) for host in run.hosts],
+        "normal_equation": {**record.solution, "points": cfg["hosts"] * cfg["samples_per_host"]},
+        "optimal_loss": record.optimal_loss,
+        "max_error": record.max_error,
+        "tol": cfg["tol"],
+        "checks": record.checks,
+        "verified": record.verified,
+        "phases_s": dict(run.phases),
         "wall_s": wall_s,
     }
-    if cfg.ensemble:
-        rows.sort(key=lambda r: r["index"])
-        report["members"] = [{k: v for k, v in r.items() if k != "label"} for r in rows]
+    if cfg["ensemble"]:
+        rows = _member_rows(run)
+        report["members"] = rows
         ms, bs = np.array([r["m"] for r in rows]), np.array([r["b"] for r in rows])
         report["ensemble"] = {"members": len(rows), "mean_m": float(ms.mean()), "mean_b": float(bs.mean()),
                               "std_m": float(ms.std()), "std_b": float(bs.std())}
@@ -57,16 +43,11 @@ def build(cfg: Config, run: Dict, wall_s: float) -> Dict:
 
 def to_json(report: Dict) -> str:
     """The report as standard JSON: NaN and infinities (a diverged run) become null."""
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
+    import json
 
-    return json.dumps(clean(report), indent=1, allow_nan=False)
+    from ymxb.results import jsonable
+
+    return json.dumps(jsonable(report), indent=1, allow_nan=False)
 
 
 def summary(report: Dict) -> str:
@@ -100,8 +81,9 @@ def summary(report: Dict) -> str:
     for c in report["checks"]:
         lines.append(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']}: {c['detail']}")
     verdict = "VERIFIED" if report["verified"] else "NOT VERIFIED"
-    lines.append(f"{verdict} (max |error| {report['max_error']:.3g}, tol {report['tol']:g}) "
-                 f"in {report['wall_s']:.1f} s")
+    error = report["max_error"]
+    lines.append(f"{verdict} (max |error| {error if error is None or math.isinf(error) else f'{error:.3g}'}, "
+                 f"tol {report['tol']:g}) in {report['wall_s']:.1f} s")
     return "\n".join(lines)
 
 
@@ -116,26 +98,24 @@ def _ranges(indices: List[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def _piece_row(cfg: Config, host: Dict, piece: Dict) -> Dict:
-    m, b = to_mb(cfg.model, piece["params"])
-    init_m, init_b = to_mb(cfg.model, piece["init_params"])
-    where = f"host {host['process_index']}"
-    label = f"member {piece['index']} ({where})" if cfg.ensemble else f"{where} device {piece['index']}"
-    return {"label": label, "index": piece["index"], "host": host["process_index"],
-            "m": float(m), "b": float(b), "init_m": float(init_m), "init_b": float(init_b),
-            "final_loss": float(piece["losses"][-1]),
-            "first_nonfinite_step": piece["first_nonfinite_step"]}
+def _member_rows(run) -> List[Dict]:
+    """Every ensemble member once, in order: where it ran, where it started and ended."""
+    rows = []
+    for host in run.hosts:
+        final = dict(zip(host["loss_entry"].tolist(), host["losses"][:, -1].tolist()))
+        for i, entry in enumerate(host["entry"].tolist()):
+            rows.append({"index": entry, "host": host["process_index"], "device": int(host["device"][i]),
+                         "m": float(host["m"][i]), "b": float(host["b"][i]),
+                         "init_m": float(host["init_m"][i]), "init_b": float(host["init_b"][i]),
+                         "final_loss": final[entry]})
+    return sorted(rows, key=lambda r: r["index"])
 
 
-def _host_summary(cfg: Config, host: Dict, rows: List[Dict]) -> Dict:
-    """What one host reports; `rows` are its pieces as _piece_row made them."""
-    keys = ("process_index", "process_count", "hostname", "node_ip", "node_id", "pid", "platform",
-            "device_kind", "local_devices", "global_devices", "collective_devices", "train_s",
-            "first_call_s")
-    out = {k: host[k] for k in keys}
-    if cfg.ensemble:
-        out["members"] = [r["index"] for r in rows]
+def _host_summary(cfg: Dict, host: Dict) -> Dict:
+    out = {k: host[k] for k in HOST_KEYS}
+    if cfg["ensemble"]:
+        out["members"] = sorted(host["entry"].tolist())
     else:
-        out["params"] = {"m": rows[0]["m"], "b": rows[0]["b"]}
-        out["loss_history"] = [float(v) for v in host["pieces"][0]["losses"]]
+        out["params"] = {"m": float(host["m"][0]), "b": float(host["b"][0])}
+        out["loss_history"] = host["losses"][0].astype(float).tolist()
     return out

@@ -1,17 +1,23 @@
 """The training step and its two parallel wrappings: `jax.pmap` and `jax.jit` over a global Mesh.
 
 Everything but the wrapping is shared: one step of full-batch gradient descent on the mean
-squared error, `vmap`ped over a leading member axis for ensembles, and `lax.scan`ned so that
-many steps run in one compiled call (one dispatch, not one per step).
+squared error, `vmap`ped over the program's leading model axis (one entry per trial, or per
+trial and ensemble member; each entry has its own learning rate in its optimiser state), and
+`lax.scan`ned so that many steps run in one compiled call (one dispatch, not one per step).
 
-Layouts, with D global devices, K local devices and E ensemble members:
-- one model (E == 0): the data is split over all D devices, params are replicated, and the
-  gradient is averaged over every device of every host;
-- ensemble (E > 0): members are split over all D devices (E / D each), every device sees the
-  whole global batch (gathered once), and no collective runs inside the step.
+Layouts, with D global devices and a program of T trials (config.Program):
+- one-model trials (ensemble 0): the data is split over all D devices, the T trials' params
+  are replicated on every device, and each trial's gradient is averaged over every device of
+  every host (the tutorial's data-parallel step, with a trial axis vmapped inside);
+- ensembles of E members: the T x E models are split over all D devices (padded to a multiple
+  of D), every device sees the whole global batch (gathered once), and no collective runs
+  inside the step.
+A single run is a program of one trial.
 """
 
 import abc
+import functools
+import inspect
 from typing import Any, Callable, List, NamedTuple, Tuple
 
 import jax
@@ -21,7 +27,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ymxb.config import Config
+from ymxb.config import Program
 from ymxb.models import Model
 
 # The one axis of both wrappings; it spans every device of every host.
@@ -33,15 +39,20 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
-def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """optax.<name>(learning_rate=lr), for a name from config.OPTIMIZERS."""
-    return getattr(optax, cfg.optimizer)(learning_rate=cfg.lr)
+@functools.lru_cache(maxsize=None)
+def make_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
+    """learning_rate -> optax.<name>, with the rate kept in the optimiser state (one per model
+    on the axis). Every other argument is static, as in the plain optimiser: injected (as
+    float32 arrays) adam's b1, b2 and eps would drift from plain adam's."""
+    factory = getattr(optax, name)
+    static = tuple(arg for arg in inspect.signature(factory).parameters if arg != "learning_rate")
+    return optax.inject_hyperparams(factory, static_args=static)
 
 
 def make_step(model: Model, opt: optax.GradientTransformation,
               reduce: Callable = lambda tree: tree) -> Callable:
-    """(state, x, y) -> (state, loss): one full-batch step; `reduce` combines the devices'
-    (loss, grads) where the batch is split over devices."""
+    """(state, x, y) -> (state, loss): one full-batch step of one model; `reduce` combines the
+    devices' (loss, grads) where the batch is split over devices."""
 
     def loss_fn(params, x, y):
         return jnp.mean((model.apply(params, x) - y) ** 2)
@@ -55,12 +66,10 @@ def make_step(model: Model, opt: optax.GradientTransformation,
     return step
 
 
-def fuse(step: Callable, n_steps: int, ensemble: bool) -> Callable:
-    """(state, x, y) -> (state, losses): `n_steps` steps in one call. Losses have shape
-    (n_steps,), or (members, n_steps) for an ensemble."""
-    if ensemble:
-        # Members are independent models: map the step over the leading member axis.
-        step = jax.vmap(step, in_axes=(0, None, None))
+def fuse(step: Callable, n_steps: int) -> Callable:
+    """(state, x, y) -> (state, losses): `n_steps` steps of every model on the leading axis in
+    one call. Losses have shape (models, n_steps)."""
+    step = jax.vmap(step, in_axes=(0, None, None))  # models share the batch
 
     def run(state, x, y):
         state, losses = lax.scan(lambda s, _: step(s, x, y), state, length=n_steps)
@@ -69,25 +78,35 @@ def fuse(step: Callable, n_steps: int, ensemble: bool) -> Callable:
     return run
 
 
-def init_state(model: Model, opt, cfg: Config, members: jax.Array = None) -> TrainState:
-    """Initial params and optimiser state. Member j of an ensemble starts from the j-th of
-    E keys split from the seed, whichever device holds it; `members` picks the ones to build."""
-    key = jax.random.key(cfg.seed)
-    if not cfg.ensemble:
+def init_state(model: Model, program: Program, entries: jax.Array) -> TrainState:
+    """Initial params and optimiser state of the given entries of the program's axis. A trial's
+    one model starts from key(seed); member j of an ensemble from the j-th of E keys split from
+    it, whichever device holds it: exactly as the trial would start alone."""
+    members = program.trial.members
+    entries = jnp.minimum(entries, program.entries - 1)  # padding: a copy of the last entry
+    trial, member = entries // members, entries % members
+    seeds = jnp.asarray(program.seeds, jnp.uint32)[trial]
+    lrs = jnp.asarray(program.lrs, jnp.float32)[trial]
+    optimizer = make_optimizer(program.trial.optimizer)
+
+    def one(seed, member, lr):
+        key = jax.random.key(seed)
+        if program.trial.ensemble:
+            key = jax.random.split(key, members)[member]
         params = model.init(key)
-        return TrainState(params, opt.init(params))
-    keys = jax.random.split(key, cfg.ensemble)
-    if members is not None:
-        keys = keys[members]
-    params = jax.vmap(model.init)(keys)
-    return TrainState(params, jax.vmap(opt.init)(params))
+        return TrainState(params, optimizer(learning_rate=lr).init(params))
+
+    return jax.vmap(one)(seeds, member, lrs)
 
 
 class Trainer(abc.ABC):
     """What a parallel mode provides to the training loop (train.py)."""
 
-    def __init__(self, model: Model, cfg: Config):
-        self.cfg, self.model, self.opt = cfg, model, make_optimizer(cfg)
+    def __init__(self, model: Model, program: Program):
+        self.program, self.model = program, model
+        # The rate given here is never used: each model's own is in its optimiser state.
+        self.opt = make_optimizer(program.trial.optimizer)(learning_rate=0.0)
+        self.ensemble = bool(program.trial.ensemble)
         self._compiled = {}
 
     @abc.abstractmethod
@@ -103,9 +122,10 @@ class Trainer(abc.ABC):
         """`n_steps` fused steps, wrapped (pmap or jit) for this mode."""
 
     @abc.abstractmethod
-    def local(self, tree) -> List[Tuple[int, Any]]:
-        """(index, NumPy value) for each piece this host holds: one per local device (index =
-        global device) for one model, one per member (index = global member) for ensembles."""
+    def local(self, tree) -> List[Tuple[int, np.ndarray, Any]]:
+        """(global device index, entry indices, NumPy tree with a leading entry axis) for each
+        of this host's devices: every trial on every device for one-model trials, the device's
+        share of the entries for ensembles (padding included)."""
 
     @abc.abstractmethod
     def collective_devices(self) -> int:
@@ -125,10 +145,10 @@ class Trainer(abc.ABC):
 class PmapTrainer(Trainer):
     """The tutorial's way: pmap over this host's devices; collectives over AXIS reach all hosts."""
 
-    def __init__(self, model: Model, cfg: Config):
-        super().__init__(model, cfg)
+    def __init__(self, model: Model, program: Program):
+        super().__init__(model, program)
         self.k = jax.local_device_count()
-        if cfg.ensemble:
+        if self.ensemble:
             reduce = lambda tree: tree  # each device holds whole members: nothing to combine
         else:
             # pmean keeps the replicas in sync: each device's gradient is the mean over its
@@ -137,13 +157,15 @@ class PmapTrainer(Trainer):
         self.step = make_step(model, self.opt, reduce)
         self.axis_index = None  # global position on AXIS of each local device, set by init
 
-    def init(self):
-        mpd = self.cfg.members_per_device
+    def _entries(self, device):
+        """The entries a device holds: its share (ensembles) or all of them (one model)."""
+        per_device = self.program.entries_per_device
+        return device * per_device * self.ensemble + jnp.arange(per_device)
 
+    def init(self):
         def init_device(_):
             i = lax.axis_index(AXIS)
-            members = i * mpd + jnp.arange(mpd) if self.cfg.ensemble else None
-            return init_state(self.model, self.opt, self.cfg, members), i
+            return init_state(self.model, self.program, self._entries(i)), i
 
         state, index = jax.pmap(init_device, axis_name=AXIS)(jnp.arange(self.k))
         self.axis_index = np.asarray(index)
@@ -151,7 +173,7 @@ class PmapTrainer(Trainer):
 
     def put_data(self, x, y):
         from ymxb.data import split_over_devices
-        if self.cfg.ensemble:
+        if self.ensemble:
             # Every member trains on the whole global batch: gather all shards once, in AXIS order.
             put = jax.pmap(lambda a: lax.all_gather(a, AXIS, tiled=True), axis_name=AXIS)
         else:
@@ -159,20 +181,12 @@ class PmapTrainer(Trainer):
         return tuple(put(split_over_devices(a, self.k)) for a in (x, y))
 
     def _wrap(self, n_steps):
-        return jax.pmap(fuse(self.step, n_steps, bool(self.cfg.ensemble)), axis_name=AXIS)
+        return jax.pmap(fuse(self.step, n_steps), axis_name=AXIS)
 
     def local(self, tree):
         tree = jax.device_get(tree)
-        out = []
-        for k, axis_index in enumerate(self.axis_index):
-            piece = jax.tree.map(lambda leaf: leaf[k], tree)
-            if not self.cfg.ensemble:
-                out.append((int(axis_index), piece))
-                continue
-            mpd = self.cfg.members_per_device
-            out.extend((int(axis_index) * mpd + j, jax.tree.map(lambda leaf: leaf[j], piece))
-                       for j in range(mpd))
-        return out
+        return [(int(device), np.asarray(self._entries(int(device))), jax.tree.map(lambda leaf: leaf[k], tree))
+                for k, device in enumerate(self.axis_index)]
 
     def collective_devices(self):
         count = jax.pmap(lambda _: lax.psum(1, AXIS), axis_name=AXIS)(jnp.arange(self.k))
@@ -182,49 +196,46 @@ class PmapTrainer(Trainer):
 class ShardingTrainer(Trainer):
     """The modern way: one jit over a Mesh of all devices of all hosts; XLA adds the collectives."""
 
-    def __init__(self, model: Model, cfg: Config):
-        super().__init__(model, cfg)
+    def __init__(self, model: Model, program: Program):
+        super().__init__(model, program)
         self.mesh = Mesh(np.array(jax.devices()), (AXIS,))
         self.split = NamedSharding(self.mesh, P(AXIS))
         self.replicated = NamedSharding(self.mesh, P())
         # One model: params replicated, batch split. Ensemble: members split, batch everywhere.
-        self.state_sharding = self.split if cfg.ensemble else self.replicated
+        self.state_sharding = self.split if self.ensemble else self.replicated
         self.step = make_step(model, self.opt)
 
     def init(self):
-        init = lambda: init_state(self.model, self.opt, self.cfg)
+        init = lambda: init_state(self.model, self.program, jnp.arange(self.program.padded_entries))
         return jax.jit(init, out_shardings=self.state_sharding)()
 
     def put_data(self, x, y):
         data = tuple(jax.make_array_from_process_local_data(self.split, a) for a in (x, y))
-        if self.cfg.ensemble:
+        if self.ensemble:
             # Every member trains on the whole global batch: gather all shards once.
             data = jax.jit(lambda *a: a, out_shardings=self.replicated)(*data)
         return data
 
     def _wrap(self, n_steps):
-        data_sharding = self.replicated if self.cfg.ensemble else self.split
-        return jax.jit(fuse(self.step, n_steps, bool(self.cfg.ensemble)),
+        data_sharding = self.replicated if self.ensemble else self.split
+        return jax.jit(fuse(self.step, n_steps),
                        in_shardings=(self.state_sharding, data_sharding, data_sharding),
                        out_shardings=(self.state_sharding, self.state_sharding))
 
     def local(self, tree):
         devices = list(self.mesh.devices.flat)
         leaves, treedef = jax.tree.flatten(tree)
-        shards = [leaf.addressable_shards for leaf in leaves]
         out = []
-        for pieces in zip(*shards):
+        for pieces in zip(*(leaf.addressable_shards for leaf in leaves)):
             values = [np.asarray(p.data) for p in pieces]
-            if not self.cfg.ensemble:
-                out.append((devices.index(pieces[0].device), treedef.unflatten(values)))
-                continue
-            start = pieces[0].index[0].start or 0
-            out.extend((start + j, treedef.unflatten([v[j] for v in values]))
-                       for j in range(values[0].shape[0]))
+            start = pieces[0].index[0].start or 0  # replicated: the whole axis, from 0
+            entries = start + np.arange(values[0].shape[0])
+            out.append((devices.index(pieces[0].device), entries, treedef.unflatten(values)))
         return out
 
     def collective_devices(self):
-        ones = jax.make_array_from_process_local_data(self.split, np.ones(self.cfg.devices_per_host, np.int32))
+        ones = jax.make_array_from_process_local_data(
+            self.split, np.ones(self.program.slice.devices_per_host, np.int32))
         return int(jax.jit(jnp.sum, out_shardings=self.replicated)(ones).addressable_data(0))
 
 

@@ -24,8 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from typing import Dict, List, Optional
 

@@ -1,63 +1,83 @@
-"""One host's training run, in the order it happens: data, model, step, loop.
+"""One host's part of a program, in the order it happens: data, model, step, loop.
 
 Runs inside each host's process after `jax.distributed.initialize` (or alone, as one process).
 """
 
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import numpy as np
 
 from ymxb import data, models, steps
-from ymxb.config import Config
+from ymxb.config import Program
 
 
-def train_host(cfg: Config, on_progress: Callable[[int], None] = lambda steps: None) -> dict:
-    """Train on this process's local devices; return its params, losses and timings.
+def train_host(program: Program, on_progress: Callable[[int], None] = lambda steps: None) -> dict:
+    """Train this process's share of `program` on its local devices.
 
-    Returns NumPy values only, so the result travels through Ray as-is. `on_progress(steps)`
-    is called before each compiled call (so a hung call shows where it stopped).
+    Returns NumPy arrays only (they travel through Ray as they are), one row per model this
+    host holds, padding left out: `entry` (the model's index on the program's axis), `device`
+    (the global device holding it; one-model trials have a copy on every device), `m`, `b`,
+    `init_m`, `init_b`; and the loss history of each entry once (`loss_entry`, `losses`).
+    `on_progress(steps)` is called before each compiled call (so a hung call shows where).
     """
     started = time.perf_counter()
-    if jax.local_device_count() != cfg.devices_per_host:
+    cfg, shape = program.trial, program.slice
+    if jax.local_device_count() != shape.devices_per_host:
         raise ValueError(f"host {jax.process_index()} has {jax.local_device_count()} local devices, "
-                         f"but --devices-per-host is {cfg.devices_per_host}")
+                         f"but --devices-per-host is {shape.devices_per_host}")
     on_progress(0)
     x, y = data.host_shard(cfg, jax.process_index())
-    model = models.build(cfg.model)
-    trainer = steps.TRAINERS[cfg.parallel](model, cfg)
+    trainer = steps.TRAINERS[cfg.parallel](models.build(cfg.model), program)
     state = trainer.init()
     init_params = trainer.local(state.params)
     batch = trainer.put_data(x, y)
     collective_devices = trainer.collective_devices()
 
-    losses, first_call_s, done = [], 0.0, 0
+    chunks, first_call_s, done = [], 0.0, 0
     while done < cfg.steps:
         n = min(cfg.steps_per_call, cfg.steps - done)
         on_progress(done)
         call_start = time.perf_counter()
-        state, chunk = trainer.run(state, batch, n)
+        state, losses = trainer.run(state, batch, n)
         # Fetching the losses blocks on the call: never queue collective calls unboundedly.
-        losses.append(trainer.local(chunk))
+        chunks.append(_first_copy(trainer.local(losses)))
         if done == 0:
             first_call_s = time.perf_counter() - call_start  # compile + run
         done += n
     on_progress(done)
 
-    final = trainer.local(state.params)
-    history = {i: np.concatenate([dict(chunk)[i] for chunk in losses]) for i, _ in losses[0]}
-    pieces = [{"index": i, "params": params, "init_params": dict(init_params)[i],
-               "losses": history[i], "first_nonfinite_step": _first_nonfinite(history[i])}
-              for i, params in final]
+    rows = _rows(program, trainer.local(state.params), init_params)
+    loss_entry = chunks[0][0]
+    keep = loss_entry < program.entries
     return {
+        **rows,
+        "loss_entry": loss_entry[keep],
+        "losses": np.concatenate([losses for _, losses in chunks], axis=1)[keep],
         "collective_devices": collective_devices,
-        "pieces": pieces,  # one per local device (one model) or per local member (ensemble)
         "train_s": time.perf_counter() - started,
         "first_call_s": first_call_s,
     }
 
 
-def _first_nonfinite(losses: np.ndarray) -> Optional[int]:
-    bad = np.flatnonzero(~np.isfinite(losses))
-    return int(bad[0]) if bad.size else None
+def _rows(program: Program, final, init) -> dict:
+    """One row per (device, entry) this host holds, padding dropped: (m, b) before and after."""
+    name = program.trial.model
+    columns = {k: [] for k in ("entry", "device", "m", "b", "init_m", "init_b")}
+    for (device, entries, params), (_, _, params0) in zip(final, init):
+        keep = entries < program.entries
+        m, b = models.to_mb(name, params)
+        m0, b0 = models.to_mb(name, params0)
+        for key, values in (("entry", entries), ("device", np.full(len(entries), device)),
+                            ("m", m), ("b", b), ("init_m", m0), ("init_b", b0)):
+            columns[key].append(np.asarray(values)[keep])
+    return {k: np.concatenate(v) for k, v in columns.items()}
+
+
+def _first_copy(local) -> tuple:
+    """(entries, losses) with each entry once: one-model trials have a copy on every device."""
+    entries = np.concatenate([e for _, e, _ in local])
+    losses = np.concatenate([np.asarray(v) for _, _, v in local])
+    entries, first = np.unique(entries, return_index=True)
+    return entries, losses[first]

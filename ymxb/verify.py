@@ -38,8 +38,7 @@ def check_replicas(params: Sequence[Tuple[str, float, float]]) -> Check:
 def check_solution(params: Sequence[Tuple[str, float, float]], solution: Tuple[float, float],
                    tol: float) -> Tuple[Check, float]:
     """Every (label, m, b) must lie within tol of the normal-equation (m, b); returns max error."""
-    errors = [(max(_dist(m, solution[0]), _dist(b, solution[1])), label, m, b)
-              for label, m, b in params]
+    errors = [(param_error(m, b, solution), label, m, b) for label, m, b in params]
     worst, label, m, b = max(errors, key=lambda e: e[0])
     detail = (f"max |error| {worst:.3g} at {label} (m={m:.7g} b={b:.7g} vs m={solution[0]:.7g} "
               f"b={solution[1]:.7g}), tol {tol:g}")
@@ -74,6 +73,11 @@ def check_participation(identities: List[dict], hosts: int, devices_per_host: in
         return Check("all hosts and devices took part", False, "; ".join(problems))
     return Check("all hosts and devices took part", True,
                  f"{hosts} hosts, {want} devices; a psum over the axis counted {want}")
+
+
+def param_error(m: float, b: float, solution: Tuple[float, float]) -> float:
+    """max(|m - m*|, |b - b*|); anything non-finite is infinitely far."""
+    return max(_dist(m, solution[0]), _dist(b, solution[1]))
 
 
 def _dist(a: float, b: float) -> float:

@@ -1,0 +1,136 @@
+"""Run a sweep: every trial not yet in the results store, as programs on warm slices, each
+program's records stored as soon as it finishes. A single run is a sweep of one trial.
+
+Order of work: settle each trial's slice and check every trial (nothing launches while any
+is wrong); skip the recorded ones; group the rest into programs; then per slice shape, one warm
+slice (placed and initialised once) runs its programs one after another.
+"""
+
+import dataclasses
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from ymxb import budget, results, sweep as sweeps
+from ymxb.config import Program, SliceSpec, TrialSpec
+from ymxb.errors import UsageError
+from ymxb.results import Store, TrialRecord
+
+# Plain progress lines (stderr not a terminal): at most one per this many seconds.
+PLAIN_PROGRESS_S = 10.0
+
+
+@dataclasses.dataclass
+class Outcome:
+    records: List[TrialRecord]  # every trial of the sweep, in its order (recorded or run now)
+    ran: int  # trials run by this call (the others were in the store)
+    last_run: Optional[object] = None  # the last program's launcher.ProgramRun
+
+
+def settle(spec: SliceSpec) -> SliceSpec:
+    """The slice as far as it is known before launching: an embedded cluster can only
+    simulate, so its shape is settled here (the CPU simulation's defaults)."""
+    if spec.address is None and spec.platform in (None, "cpu-sim"):
+        from ymxb.platforms import CpuSim
+
+        return CpuSim(spec).shape()
+    return spec
+
+
+def prepare(sweep: sweeps.Sweep) -> List[Tuple[SliceSpec, TrialSpec]]:
+    """Every trial with its settled slice, checked: UsageError names the trial that cannot run."""
+    trials = []
+    for i, (spec, trial) in enumerate(sweep.trials):
+        spec = settle(spec)
+        if spec.shaped:
+            try:
+                trial.check_fits(spec)
+            except UsageError as err:
+                where = f"trial {i + 1} ({_changed(trial)})" if len(sweep.trials) > 1 else None
+                raise UsageError(f"{where}: {err}" if where else str(err)) from None
+        trials.append((spec, trial))
+    for spec, group in sweeps.programs(trials):
+        if spec.address is None and spec.shaped:  # every host a process on this machine
+            what = "this run" if len(trials) == 1 else f"a program of {len(group)} trials ({_changed(group[0])}, ...)"
+            budget.check_fits(Program.of(spec, group), what=what)
+    return trials
+
+
+def run(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store],
+        log: Callable[[str], None], progress: Optional["Progress"] = None) -> Outcome:
+    """Run the trials the store lacks (all of them without a store) on the connected cluster."""
+    from ymxb.launcher import WarmSlice
+
+    done: Dict[str, TrialRecord] = store.load() if store else {}
+    ids = [results.trial_id(spec, trial) for spec, trial in trials]
+    pending = [t for t, tid in zip(trials, ids) if tid not in done]
+    progress = progress or Progress(0, quiet=True)
+    last_run, ran = None, 0
+    for spec, groups in _by_slice(sweeps.programs(pending)):
+        with WarmSlice(spec, log) as warm:
+            for group in groups:
+                program = Program.of(warm.spec, group)
+                progress.start(program)
+                last_run = warm.run(program, on_steps=progress.steps)
+                records = results.judge(last_run, spec)
+                if store:
+                    store.append(records)
+                done.update((r.trial_id, r) for r in records)
+                ran += len(records)
+                progress.finish(program)
+    return Outcome([done[tid] for tid in ids], ran, last_run)
+
+
+def _by_slice(groups):
+    """Programs by slice: each slice's programs together, in order of first appearance."""
+    by: Dict[SliceSpec, List[List[TrialSpec]]] = {}
+    for spec, trials in groups:
+        by.setdefault(spec, []).append(trials)
+    return list(by.items())
+
+
+def _changed(trial: TrialSpec) -> str:
+    """The settings of a trial that differ from the defaults, as `key: value`."""
+    default = TrialSpec()
+    return ", ".join(f"{k}: {v}" for k, v in trial.asdict().items() if getattr(default, k) != v) or "defaults"
+
+
+class Progress:
+    """Trials done out of all, and the running program's steps: a tqdm bar on a terminal,
+    plain lines now and then otherwise (a log file), nothing when quiet."""
+
+    def __init__(self, total: int, done: int = 0, quiet: bool = False, stream=None):
+        self.total, self.done, self.quiet = total, done, quiet
+        self.stream = stream or sys.stderr
+        self.bar, self.program, self.said = None, None, 0.0
+        if not quiet and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="trial", file=self.stream, dynamic_ncols=True)
+
+    def start(self, program: Program) -> None:
+        self.program, self.said = program, time.monotonic()
+        self._say(f"program of {program.count} trials ({program.trial.optimizer}, {program.trial.model}, "
+                  f"{program.entries} models) on {program.slice.hosts}x{program.slice.devices_per_host}")
+
+    def steps(self, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"program at step {steps}/{self.program.trial.steps}")
+        elif time.monotonic() - self.said >= PLAIN_PROGRESS_S:
+            self.said = time.monotonic()
+            self._say(f"program at step {steps}/{self.program.trial.steps}")
+
+    def finish(self, program: Program) -> None:
+        self.done += program.count
+        if self.bar is not None:
+            self.bar.update(program.count)
+        self._say(f"{self.done}/{self.total} trials done")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def _say(self, what: str) -> None:
+        if self.quiet or self.bar is not None:
+            return
+        print(f"sweep: {what}", file=self.stream, flush=True)

@@ -1,0 +1,142 @@
+"""A sweep's figures, drawn from its records alone (matplotlib, Agg: no display needed):
+
+- loss.png: loss minus the optimal loss against step, log scale, a line per trial, a panel
+  per program;
+- error_vs_lr.png: final max |error| against learning rate (log-log), a line per optimiser
+  (the median over seeds and other settings; every trial as a dot);
+- fit.png: the data (subsampled), the normal-equation line, and every member's line of the
+  best trial.
+"""
+
+import math
+import os
+from collections import defaultdict
+from typing import List, Sequence
+
+import numpy as np
+
+from ymxb import data
+from ymxb.config import TrialSpec
+from ymxb.results import TrialRecord
+
+MAX_PANELS = 12  # programs drawn in loss.png; the rest are listed in its title
+LEGEND_LINES = 10  # a panel with more lines than this gets no legend
+DATA_POINTS = 2000  # points of the data drawn in fit.png
+
+
+def draw(records: Sequence[TrialRecord], folder: str) -> List[str]:
+    """Draw every figure into `folder`; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not records:
+        return []
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for name, figure in (("loss.png", _loss), ("error_vs_lr.png", _error_vs_lr), ("fit.png", _fit)):
+        fig = figure(plt, records)
+        path = os.path.join(folder, name)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _loss(plt, records):
+    groups = defaultdict(list)
+    for r in records:
+        groups[r.group].append(r)
+    shown = list(groups.items())[:MAX_PANELS]
+    cols = min(3, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    varying = _varying(records)
+    for ax, (group, members) in zip(axes.flat, shown):
+        for r in members:
+            excess = np.maximum(np.asarray(r.loss_curve["loss"], float) - r.optimal_loss, 1e-16)
+            ax.plot(r.loss_curve["step"], excess, lw=1, label=_label(r, ("lr", "seed")))
+        first = members[0].config
+        ax.set_title(f"{first['optimizer']}, {first['model']}, {_shape(first)}"
+                     + (f", ensemble {first['ensemble']}" if first["ensemble"] else ""), fontsize=9)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss - optimal loss (floor 1e-16)")
+        ax.grid(alpha=0.3)
+        if len(members) <= LEGEND_LINES:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_visible(False)
+    more = f" (first {MAX_PANELS} of {len(groups)} programs)" if len(groups) > MAX_PANELS else ""
+    fig.suptitle(f"Loss above the normal-equation optimum, a line per trial{more}; varying: "
+                 f"{', '.join(varying) or 'nothing'}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _error_vs_lr(plt, records):
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    by_optimizer = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        error = r.max_error if r.max_error is not None and math.isfinite(r.max_error) else np.nan
+        by_optimizer[r.config["optimizer"]][r.config["lr"]].append(error)
+    for optimizer, by_lr in sorted(by_optimizer.items()):
+        lrs = sorted(by_lr)
+        line, = ax.plot(lrs, [np.nanmedian(by_lr[lr]) if not np.all(np.isnan(by_lr[lr])) else np.nan
+                              for lr in lrs], marker="o", label=optimizer)
+        for lr in lrs:
+            ax.scatter([lr] * len(by_lr[lr]), by_lr[lr], s=8, alpha=0.4, color=line.get_color())
+    tol = records[0].config["tol"]
+    ax.axhline(tol, color="grey", ls="--", lw=1, label=f"tol {tol:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final max |param - normal-equation solution|")
+    ax.set_title("Final error against learning rate (median; dots: every trial; diverged: absent)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _fit(plt, records):
+    best = min(records, key=lambda r: (not r.verified, _finite_or_inf(r.max_error)))
+    cfg = best.config
+    trial = TrialSpec(**{k: cfg[k] for k in TrialSpec.fields()})
+    x, y = data.global_dataset(trial, cfg["hosts"])
+    pick = np.random.default_rng(0).choice(len(x), min(DATA_POINTS, len(x)), replace=False)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.scatter(x[pick], y[pick], s=3, alpha=0.3, color="grey", label=f"data ({len(pick)} of {len(x)} points)")
+    line = np.array([-1.0, 1.0])
+    for i, member in enumerate(best.members):
+        ax.plot(line, member.m * line + member.b, lw=1, alpha=0.6, color="tab:blue",
+                label=f"fitted ({len(best.members)} member{'s' if len(best.members) > 1 else ''})" if i == 0 else None)
+    solution = best.solution
+    ax.plot(line, solution["m"] * line + solution["b"], "k--", lw=1.5,
+            label=f"normal equation m={solution['m']:.4g} b={solution['b']:.4g}")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title(f"Best trial {best.trial_id}: {_label(best, _varying(records)) or 'the only trial'}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _varying(records) -> List[str]:
+    configs = [r.config for r in records]
+    return [k for k in configs[0] if len({repr(c.get(k)) for c in configs}) > 1]
+
+
+def _label(record: TrialRecord, keys) -> str:
+    return ", ".join(f"{k}={record.config[k]:g}" if isinstance(record.config[k], float)
+                     else f"{k}={record.config[k]}" for k in keys)
+
+
+def _shape(cfg) -> str:
+    return f"{cfg['hosts']}x{cfg['devices_per_host']}"
+
+
+def _finite_or_inf(value) -> float:
+    return value if value is not None and math.isfinite(value) else math.inf

@@ -1,0 +1,264 @@
+"""A trial's outcome as a small typed record, judged on the driver from what the hosts returned;
+the results store (`DIR/trials.jsonl`, one record per line); and the comparison table.
+
+The store is append-only: each finished program's records are written in one `write`, then
+flushed and fsynced, so a crash, a dead host or Ctrl-C loses at most the program in flight.
+A torn last line (the machine died mid-write) is ignored on reading and cut off on the next
+append; every complete line is a record.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from ymxb import data, verify
+from ymxb.config import Program, SliceSpec, TrialSpec
+
+STORE = "trials.jsonl"
+# A member has converged at the first step whose loss is within this of the optimal loss (the
+# float64 loss of the normal-equation solution on the same data): relatively, or absolutely
+# where the optimum is (nearly) zero.
+CONVERGED_RTOL, CONVERGED_ATOL = 1e-3, 1e-10
+CURVE_POINTS = 200  # at most this many points of each loss curve are kept
+# Settings that never change what a trial computes: left out of its id.
+NOT_IN_ID = ("address", "timeout")
+
+
+@dataclasses.dataclass
+class Member:
+    m: float
+    b: float
+    error: float  # max(|m - m*|, |b - b*|) against the normal-equation solution
+    final_loss: float
+    converged_step: Optional[int]
+
+
+@dataclasses.dataclass
+class TrialRecord:
+    trial_id: str
+    config: dict  # every setting of the trial and its slice, named as the flags
+    verified: bool
+    max_error: float
+    solution: dict  # {m, b}: the normal equation of the data trained on
+    optimal_loss: float
+    members: List[Member]
+    loss_curve: dict  # {step: [...], loss: [...]}: the mean over members
+    checks: List[dict]
+    group: str  # the program it ran in (the id of its first trial)
+    slice: str  # "4x2 cpu-sim": the slice that ran it
+    group_trials: int
+    wall_s: float  # the program's training time, shared by its trials
+
+    def to_json(self) -> str:
+        return json.dumps(jsonable(dataclasses.asdict(self)), allow_nan=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialRecord":
+        d = dict(d)
+        d["members"] = [Member(**m) for m in d["members"]]
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+    def converged_step(self) -> Optional[float]:
+        """The median of the members' converged steps (None if most never converged)."""
+        steps = [m.converged_step if m.converged_step is not None else math.inf for m in self.members]
+        median = float(np.median(steps))
+        return None if math.isinf(median) else median
+
+    @property
+    def final_loss(self) -> float:
+        return float(np.mean([m.final_loss for m in self.members]))
+
+
+def trial_config(spec: SliceSpec, trial: TrialSpec) -> dict:
+    return {**spec.asdict(), **trial.asdict()}
+
+
+def trial_id(spec: SliceSpec, trial: TrialSpec) -> str:
+    """A hash of everything that decides what a trial computes, slice shape included."""
+    settings = {k: v for k, v in trial_config(spec, trial).items() if k not in NOT_IN_ID}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def judge(run, id_spec: SliceSpec) -> List[TrialRecord]:
+    """The records of every trial of a finished program (launcher.ProgramRun). `id_spec` is
+    the slice as the trials were asked for: their ids are made from it."""
+    program, hosts = run.program, run.hosts
+    spec, cfg = program.slice, program.trial
+    x, y = data.global_dataset(cfg, spec.hosts)
+    solution = verify.normal_equation(x, y)
+    optimal = float(np.mean((solution[0] * x.astype(np.float64) + solution[1] - y) ** 2))
+    participation = verify.check_participation(hosts, spec.hosts, spec.devices_per_host)
+    rows = {k: np.concatenate([h[k] for h in hosts]) for k in ("entry", "device", "m", "b", "init_m", "init_b")}
+    rows["host"] = np.concatenate([np.full(len(h["entry"]), h["process_index"]) for h in hosts])
+    losses = {}  # entry -> its loss history (the first host's copy for one-model trials)
+    for h in hosts:
+        for entry, history in zip(h["loss_entry"], h["losses"]):
+            losses.setdefault(int(entry), []).append(history)
+    shape = f"{spec.hosts}x{spec.devices_per_host} {run.platform}"
+    group = trial_id(id_spec, program.trials()[0])
+    return [_record(program, t, trial, rows, losses, solution, optimal, participation,
+                    trial_id(id_spec, trial), group, shape, run.train_s)
+            for t, trial in enumerate(program.trials())]
+
+
+def _record(program: Program, t: int, trial: TrialSpec, rows, losses, solution, optimal,
+            participation, tid, group, shape, wall_s) -> TrialRecord:
+    members = trial.members
+    mine = rows["entry"] // members == t
+    member = rows["entry"][mine] % members
+    labels = [f"member {j} (host {h})" if trial.ensemble else f"host {h} device {d}"
+              for j, h, d in zip(member, rows["host"][mine], rows["device"][mine])]
+    params = list(zip(labels, rows["m"][mine].tolist(), rows["b"][mine].tolist()))
+    histories = {j: losses[t * members + j] for j in range(members) if t * members + j in losses}
+    checks = [participation,
+              verify.check_finite([(f"member {j}" if trial.ensemble else "the model", _first_nonfinite(h))
+                                   for j, copies in histories.items() for h in copies],
+                                  trial.steps_per_call)]
+    if trial.ensemble:
+        checks.append(verify.check_members(member.tolist(), members))
+        checks.append(verify.check_distinct_init(list(zip(
+            labels, rows["init_m"][mine].tolist(), rows["init_b"][mine].tolist()))))
+    else:
+        checks.append(verify.check_replicas(params))
+    solution_check, max_error = verify.check_solution(params, solution, trial.tol)
+    checks.append(solution_check)
+
+    first = {}  # member -> its first row
+    for row, j in enumerate(member):
+        first.setdefault(int(j), row)
+    kept = []
+    for j in sorted(first):
+        m, b = float(rows["m"][mine][first[j]]), float(rows["b"][mine][first[j]])
+        history = histories[j][0]
+        kept.append(Member(m, b, verify.param_error(m, b, solution),
+                           float(history[-1]), _converged_step(history, optimal)))
+    curve = np.mean([histories[j][0] for j in sorted(histories)], axis=0)
+    steps = np.unique(np.linspace(0, len(curve) - 1, min(CURVE_POINTS, len(curve))).round().astype(int))
+    return TrialRecord(
+        trial_id=tid, config=trial_config(program.slice, trial),
+        verified=all(c.ok for c in checks), max_error=max_error,
+        solution={"m": solution[0], "b": solution[1]}, optimal_loss=optimal, members=kept,
+        loss_curve={"step": steps.tolist(), "loss": curve[steps].astype(float).tolist()},
+        checks=[c._asdict() for c in checks], group=group, slice=shape,
+        group_trials=program.count, wall_s=wall_s)
+
+
+def _first_nonfinite(losses: np.ndarray) -> Optional[int]:
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if bad.size else None
+
+
+def _converged_step(losses: np.ndarray, optimal: float) -> Optional[int]:
+    close = np.flatnonzero(losses.astype(np.float64) <= optimal * (1 + CONVERGED_RTOL) + CONVERGED_ATOL)
+    return int(close[0]) if close.size else None
+
+
+def jsonable(value):
+    """NaN and infinities (a diverged trial) as null: the store stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+class Store:
+    """`DIR/trials.jsonl`: the records of the trials finished so far, by trial id."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, STORE)
+
+    def load(self) -> Dict[str, TrialRecord]:
+        records = {}
+        for line in self._lines():
+            record = TrialRecord.from_dict(json.loads(line))
+            records[record.trial_id] = record
+        return records
+
+    def append(self, records: Iterable[TrialRecord]) -> None:
+        """Add records durably, all at once: after a crash they are all there or none is."""
+        text = "".join(r.to_json() + "\n" for r in records)
+        self._cut_torn_line()
+        with open(self.path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def clear(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+    def _lines(self) -> List[str]:
+        try:
+            with open(self.path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return []
+        # A last line without its newline was torn by a crash mid-write: not a record.
+        return [line for line in text.split("\n")[:-1] if line.strip()]
+
+    def _cut_torn_line(self) -> None:
+        try:
+            with open(self.path, "rb+") as f:
+                text = f.read()
+                end = text.rfind(b"\n") + 1
+                if end < len(text):
+                    f.truncate(end)
+        except FileNotFoundError:
+            pass
+
+
+def table(records: Sequence[TrialRecord], limit: int = 100) -> str:
+    """One row per trial, showing only the settings that vary; grouped by program, the best of
+    each group (smallest max |error| among the verified) marked with *."""
+    if not records:
+        return "no trials recorded"
+    configs = [r.config for r in records]
+    varying = [k for k in configs[0] if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    head = ([f"{k:>12}" for k in varying] + [f"{'members':>7}", f"{'verified':>8}", f"{'max|error|':>10}",
+                                               f"{'converged':>9}", f"{'final loss':>10}"])
+    lines = ["  " + " ".join(head)]
+    groups: Dict[str, List[TrialRecord]] = {}
+    for r in records:
+        groups.setdefault(r.group, []).append(r)
+    shown = 0
+    for g, members in groups.items():
+        verified = [r for r in members if r.verified]
+        best = min(verified, key=_error_key) if verified else None
+        lines.append(f"group {g} ({members[0].slice}, {len(members)} trials)")
+        for r in sorted(members, key=_error_key):
+            if shown >= limit:
+                break
+            shown += 1
+            step = r.converged_step()
+            cells = [f"{_cell(r.config[k]):>12}" for k in varying] + [
+                f"{len(r.members):>7}", f"{'yes' if r.verified else 'no':>8}",
+                f"{_num(r.max_error):>10}", f"{'-' if step is None else f'{step:g}':>9}",
+                f"{_num(r.final_loss):>10}"]
+            lines.append(("* " if r is best else "  ") + " ".join(cells))
+    if shown < len(records):
+        lines.append(f"... {len(records) - shown} more trials in {STORE} (or --json)")
+    passed = sum(r.verified for r in records)
+    lines.append(f"{passed} of {len(records)} trials verified; * best of its group (smallest max |error|)")
+    return "\n".join(lines)
+
+
+def _error_key(record: TrialRecord) -> float:
+    error = record.max_error
+    return error if error is not None and math.isfinite(error) else math.inf
+
+
+def _cell(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _num(value) -> str:
+    return "nan" if value is None or not math.isfinite(value) else f"{value:.3g}"

@@ -1,0 +1,159 @@
+"""Sweep files -> trials -> programs.
+
+A sweep file (YAML, read with yaml.safe_load) names settings exactly as the flags do, with
+underscores:
+
+    name: optimizers                         # results in runs/optimizers/ unless --out
+    slice: {hosts: 4, devices_per_host: 2}   # optional: the slice settings
+    base: {steps: 500, model: pure}          # every trial
+    grid: {optimizer: [sgd, adam], lr: [0.01, 0.1, 1.0], seed: [0, 1]}   # every combination
+    trials: [{optimizer: adagrad, lr: 0.5}]  # extra trials, each merged over base
+
+`hosts` and `devices_per_host` may also be set in base, grid or trials: each slice shape is its
+own warm slice. Trials that differ only in lr and seed become one program (config.Program).
+"""
+
+import dataclasses
+import difflib
+import itertools
+import os
+import re
+from typing import Dict, List, Tuple
+
+import yaml
+
+from ymxb.config import BATCHED, SliceSpec, TrialSpec
+from ymxb.errors import UsageError
+
+TOP_KEYS = ("name", "slice", "base", "grid", "trials")
+SLICE_KEYS = tuple(k for k in SliceSpec.fields() if k != "address")  # the cluster is --address
+TRIAL_KEYS = TrialSpec.fields() + ("hosts", "devices_per_host")  # a shape may vary per trial
+FLOATS = ("true_m", "true_b", "noise", "lr", "tol", "timeout")
+
+Trial = Tuple[SliceSpec, TrialSpec]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    name: str
+    trials: Tuple[Trial, ...]  # in file order, duplicates dropped
+
+
+def single(spec: SliceSpec, trial: TrialSpec) -> Sweep:
+    """A plain `launch.py [flags]` run: a sweep of one trial."""
+    return Sweep("run", ((spec, trial),))
+
+
+def load(path: str, slice_defaults: SliceSpec = SliceSpec()) -> Sweep:
+    """Read and check a sweep file; UsageError naming the file and what to fix."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as err:
+        raise UsageError(f"cannot read sweep file {path}: {err.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UsageError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse(doc, path, slice_defaults)
+
+
+def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec()) -> Sweep:
+    fail = lambda what: UsageError(f"{path}: {what}")
+    if not isinstance(doc, dict):
+        raise fail(f"expected a mapping with some of {', '.join(TOP_KEYS)}; got {_kind(doc)}")
+    _check_keys(doc, TOP_KEYS, "top-level key", fail)
+    name = doc.get("name", os.path.splitext(os.path.basename(path))[0])
+    if not isinstance(name, str) or not name or "/" in name:
+        raise fail(f"name must be a non-empty string without '/', got {name!r}")
+    slice_settings = _mapping(doc, "slice", SLICE_KEYS, fail)
+    base = _mapping(doc, "base", TRIAL_KEYS, fail)
+    grid = _mapping(doc, "grid", TRIAL_KEYS, fail)
+    for key, values in grid.items():
+        if not isinstance(values, list):
+            raise fail(f"grid: {key} must be a list of values, got {_kind(values)} (for one value, put it in base)")
+        if not values:
+            raise fail(f"grid: {key} is empty: give it at least one value, or remove it")
+    extra = doc.get("trials") or []
+    if not isinstance(extra, list) or not all(isinstance(t, dict) for t in extra):
+        raise fail("trials must be a list of mappings, e.g. [{optimizer: adagrad, lr: 0.5}]")
+    for i, t in enumerate(extra):
+        _check_keys(t, TRIAL_KEYS, f"key in trials[{i}]", fail)
+
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
+    settings = [(f"grid trial {_describe(c)}", {**base, **c}) for c in combos]
+    settings += [(f"trials[{i}] {_describe(t)}", {**base, **t}) for i, t in enumerate(extra)]
+    if not settings:
+        settings = [("base", dict(base))]
+    trials, seen = [], set()
+    for label, values in settings:
+        trial = _make(slice_defaults, slice_settings, values, fail, label)
+        if trial not in seen:
+            seen.add(trial)
+            trials.append(trial)
+    return Sweep(name, tuple(trials))
+
+
+def programs(trials: List[Trial]) -> List[Tuple[SliceSpec, List[TrialSpec]]]:
+    """Trials grouped into programs: same slice and same settings but for lr and seed, in the
+    order their first trial appears. Each group is (slice, trials)."""
+    groups: Dict[tuple, Tuple[SliceSpec, List[TrialSpec]]] = {}
+    for spec, trial in trials:
+        key = (spec, trial.replace(**{k: getattr(TrialSpec(), k) for k in BATCHED}))
+        groups.setdefault(key, (spec, []))[1].append(trial)
+    return list(groups.values())
+
+
+def _make(defaults: SliceSpec, slice_settings: dict, values: dict, fail, label: str) -> Trial:
+    values = {k: _number(k, v) for k, v in values.items()}
+    slice_values = {**slice_settings, **{k: values.pop(k) for k in ("hosts", "devices_per_host") if k in values}}
+    try:
+        spec = defaults.replace(**{k: _number(k, v) for k, v in slice_values.items()})
+        trial = TrialSpec(**values)
+    except UsageError as err:
+        raise fail(f"{label}: {_as_key(str(err))}") from None
+    return spec, trial
+
+
+def _mapping(doc: dict, key: str, allowed, fail) -> dict:
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise fail(f"{key} must be a mapping of settings, got {_kind(value)}")
+    _check_keys(value, allowed, f"key in {key}", fail)
+    return value
+
+
+def _check_keys(mapping: dict, allowed, what: str, fail) -> None:
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; valid: {', '.join(allowed)}"
+            if key == "address":
+                hint = ": give the cluster on the command line (--address)"
+            raise fail(f"unknown {what} {key!r}{hint}")
+
+
+def _number(key: str, value):
+    """YAML reads 1e-2 (no dot) as a string: take it as the number it spells."""
+    if key in FLOATS and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _as_key(message: str) -> str:
+    """A flag's error, worded for a sweep file: --samples-per-host -> samples_per_host."""
+    return re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), message)
+
+
+def _describe(settings: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in settings.items()) + "}"
+
+
+def _kind(value) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
