@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ymxb.config import Program
@@ -153,7 +154,7 @@ class PmapTrainer(Trainer):
         else:
             # pmean keeps the replicas in sync: each device's gradient is the mean over its
             # equal share of the global batch, so the mean over all devices is the full-batch one.
-            reduce = lambda tree: lax.pmean(tree, AXIS)
+            reduce = _pmean_as_one
         self.step = make_step(model, self.opt, reduce)
         self.axis_index = None  # global position on AXIS of each local device, set by init
 
@@ -191,6 +192,13 @@ class PmapTrainer(Trainer):
     def collective_devices(self):
         count = jax.pmap(lambda _: lax.psum(1, AXIS), axis_name=AXIS)(jnp.arange(self.k))
         return int(count[0])
+
+
+def _pmean_as_one(tree):
+    """lax.pmean of a pytree as one flat array: one collective per step, not one per leaf
+    (across processes, each is a round trip that costs more than the step's arithmetic)."""
+    flat, unravel = ravel_pytree(tree)
+    return unravel(lax.pmean(flat, AXIS))
 
 
 class ShardingTrainer(Trainer):
