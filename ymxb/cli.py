@@ -204,7 +204,10 @@ def _sweep(argv: List[str]) -> int:
     sweep = sweeps.load(args.file, defaults)
     if args.timeout is not None:  # the command line wins over the file
         sweep = dataclasses.replace(sweep, trials=tuple((s.replace(timeout=args.timeout), t) for s, t in sweep.trials))
-    trials = experiment.prepare(sweep)
+    try:
+        trials = experiment.prepare(sweep)
+    except UsageError as err:
+        raise UsageError(f"{args.file}: {sweeps.as_key(str(err))}") from None
     out = args.out or os.path.join(RUNS, sweep.name)
     _check_folder(out)
     store = Store(out)

@@ -114,7 +114,7 @@ def _make(defaults: SliceSpec, slice_settings: dict, values: dict, fail, label: 
         spec = defaults.replace(**{k: _number(k, v) for k, v in slice_values.items()})
         trial = TrialSpec(**values)
     except UsageError as err:
-        raise fail(f"{label}: {_as_key(str(err))}") from None
+        raise fail(f"{label}: {as_key(str(err))}") from None
     return spec, trial
 
 
@@ -146,7 +146,7 @@ def _number(key: str, value):
     return value
 
 
-def _as_key(message: str) -> str:
+def as_key(message: str) -> str:
     """A flag's error, worded for a sweep file: --samples-per-host -> samples_per_host."""
     return re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), message)
 

@@ -1,0 +1,170 @@
+"""Sweeps: the file, trials grouped into programs, the results store, and `launch.py sweep` /
+`results` end to end on real Ray with real processes (interrupted and resumed)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, launch
+from ymxb import results, sweep
+from ymxb.config import SliceSpec, TrialSpec
+from ymxb.errors import UsageError
+from ymxb.results import Member, Store, TrialRecord
+
+# Two programs (sgd, adam) of 2 lr x 2 seeds each, on one warm 2 x 2 slice.
+SMALL_SWEEP = {
+    "name": "small",
+    "slice": {"hosts": 2, "devices_per_host": 2},
+    "base": {"samples_per_host": 256, "steps": 300},
+    "grid": {"optimizer": ["sgd", "adam"], "lr": [0.1, 0.3], "seed": [0, 1]},
+}
+
+
+def _write(tmp_path, doc, name="sweep.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
+def test_the_example_sweep_is_three_programs_of_41_trials():
+    loaded = sweep.load(str(ROOT / "examples/sweeps/optimizers.yaml"))
+    assert loaded.name == "optimizers" and len(loaded.trials) == 41
+    groups = sweep.programs(list(loaded.trials))
+    assert [(g[1][0].optimizer, len(g[1])) for g in groups] == [("sgd", 20), ("adam", 20), ("adagrad", 1)]
+    assert {spec for spec, _ in loaded.trials} == {SliceSpec(hosts=4, devices_per_host=2)}
+
+
+def test_every_example_sweep_loads():
+    for path in sorted((ROOT / "examples/sweeps").glob("*.yaml")):
+        assert sweep.load(str(path)).trials, path
+
+
+def test_shapes_in_the_grid_are_slices_and_1e_numbers_are_numbers(tmp_path):
+    loaded = sweep.load(_write(tmp_path, {"grid": {"hosts": [1, 2], "lr": ["1e-2", 0.1]}}))
+    assert [(s.hosts, t.lr) for s, t in loaded.trials] == [(1, 0.01), (1, 0.1), (2, 0.01), (2, 0.1)]
+    assert len(sweep.programs(list(loaded.trials))) == 2  # one per slice shape
+
+
+def test_a_trial_id_covers_what_it_computes_and_nothing_else():
+    spec, trial = SliceSpec(hosts=2, devices_per_host=2), TrialSpec()
+    same = results.trial_id(spec.replace(timeout=5, address="10.0.0.1:6379"), trial)
+    assert results.trial_id(spec, trial) == same
+    assert results.trial_id(spec, trial.replace(lr=0.2)) != same
+    assert results.trial_id(spec.replace(hosts=4), trial) != same
+
+
+BAD_SWEEPS = [
+    ("grid: {lr: [0.1, 0.2]\nbase: {steps: 10}\n", r"not valid YAML at line 2"),
+    ({"grid": {"lrr": [0.1]}}, "unknown key in grid 'lrr'; did you mean lr?"),
+    ({"bases": {}}, "unknown top-level key 'bases'; did you mean base?"),
+    ({"base": {"steps": "many"}}, "base: steps must be a positive integer, got 'many'"),
+    ({"grid": {"seed": []}}, "grid: seed is empty"),
+    ({"grid": {"lr": 0.1}}, "grid: lr must be a list of values"),
+    ({"trials": [{"lr": 0.1}, {"optimizer": "adamx"}]},
+     "trials[1] {optimizer: adamx}: optimizer must be one of sgd, adam, adagrad, rmsprop"),
+    ({"slice": {"address": "x:1"}}, "unknown key in slice 'address': give the cluster on the command line"),
+    ({"slice": {"hosts": 4, "devices_per_host": 3}}, "samples_per_host (1024) must be divisible by devices_per_host (3)"),
+    ({"slice": {"hosts": 4, "devices_per_host": 2}, "base": {"ensemble": 4096},
+      "grid": {"seed": list(range(4096))}}, "lower the group's trials x members, or run on a cluster"),
+]
+
+
+@pytest.mark.parametrize("doc,message", BAD_SWEEPS, ids=[m[:30] for _, m in BAD_SWEEPS])
+def test_a_bad_sweep_is_one_line_naming_the_file_and_exit_2(tmp_path, doc, message):
+    path = _write(tmp_path, doc)
+    result = launch("sweep", path, "--out", tmp_path / "out")
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("launch.py: error: ") and message in lines[0], lines[0]
+    assert lines[0].startswith(f"launch.py: error: {path}: ")
+
+
+def test_an_unwritable_out_is_refused_before_anything_runs(tmp_path):
+    result = launch("sweep", _write(tmp_path, SMALL_SWEEP), "--out", "/proc/no")
+    assert result.returncode == 2 and "cannot write results to '/proc/no'" in result.stderr
+
+
+def test_the_store_survives_a_torn_last_line(tmp_path):
+    store = Store(str(tmp_path))
+    record = TrialRecord("abc", {"lr": 0.1}, True, 1e-6, {"m": 2.0, "b": -1.0}, 0.01,
+                         [Member(2.0, -1.0, 1e-6, 0.01, 40)], {"step": [0], "loss": [1.0]}, [],
+                         "abc", "1x1 cpu-sim", 1, 1.0)
+    store.append([record])
+    with open(store.path, "a") as f:
+        f.write('{"trial_id": "half-writ')  # the machine died mid-write
+    assert list(store.load()) == ["abc"]
+    store.append([TrialRecord(**{**record.__dict__, "trial_id": "def", "max_error": float("nan")})])
+    assert list(store.load()) == ["abc", "def"]
+    assert store.load()["def"].max_error is None  # standard JSON: no NaN
+    assert all(json.loads(line) for line in open(store.path))
+
+
+def _sweep(*args):
+    return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "sweep", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_a_sweep_interrupted_resumes_with_only_the_rest_and_matches_single_runs(tmp_path):
+    path, out = _write(tmp_path, SMALL_SWEEP), tmp_path / "out"
+    store = out / results.STORE
+    run = _sweep(path, "--out", out)
+    try:  # Ctrl-C once the first program (sgd) is recorded
+        deadline = time.monotonic() + 240
+        while not (store.exists() and store.read_text().count("\n") >= 4):
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, err
+    first = store.read_text()
+    assert [r["config"]["optimizer"] for r in _records(store)] == ["sgd"] * 4
+
+    run = _sweep(path, "--out", out, "--json")
+    out_text, err = run.communicate(timeout=300)
+    assert run.returncode in (0, 1), err[-3000:]
+    assert "program of 4 trials (sgd" not in err and "program of 4 trials (adam" in err  # only the rest
+    assert store.read_text().startswith(first)  # nothing recorded is lost or rewritten
+    doc = json.loads(out_text)  # --json: stdout is one document
+    got = {t["trial_id"]: t for t in doc["trials"]}
+    assert len(got) == 8 and {t["config"]["optimizer"] for t in got.values()} == {"sgd", "adam"}
+    assert all(os.path.getsize(p) > 10_000 for p in doc["plots"])
+    assert all(t["verified"] and t["members"][0]["converged_step"] for t in got.values())
+
+    started = time.monotonic()
+    again = launch("sweep", path, "--out", out)  # nothing left: no cluster at all
+    assert again.returncode == 0 and "nothing to run" in again.stderr and "host 0/" not in again.stderr
+    assert time.monotonic() - started < 30
+    assert "* " in again.stdout and "8 of 8 trials verified" in again.stdout
+    shown = launch("results", out)
+    assert shown.returncode == 0 and shown.stdout == again.stdout
+
+    # The invariant: a trial's params from the sweep equal the same flags run alone.
+    trial = next(t for t in got.values() if t["config"]["optimizer"] == "adam" and t["config"]["seed"] == 1)
+    c = trial["config"]
+    alone = launch("--hosts", 2, "--devices-per-host", 2, "--samples-per-host", 256, "--steps", 300,
+                   "--optimizer", "adam", "--lr", c["lr"], "--seed", 1, "--json")
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    rep = json.loads(alone.stdout)
+    assert rep["trial_id"] == trial["trial_id"]
+    member = trial["members"][0]
+    params = rep["hosts"][0]["params"]
+    assert abs(params["m"] - member["m"]) <= 1e-6 and abs(params["b"] - member["b"]) <= 1e-6
+
+
+def test_results_of_a_folder_without_a_store_is_a_usage_error(tmp_path):
+    result = launch("results", tmp_path)
+    assert result.returncode == 2 and "holds no results" in result.stderr
