@@ -163,7 +163,7 @@ def test_a_stopped_host_is_named_as_the_one_not_answering(tmpdir_env):
 
 def test_a_run_longer_than_the_timeout_trains_on_while_it_progresses():
     result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 65536,
-                    "--steps", 9000, "--steps-per-call", 50, "--timeout", 4, "--json")
+                    "--steps", 4000, "--steps-per-call", 50, "--timeout", 4, "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     rep = json.loads(result.stdout)
     assert rep["verified"]
@@ -175,13 +175,6 @@ def test_a_call_slower_than_the_timeout_says_the_run_is_slow(tmpdir_env):
                     "--steps", 1000, "--steps-per-call", 1000, "--timeout", 5, env={"TMPDIR": tmpdir_env})
     assert result.returncode == 2, result.stderr[-2000:]
     assert "the run is slow, not hung; raise --timeout or lower --steps-per-call (now 1000)" in result.stderr
-
-
-def test_a_clean_run_removes_its_ray_folder(tmpdir_env):
-    result = launch("--hosts", 2, "--devices-per-host", 1, "--steps", 300, "--json", env={"TMPDIR": tmpdir_env})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["verified"]
-    assert os.listdir(tmpdir_env) == []
 
 
 def test_a_failed_run_keeps_rays_logs_and_says_where(tmpdir_env):

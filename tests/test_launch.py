@@ -1,10 +1,12 @@
 """`python launch.py` end to end, as a user runs it: embedded Ray, simulated slice, exit codes."""
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -20,7 +22,11 @@ def _ray_pids():
 def test_json_run_is_verified_and_independently_checkable(tmp_path):
     before = _ray_pids()
     dump = tmp_path / "d.npz"
-    result = launch("--hosts", 3, "--devices-per-host", 2, "--json", "--dump-data", dump)
+    ray_tmp = tempfile.mkdtemp(prefix="t-", dir="/tmp")  # short: Ray's socket paths live under it
+    result = launch("--hosts", 3, "--devices-per-host", 2, "--json", "--dump-data", dump,
+                    env={"TMPDIR": ray_tmp})
+    assert os.listdir(ray_tmp) == []  # a clean run removes its Ray folder
+    os.rmdir(ray_tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     rep = json.loads(result.stdout)
     assert rep["verified"] is True and len(rep["hosts"]) == 3
@@ -41,15 +47,9 @@ def test_json_run_is_verified_and_independently_checkable(tmp_path):
     assert "host 2/3: 2 local / 6 global cpu devices" in result.stderr  # identity lines
 
 
-def test_diverging_run_exits_1_and_says_why():
-    result = launch("--hosts", 2, "--devices-per-host", 1, "--lr", 50, "--steps", 200)
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "NOT VERIFIED" in result.stdout and "[FAIL] loss finite" in result.stdout
-
-
-def test_diverging_run_json_is_standard_json():
+def test_diverging_run_exits_1_and_its_json_is_standard_json():
     result = launch("--hosts", 2, "--devices-per-host", 1, "--lr", 50, "--steps", 200, "--json")
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr[-3000:]
     rep = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert rep["verified"] is False and rep["max_error"] is None and rep["hosts"][0]["params"]["m"] is None
 

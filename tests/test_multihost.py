@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import gone, run_one
-from ymxb import data, verify
+from ymxb import data, report, verify
 from ymxb.config import TrialSpec
 from ymxb.host import FAULT_ENV
 from ymxb.errors import HostFailure
@@ -50,6 +50,8 @@ def test_divergence_is_reported_not_verified(local_ray):
     assert not rep["verified"]
     finite = next(c for c in rep["checks"] if c["name"] == "loss finite")
     assert not finite["ok"] and "non-finite at step" in finite["detail"]
+    text = report.summary(rep)  # what a user reads: the NaNs, and why
+    assert "NOT VERIFIED" in text and "[FAIL] loss finite" in text
 
 
 HOST = r"host {} \([\d.]+ pid \d+\)"
@@ -63,7 +65,7 @@ HOST = r"host {} \([\d.]+ pid \d+\)"
 ])
 def test_a_dying_or_hanging_host_is_named_within_the_timeout(local_ray, monkeypatch, fault, expected):
     monkeypatch.setenv(FAULT_ENV, fault)
-    timeout = 12
+    timeout = 8
     started = time.monotonic()
     with pytest.raises(HostFailure) as failure:
         run_one(hosts=3, devices_per_host=1, timeout=timeout, **SMALL)

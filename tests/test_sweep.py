@@ -14,14 +14,13 @@ import yaml
 from conftest import ROOT, launch
 from ymxb import results, sweep
 from ymxb.config import SliceSpec, TrialSpec
-from ymxb.errors import UsageError
 from ymxb.results import Member, Store, TrialRecord
 
-# Two programs (sgd, adam) of 2 lr x 2 seeds each, on one warm 2 x 2 slice.
+# Two programs (sgd, adam) of 2 lr x 2 seeds each, on one warm slice of 2 hosts.
 SMALL_SWEEP = {
     "name": "small",
-    "slice": {"hosts": 2, "devices_per_host": 2},
-    "base": {"samples_per_host": 256, "steps": 300},
+    "slice": {"hosts": 2, "devices_per_host": 1},
+    "base": {"samples_per_host": 256, "steps": 200},
     "grid": {"optimizer": ["sgd", "adam"], "lr": [0.1, 0.3], "seed": [0, 1]},
 }
 
@@ -155,7 +154,7 @@ def test_a_sweep_interrupted_resumes_with_only_the_rest_and_matches_single_runs(
     # The invariant: a trial's params from the sweep equal the same flags run alone.
     trial = next(t for t in got.values() if t["config"]["optimizer"] == "adam" and t["config"]["seed"] == 1)
     c = trial["config"]
-    alone = launch("--hosts", 2, "--devices-per-host", 2, "--samples-per-host", 256, "--steps", 300,
+    alone = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 256, "--steps", 200,
                    "--optimizer", "adam", "--lr", c["lr"], "--seed", 1, "--json")
     assert alone.returncode == 0, alone.stderr[-2000:]
     rep = json.loads(alone.stdout)
