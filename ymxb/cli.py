@@ -200,24 +200,23 @@ def _launch(argv: List[str]) -> int:
 def _sweep(argv: List[str]) -> int:
     args = _sweep_parser().parse_args(argv)
     address = args.address or os.environ.get("RAY_ADDRESS") or None
-    defaults = SliceSpec(address=address) if args.timeout is None else SliceSpec(address=address, timeout=args.timeout)
-    sweep = sweeps.load(args.file, defaults)
+    sweep = sweeps.load(args.file, SliceSpec(address=address))
     if args.timeout is not None:  # the command line wins over the file
         sweep = dataclasses.replace(sweep, trials=tuple((s.replace(timeout=args.timeout), t) for s, t in sweep.trials))
     try:
         trials = experiment.prepare(sweep)
     except UsageError as err:
         raise UsageError(f"{args.file}: {sweeps.as_key(str(err))}") from None
-    out = args.out or os.path.join(RUNS, sweep.name)
-    _check_folder(out)
-    store = Store(out)
+    folder = args.out or os.path.join(RUNS, sweep.name)
+    _check_folder(folder)
+    store = Store(folder)
     if args.fresh:
         store.clear()
-    shutil.copyfile(args.file, os.path.join(out, "sweep.yaml"))
+    shutil.copyfile(args.file, os.path.join(folder, "sweep.yaml"))
     pending = len(trials) - len(set(store.load()) & {results.trial_id(*t) for t in trials})
 
-    def show(outcome, out_file, wall_s):
-        _show_results(outcome.records, out, args.json, out_file)
+    def show(outcome, out, wall_s):
+        _show_results(outcome.records, folder, args.json, out)
 
     log = lambda line: print(line, file=sys.stderr, flush=True)
     if not pending:
@@ -255,16 +254,13 @@ def _show_results(records, folder: str, as_json: bool, out) -> int:
 
 
 def _run(trials, address, store, progress, show, launch: bool = True) -> int:
-    """Run `trials` (those `store` lacks) on the cluster, then `show(outcome, stdout, wall_s)`;
-    the exit code: every trial verified or not, or how the run failed."""
+    """Run `trials` (those `store` lacks; `launch`: on a Ray cluster, else none is needed), then
+    `show(outcome, stdout, wall_s)`; return the exit code."""
     log = lambda line: print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
     with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:
         try:
-            if launch:
-                with ray_cluster(address, log):
-                    outcome = experiment.run(trials, store, log, progress)
-            else:
+            with ray_cluster(address, log) if launch else contextlib.nullcontext():
                 outcome = experiment.run(trials, store, log, progress)
         except HostFailure as err:
             log(f"launch.py: error: {err}")
@@ -275,8 +271,8 @@ def _run(trials, address, store, progress, show, launch: bool = True) -> int:
                 return EXIT_TERMINATED
             log("launch.py: interrupted; all hosts stopped")
             return EXIT_INTERRUPTED
-        return show(outcome, out, time.perf_counter() - started) or (
-            EXIT_VERIFIED if all(r.verified for r in outcome.records) else EXIT_NOT_VERIFIED)
+        show(outcome, out, time.perf_counter() - started)
+    return EXIT_VERIFIED if all(r.verified for r in outcome.records) else EXIT_NOT_VERIFIED
 
 
 @contextlib.contextmanager

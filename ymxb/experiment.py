@@ -23,7 +23,6 @@ PLAIN_PROGRESS_S = 10.0
 @dataclasses.dataclass
 class Outcome:
     records: List[TrialRecord]  # every trial of the sweep, in its order (recorded or run now)
-    ran: int  # trials run by this call (the others were in the store)
     last_run: Optional[object] = None  # the last program's launcher.ProgramRun
 
 
@@ -65,10 +64,12 @@ def run(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store],
     ids = [results.trial_id(spec, trial) for spec, trial in trials]
     pending = [t for t, tid in zip(trials, ids) if tid not in done]
     progress = progress or Progress(0, quiet=True)
-    last_run, ran = None, 0
+    last_run = None
     for spec, groups in _by_slice(sweeps.programs(pending)):
         with WarmSlice(spec, log) as warm:
             for group in groups:
+                for trial in group:  # a slice the platform shaped: first known now
+                    trial.check_fits(warm.spec)
                 program = Program.of(warm.spec, group)
                 progress.start(program)
                 last_run = warm.run(program, on_steps=progress.steps)
@@ -76,9 +77,8 @@ def run(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store],
                 if store:
                     store.append(records)
                 done.update((r.trial_id, r) for r in records)
-                ran += len(records)
                 progress.finish(program)
-    return Outcome([done[tid] for tid in ids], ran, last_run)
+    return Outcome([done[tid] for tid in ids], last_run)
 
 
 def _by_slice(groups):
