@@ -32,7 +32,7 @@ class _Spec:
         return dataclasses.replace(self, **changes)
 
     def asdict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(vars(self))  # flat: every field is a plain value
 
     @classmethod
     def fields(cls) -> Tuple[str, ...]:

@@ -21,6 +21,7 @@ from ymxb.results import TrialRecord
 
 MAX_PANELS = 12  # programs drawn in loss.png; the rest are listed in its title
 LEGEND_LINES = 10  # a panel with more lines than this gets no legend
+PANEL_LINES = 64  # a panel draws at most this many trials (evenly picked), and says so
 DATA_POINTS = 2000  # points of the data drawn in fit.png
 
 
@@ -54,12 +55,15 @@ def _loss(plt, records):
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
     varying = _varying(records)
     for ax, (group, members) in zip(axes.flat, shown):
-        for r in members:
+        drawn = members[::math.ceil(len(members) / PANEL_LINES)]
+        for r in drawn:
             excess = np.maximum(np.asarray(r.loss_curve["loss"], float) - r.optimal_loss, 1e-16)
             ax.plot(r.loss_curve["step"], excess, lw=1, label=_label(r, ("lr", "seed")))
         first = members[0].config
         ax.set_title(f"{first['optimizer']}, {first['model']}, {_shape(first)}"
-                     + (f", ensemble {first['ensemble']}" if first["ensemble"] else ""), fontsize=9)
+                     + (f", ensemble {first['ensemble']}" if first["ensemble"] else "")
+                     + (f" ({len(drawn)} of {len(members)} trials)" if len(drawn) < len(members) else ""),
+                     fontsize=9)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("loss - optimal loss (floor 1e-16)")

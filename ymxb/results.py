@@ -100,20 +100,25 @@ def judge(run, id_spec: SliceSpec) -> List[TrialRecord]:
         for entry, history in zip(h["loss_entry"], h["losses"]):
             losses.setdefault(int(entry), []).append(history)
     shape = f"{spec.hosts}x{spec.devices_per_host} {run.platform}"
-    group = trial_id(id_spec, program.trials()[0])
-    return [_record(program, t, trial, rows, losses, solution, optimal, participation,
-                    trial_id(id_spec, trial), group, shape, run.train_s)
-            for t, trial in enumerate(program.trials())]
+    trials = program.trials()
+    group = trial_id(id_spec, trials[0])
+    # The rows of each trial, found once (a program may hold thousands of trials).
+    of_trial = rows["entry"] // cfg.members
+    order = np.argsort(of_trial, kind="stable")
+    mine = np.split(order, np.cumsum(np.bincount(of_trial, minlength=len(trials)))[:-1])
+    return [_record(program, t, trial, {k: v[mine[t]] for k, v in rows.items()}, losses, solution,
+                    optimal, participation, trial_id(id_spec, trial), group, shape, run.train_s)
+            for t, trial in enumerate(trials)]
 
 
 def _record(program: Program, t: int, trial: TrialSpec, rows, losses, solution, optimal,
             participation, tid, group, shape, wall_s) -> TrialRecord:
+    """One trial's record from its own rows (one per model copy: replicas or members)."""
     members = trial.members
-    mine = rows["entry"] // members == t
-    member = rows["entry"][mine] % members
+    member = rows["entry"] % members
     labels = [f"member {j} (host {h})" if trial.ensemble else f"host {h} device {d}"
-              for j, h, d in zip(member, rows["host"][mine], rows["device"][mine])]
-    params = list(zip(labels, rows["m"][mine].tolist(), rows["b"][mine].tolist()))
+              for j, h, d in zip(member, rows["host"], rows["device"])]
+    params = list(zip(labels, rows["m"].tolist(), rows["b"].tolist()))
     histories = {j: losses[t * members + j] for j in range(members) if t * members + j in losses}
     checks = [participation,
               verify.check_finite([(f"member {j}" if trial.ensemble else "the model", _first_nonfinite(h))
@@ -122,7 +127,7 @@ def _record(program: Program, t: int, trial: TrialSpec, rows, losses, solution, 
     if trial.ensemble:
         checks.append(verify.check_members(member.tolist(), members))
         checks.append(verify.check_distinct_init(list(zip(
-            labels, rows["init_m"][mine].tolist(), rows["init_b"][mine].tolist()))))
+            labels, rows["init_m"].tolist(), rows["init_b"].tolist()))))
     else:
         checks.append(verify.check_replicas(params))
     solution_check, max_error = verify.check_solution(params, solution, trial.tol)
@@ -133,7 +138,7 @@ def _record(program: Program, t: int, trial: TrialSpec, rows, losses, solution, 
         first.setdefault(int(j), row)
     kept = []
     for j in sorted(first):
-        m, b = float(rows["m"][mine][first[j]]), float(rows["b"][mine][first[j]])
+        m, b = float(rows["m"][first[j]]), float(rows["b"][first[j]])
         history = histories[j][0]
         kept.append(Member(m, b, verify.param_error(m, b, solution),
                            float(history[-1]), _converged_step(history, optimal)))
