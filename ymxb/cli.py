@@ -256,7 +256,7 @@ def _show_results(records, folder: str, as_json: bool, out) -> int:
 def _run(trials, address, store, progress, show, launch: bool = True) -> int:
     """Run `trials` (those `store` lacks; `launch`: on a Ray cluster, else none is needed), then
     `show(outcome, stdout, wall_s)`; return the exit code."""
-    log = lambda line: print(line, file=sys.stderr, flush=True)
+    log = progress.log if progress else lambda line: print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
     with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:
         try:

@@ -130,6 +130,13 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
 
+    def log(self, line: str) -> None:
+        """A line of the run's own (a host's identity, an error), printed above the bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
     def _say(self, what: str) -> None:
         if self.quiet or self.bar is not None:
             return

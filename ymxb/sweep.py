@@ -67,7 +67,7 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec()) -> Sweep:
         raise fail(f"expected a mapping with some of {', '.join(TOP_KEYS)}; got {_kind(doc)}")
     _check_keys(doc, TOP_KEYS, "top-level key", fail)
     name = doc.get("name", os.path.splitext(os.path.basename(path))[0])
-    if not isinstance(name, str) or not name or "/" in name:
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name:
         raise fail(f"name must be a non-empty string without '/', got {name!r}")
     slice_settings = _mapping(doc, "slice", SLICE_KEYS, fail)
     base = _mapping(doc, "base", TRIAL_KEYS, fail)
