@@ -95,7 +95,7 @@ def judge(run, id_spec: SliceSpec) -> List[TrialRecord]:
     participation = verify.check_participation(hosts, spec.hosts, spec.devices_per_host)
     rows = {k: np.concatenate([h[k] for h in hosts]) for k in ("entry", "device", "m", "b", "init_m", "init_b")}
     rows["host"] = np.concatenate([np.full(len(h["entry"]), h["process_index"]) for h in hosts])
-    losses = {}  # entry -> its loss history (the first host's copy for one-model trials)
+    losses = {}  # entry -> its loss histories: one per host holding it (one-model: every host)
     for h in hosts:
         for entry, history in zip(h["loss_entry"], h["losses"]):
             losses.setdefault(int(entry), []).append(history)
