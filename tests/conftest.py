@@ -44,13 +44,11 @@ def gone(pid: int) -> bool:
 
 
 def run_one(**settings):
-    """One trial on a slice of its own, on the connected Ray; settings as the flags' names.
-    Returns (launcher.ProgramRun, the report a single run prints)."""
-    from ymxb import report, results
+    """One trial on a slice of its own, on the connected Ray, as `launch.py` runs it (settings
+    named as the flags). Returns (launcher.ProgramRun, the report a single run prints)."""
+    from ymxb import experiment, report
     from ymxb.config import SliceSpec, TrialSpec
-    from ymxb.launcher import run_trial
 
     spec = SliceSpec(**{k: settings.pop(k) for k in SliceSpec.fields() if k in settings})
-    run = run_trial(spec, TrialSpec(**settings))
-    [record] = results.judge(run, spec)
-    return run, report.build(record, run, wall_s=0.0)
+    outcome = experiment.run(experiment.plan([(spec, TrialSpec(**settings))], None), None, lambda line: None)
+    return outcome.last_run, report.build(outcome.records[0], outcome.last_run, wall_s=0.0)

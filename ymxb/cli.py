@@ -125,9 +125,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def parse(argv: List[str], prog: str = "launch.py"):
     """Flags -> (SliceSpec, TrialSpec, the other options). Raises UsageError on bad input."""
     args = _parser(prog).parse_args(argv)
-    args.address = args.address or os.environ.get("RAY_ADDRESS") or None
+    args.address = _address(args.address)
     spec = SliceSpec(**{f: getattr(args, f) for f in SliceSpec.fields()})
     return spec, TrialSpec(**{f: getattr(args, f) for f in TrialSpec.fields()}), args
+
+
+def _address(given: Optional[str]) -> Optional[str]:
+    """The Ray cluster to join: --address, else $RAY_ADDRESS, else None (an embedded one)."""
+    return given or os.environ.get("RAY_ADDRESS") or None
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
@@ -181,7 +186,7 @@ def _inspect(argv: List[str]) -> int:
 
 def _launch(argv: List[str]) -> int:
     spec, trial, args = parse(argv)
-    trials = experiment.prepare(sweeps.single(spec, trial))
+    todo = experiment.plan(experiment.prepare(sweeps.single(spec, trial)), None)
     if args.dump_data:
         _check_writable(args.dump_data)
 
@@ -194,12 +199,12 @@ def _launch(argv: List[str]) -> int:
         result = report.build(outcome.records[0], run, wall_s)
         print(report.to_json(result) if args.json else report.summary(result), file=out, flush=True)
 
-    return _run(trials, spec.address, None, None, show)
+    return _run(todo, spec.address, None, None, show)
 
 
 def _sweep(argv: List[str]) -> int:
     args = _sweep_parser().parse_args(argv)
-    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    address = _address(args.address)
     sweep = sweeps.load(args.file, SliceSpec(address=address))
     if args.timeout is not None:  # the command line wins over the file
         sweep = dataclasses.replace(sweep, trials=tuple((s.replace(timeout=args.timeout), t) for s, t in sweep.trials))
@@ -213,7 +218,8 @@ def _sweep(argv: List[str]) -> int:
     if args.fresh:
         store.clear()
     shutil.copyfile(args.file, os.path.join(folder, "sweep.yaml"))
-    pending = len(trials) - len(set(store.load()) & {results.trial_id(*t) for t in trials})
+    todo = experiment.plan(trials, store)
+    pending = len(todo.pending)
 
     def show(outcome, out, wall_s):
         _show_results(outcome.records, folder, args.json, out)
@@ -224,7 +230,7 @@ def _sweep(argv: List[str]) -> int:
             f"nothing to run (--fresh runs them again)")
     progress = experiment.Progress(len(trials), len(trials) - pending)
     try:
-        return _run(trials, address, store, progress, show, launch=bool(pending))
+        return _run(todo, address, store, progress, show, launch=bool(pending))
     finally:
         progress.close()
 
@@ -253,15 +259,15 @@ def _show_results(records, folder: str, as_json: bool, out) -> int:
     return EXIT_VERIFIED if all(r.verified for r in records) else EXIT_NOT_VERIFIED
 
 
-def _run(trials, address, store, progress, show, launch: bool = True) -> int:
-    """Run `trials` (those `store` lacks; `launch`: on a Ray cluster, else none is needed), then
+def _run(todo, address, store, progress, show, launch: bool = True) -> int:
+    """Run the plan `todo` (`launch`: on a Ray cluster, else none is needed), then
     `show(outcome, stdout, wall_s)`; return the exit code."""
     log = progress.log if progress else lambda line: print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
     with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:
         try:
             with ray_cluster(address, log) if launch else contextlib.nullcontext():
-                outcome = experiment.run(trials, store, log, progress)
+                outcome = experiment.run(todo, store, log, progress)
         except HostFailure as err:
             log(f"launch.py: error: {err}")
             return EXIT_FAILED

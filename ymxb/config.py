@@ -68,9 +68,6 @@ class SliceSpec(_Spec):
     def global_devices(self) -> int:
         return self.hosts * self.devices_per_host
 
-    def shape(self) -> Tuple[int, int]:
-        return self.hosts, self.devices_per_host
-
 
 @dataclasses.dataclass(frozen=True)
 class TrialSpec(_Spec):
@@ -133,9 +130,15 @@ class TrialSpec(_Spec):
     def global_samples(self, hosts: int) -> int:
         return hosts * self.samples_per_host
 
+    def structure(self) -> "TrialSpec":
+        """This trial but for the settings a program batches (BATCHED, set to their defaults):
+        trials with the same structure train together in one program."""
+        return self.replace(**{name: _TRIAL_DEFAULTS[name] for name in BATCHED})
+
 
 # The settings trials of one program may differ in: each is one entry on the program's model axis.
 BATCHED = ("lr", "seed")
+_TRIAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialSpec)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +160,7 @@ class Program:
     def of(cls, slice_spec: SliceSpec, trials) -> "Program":
         """The program of `trials` (TrialSpecs equal but for lr and seed) on a shaped slice."""
         trials = list(trials)
-        first = trials[0].replace(lr=0.1, seed=0)
-        if any(t.replace(lr=0.1, seed=0) != first for t in trials):
+        if len({t.structure() for t in trials}) > 1:
             raise ValueError("a program's trials may differ only in " + " and ".join(BATCHED))
         return cls(slice_spec, trials[0], tuple(t.lr for t in trials), tuple(t.seed for t in trials))
 
@@ -186,11 +188,6 @@ class Program:
     @property
     def entries_per_device(self) -> int:
         return self.padded_entries // self.slice.global_devices if self.trial.ensemble else self.count
-
-    def entry(self, index: int) -> Tuple[int, int]:
-        """(trial, member) of entry `index`; padding entries repeat the last real one."""
-        index = min(index, self.entries - 1)
-        return divmod(index, self.trial.members)
 
 
 def _flag(name: str) -> str:

@@ -21,6 +21,19 @@ PLAIN_PROGRESS_S = 10.0
 
 
 @dataclasses.dataclass
+class Plan:
+    """A sweep's trials (slice settled), their ids, and the records its store already has."""
+
+    trials: List[Tuple[SliceSpec, TrialSpec]]
+    ids: List[str]
+    done: Dict[str, TrialRecord]
+
+    @property
+    def pending(self) -> List[Tuple[SliceSpec, TrialSpec]]:
+        return [t for t, tid in zip(self.trials, self.ids) if tid not in self.done]
+
+
+@dataclasses.dataclass
 class Outcome:
     records: List[TrialRecord]  # every trial of the sweep, in its order (recorded or run now)
     last_run: Optional[object] = None  # the last program's launcher.ProgramRun
@@ -55,17 +68,22 @@ def prepare(sweep: sweeps.Sweep) -> List[Tuple[SliceSpec, TrialSpec]]:
     return trials
 
 
-def run(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store],
-        log: Callable[[str], None], progress: Optional["Progress"] = None) -> Outcome:
-    """Run the trials the store lacks (all of them without a store) on the connected cluster."""
+def plan(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store]) -> Plan:
+    """What is to run: the trials (from `prepare`) whose records the store lacks."""
+    ids = [results.trial_id(spec, trial) for spec, trial in trials]
+    return Plan(trials, ids, store.load() if store else {})
+
+
+def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
+        progress: Optional["Progress"] = None) -> Outcome:
+    """Run the plan's pending trials on the connected cluster, each program's records added
+    to `store` as it finishes."""
     from ymxb.launcher import WarmSlice
 
-    done: Dict[str, TrialRecord] = store.load() if store else {}
-    ids = [results.trial_id(spec, trial) for spec, trial in trials]
-    pending = [t for t, tid in zip(trials, ids) if tid not in done]
+    done = dict(todo.done)
     progress = progress or Progress(0, quiet=True)
     last_run = None
-    for spec, groups in _by_slice(sweeps.programs(pending)):
+    for spec, groups in _by_slice(sweeps.programs(todo.pending)):
         with WarmSlice(spec, log) as warm:
             for group in groups:
                 for trial in group:  # a slice the platform shaped: first known now
@@ -78,7 +96,7 @@ def run(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store],
                     store.append(records)
                 done.update((r.trial_id, r) for r in records)
                 progress.finish(program)
-    return Outcome([done[tid] for tid in ids], last_run)
+    return Outcome([done[tid] for tid in todo.ids], last_run)
 
 
 def _by_slice(groups):

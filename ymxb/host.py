@@ -1,8 +1,9 @@
 """The per-host worker: one Ray actor (one process) on each host of the slice.
 
 The driver calls, in order: identity, coordinator_address (host 0 only), initialize, train
-(once per program run on the warm slice), shutdown. JAX is imported only here, inside the actor, after Ray has set its environment
-(the XLA device-count flag must be in place before JAX starts).
+(once per program run on the warm slice), shutdown. JAX is imported only here, inside the
+actor, after Ray has set its environment (the XLA device-count flag must be in place before
+JAX starts).
 """
 
 import contextlib

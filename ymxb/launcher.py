@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 import ray
 
 from ymxb import platforms
-from ymxb.config import Program, SliceSpec, TrialSpec
+from ymxb.config import Program, SliceSpec
 from ymxb.errors import HostFailure
 from ymxb.host import FAULT_ENV, PLATFORM_ENV, Host
 from ymxb.reaper import wait_gone
@@ -82,7 +82,8 @@ class WarmSlice:
         # Training may take as long as it keeps progressing: judged by calls completed.
         results = _gather(self.hosts, [h.train.remote(program) for h in self.hosts], "training",
                           self.spec.timeout, self.identities,
-                          progress=_Progress(self.hosts, self.spec.timeout, program.trial, on_steps))
+                          progress=_Progress(self.hosts, self.spec.timeout,
+                                             program.trial.steps_per_call, on_steps))
         train_s = time.perf_counter() - started
         self.phases["train"] = self.phases.get("train", 0.0) + train_s
         hosts = [{**ident, **result} for ident, result in zip(self.identities, results)]
@@ -116,13 +117,6 @@ class WarmSlice:
     def _stop(self) -> None:
         if self.platform is not None:
             _stop(self.hosts, self.platform, self.identities)
-
-
-def run_trial(spec: SliceSpec, trial: TrialSpec, log=lambda line: None) -> ProgramRun:
-    """One trial on a slice of its own: reserve, start, initialise, train, stop."""
-    with WarmSlice(spec, log) as warm:
-        trial.check_fits(warm.spec)
-        return warm.run(Program.of(warm.spec, [trial]))
 
 
 def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:
@@ -191,9 +185,9 @@ class _Progress:
     """A training call's progress: a host is hung when it completes no compiled call within
     the timeout, however long the run as a whole takes."""
 
-    def __init__(self, hosts: List, timeout: float, trial: TrialSpec,
+    def __init__(self, hosts: List, timeout: float, steps_per_call: int,
                  on_steps: Callable[[int], None] = lambda steps: None):
-        self.hosts, self.timeout, self.steps_per_call = hosts, timeout, trial.steps_per_call
+        self.hosts, self.timeout, self.steps_per_call = hosts, timeout, steps_per_call
         self.on_steps = on_steps
         now = time.monotonic()
         self.steps = {i: None for i in range(len(hosts))}  # steps done; None: not started

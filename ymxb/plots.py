@@ -17,7 +17,7 @@ import numpy as np
 
 from ymxb import data
 from ymxb.config import TrialSpec
-from ymxb.results import TrialRecord
+from ymxb.results import TrialRecord, error_key, varying_settings
 
 MAX_PANELS = 12  # programs drawn in loss.png; the rest are listed in its title
 LEGEND_LINES = 10  # a panel with more lines than this gets no legend
@@ -53,7 +53,7 @@ def _loss(plt, records):
     cols = min(3, len(shown))
     rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
-    varying = _varying(records)
+    varying = varying_settings(records)
     for ax, (group, members) in zip(axes.flat, shown):
         drawn = members[::math.ceil(len(members) / PANEL_LINES)]
         for r in drawn:
@@ -105,7 +105,7 @@ def _error_vs_lr(plt, records):
 
 
 def _fit(plt, records):
-    best = min(records, key=lambda r: (not r.verified, _finite_or_inf(r.max_error)))
+    best = min(records, key=lambda r: (not r.verified, error_key(r)))
     cfg = best.config
     trial = TrialSpec(**{k: cfg[k] for k in TrialSpec.fields()})
     x, y = data.global_dataset(trial, cfg["hosts"])
@@ -121,16 +121,11 @@ def _fit(plt, records):
             label=f"normal equation m={solution['m']:.4g} b={solution['b']:.4g}")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.set_title(f"Best trial {best.trial_id}: {_label(best, _varying(records)) or 'the only trial'}", fontsize=9)
+    ax.set_title(f"Best trial {best.trial_id}: {_label(best, varying_settings(records)) or 'the only trial'}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
-
-
-def _varying(records) -> List[str]:
-    configs = [r.config for r in records]
-    return [k for k in configs[0] if len({repr(c.get(k)) for c in configs}) > 1]
 
 
 def _label(record: TrialRecord, keys) -> str:
@@ -140,7 +135,3 @@ def _label(record: TrialRecord, keys) -> str:
 
 def _shape(cfg) -> str:
     return f"{cfg['hosts']}x{cfg['devices_per_host']}"
-
-
-def _finite_or_inf(value) -> float:
-    return value if value is not None and math.isfinite(value) else math.inf

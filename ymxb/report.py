@@ -1,12 +1,13 @@
 """A single run's report: its trial's record (results.py) with what each host did, as a table
 or one JSON document."""
 
+import json
 import math
 from typing import Dict, List
 
 import numpy as np
 
-from ymxb.results import TrialRecord
+from ymxb.results import TrialRecord, jsonable
 
 MEMBER_ROWS = 16  # members listed in the table; --json has them all
 HOST_KEYS = ("process_index", "process_count", "hostname", "node_ip", "node_id", "pid", "platform",
@@ -43,10 +44,6 @@ def build(record: TrialRecord, run, wall_s: float) -> Dict:
 
 def to_json(report: Dict) -> str:
     """The report as standard JSON: NaN and infinities (a diverged run) become null."""
-    import json
-
-    from ymxb.results import jsonable
-
     return json.dumps(jsonable(report), indent=1, allow_nan=False)
 
 

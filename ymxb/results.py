@@ -211,12 +211,16 @@ class Store:
         return [line for line in text.split("\n")[:-1] if line.strip()]
 
     def _cut_torn_line(self) -> None:
+        """Drop a torn last line. Only its last byte is read when the file ends whole."""
         try:
             with open(self.path, "rb+") as f:
-                text = f.read()
-                end = text.rfind(b"\n") + 1
-                if end < len(text):
-                    f.truncate(end)
+                if f.seek(0, os.SEEK_END) == 0:
+                    return
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) == b"\n":
+                    return
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
         except FileNotFoundError:
             pass
 
@@ -226,8 +230,7 @@ def table(records: Sequence[TrialRecord], limit: int = 100) -> str:
     each group (smallest max |error| among the verified) marked with *."""
     if not records:
         return "no trials recorded"
-    configs = [r.config for r in records]
-    varying = [k for k in configs[0] if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    varying = varying_settings(records)
     head = ([f"{k:>12}" for k in varying] + [f"{'members':>7}", f"{'verified':>8}", f"{'max|error|':>10}",
                                                f"{'converged':>9}", f"{'final loss':>10}"])
     lines = ["  " + " ".join(head)]
@@ -237,9 +240,9 @@ def table(records: Sequence[TrialRecord], limit: int = 100) -> str:
     shown = 0
     for g, members in groups.items():
         verified = [r for r in members if r.verified]
-        best = min(verified, key=_error_key) if verified else None
+        best = min(verified, key=error_key) if verified else None
         lines.append(f"group {g} ({members[0].slice}, {len(members)} trials)")
-        for r in sorted(members, key=_error_key):
+        for r in sorted(members, key=error_key):
             if shown >= limit:
                 break
             shown += 1
@@ -256,7 +259,14 @@ def table(records: Sequence[TrialRecord], limit: int = 100) -> str:
     return "\n".join(lines)
 
 
-def _error_key(record: TrialRecord) -> float:
+def varying_settings(records: Sequence[TrialRecord]) -> List[str]:
+    """The settings (config keys) whose value differs between the records."""
+    configs = [r.config for r in records]
+    return [k for k in configs[0] if len({json.dumps(c.get(k)) for c in configs}) > 1]
+
+
+def error_key(record: TrialRecord) -> float:
+    """Its max |error| for sorting: a diverged trial's (NaN, stored as null) last."""
     error = record.max_error
     return error if error is not None and math.isfinite(error) else math.inf
 

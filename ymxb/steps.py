@@ -157,6 +157,7 @@ class PmapTrainer(Trainer):
             reduce = _pmean_as_one
         self.step = make_step(model, self.opt, reduce)
         self.axis_index = None  # global position on AXIS of each local device, set by init
+        self.local_entries = None  # the entries each local device holds, set by init
 
     def _entries(self, device):
         """The entries a device holds: its share (ensembles) or all of them (one model)."""
@@ -170,6 +171,7 @@ class PmapTrainer(Trainer):
 
         state, index = jax.pmap(init_device, axis_name=AXIS)(jnp.arange(self.k))
         self.axis_index = np.asarray(index)
+        self.local_entries = [np.asarray(self._entries(int(device))) for device in self.axis_index]
         return state
 
     def put_data(self, x, y):
@@ -186,8 +188,8 @@ class PmapTrainer(Trainer):
 
     def local(self, tree):
         tree = jax.device_get(tree)
-        return [(int(device), np.asarray(self._entries(int(device))), jax.tree.map(lambda leaf: leaf[k], tree))
-                for k, device in enumerate(self.axis_index)]
+        return [(int(device), entries, jax.tree.map(lambda leaf: leaf[k], tree))
+                for k, (device, entries) in enumerate(zip(self.axis_index, self.local_entries))]
 
     def collective_devices(self):
         count = jax.pmap(lambda _: lax.psum(1, AXIS), axis_name=AXIS)(jnp.arange(self.k))

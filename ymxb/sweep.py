@@ -22,7 +22,7 @@ from typing import Dict, List, Tuple
 
 import yaml
 
-from ymxb.config import BATCHED, SliceSpec, TrialSpec
+from ymxb.config import SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 
 TOP_KEYS = ("name", "slice", "base", "grid", "trials")
@@ -102,7 +102,7 @@ def programs(trials: List[Trial]) -> List[Tuple[SliceSpec, List[TrialSpec]]]:
     order their first trial appears. Each group is (slice, trials)."""
     groups: Dict[tuple, Tuple[SliceSpec, List[TrialSpec]]] = {}
     for spec, trial in trials:
-        key = (spec, trial.replace(**{k: getattr(TrialSpec(), k) for k in BATCHED}))
+        key = (spec, trial.structure())
         groups.setdefault(key, (spec, []))[1].append(trial)
     return list(groups.values())
 
