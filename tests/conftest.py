@@ -45,10 +45,13 @@ def gone(pid: int) -> bool:
 
 def run_one(**settings):
     """One trial on a slice of its own, on the connected Ray, as `launch.py` runs it (settings
-    named as the flags). Returns (launcher.ProgramRun, the report a single run prints)."""
+    named as the flags; checkpoints in memory). Returns (launcher.ProgramRun, the report a
+    single run prints)."""
     from ymxb import experiment, report
-    from ymxb.config import SliceSpec, TrialSpec
+    from ymxb.config import Recovery, SliceSpec, TrialSpec
 
     spec = SliceSpec(**{k: settings.pop(k) for k in SliceSpec.fields() if k in settings})
-    outcome = experiment.run(experiment.plan([(spec, TrialSpec(**settings))], None), None, lambda line: None)
-    return outcome.last_run, report.build(outcome.records[0], outcome.last_run, wall_s=0.0)
+    recovery = Recovery(**{k: settings.pop(k) for k in Recovery.fields() if k in settings})
+    outcome = experiment.run(experiment.plan([(spec, TrialSpec(**settings))], None), None,
+                             lambda line: None, recovery=recovery)
+    return outcome.last_run, report.build(outcome.records[0], outcome.last_run, 0.0, outcome.restarts)

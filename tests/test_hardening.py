@@ -116,16 +116,21 @@ def test_sigterm_stops_every_host_like_ctrl_c(tmpdir_env):
     run = _start("--hosts", 2, "--devices-per-host", 1, "--steps", 100000, env={"TMPDIR": tmpdir_env})
     identities = _wait_for_hosts(run, 2)
     started = _descendants(run.pid)
+    deadline = time.monotonic() + 60
+    while not glob.glob(f"{tmpdir_env}/ymxb-ckpt-*/*.ckpt.npz") and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the first checkpoint
     run.send_signal(signal.SIGTERM)
     out, err = run.communicate(timeout=60)
     assert run.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "launch.py: terminated; all hosts stopped", err
+    assert err.strip().splitlines()[-2] == "launch.py: terminated; all hosts stopped", err
     assert "SIGTERM received" not in err  # no C++ stack dump from Ray
     assert out == ""
     pids = [int(p) for p in re.findall(r"pid (\d+)", identities)]
     assert len(pids) == 2 and all(gone(p) for p in pids)
     assert _all_gone(started, within_s=10) == []
-    assert os.listdir(tmpdir_env) == []  # interrupted, not failed: its Ray folder is removed
+    # Interrupted, not failed: its Ray folder is removed; its checkpoint is kept, and named.
+    [kept] = os.listdir(tmpdir_env)
+    assert kept.startswith("ymxb-ckpt-") and f"--resume {os.path.join(tmpdir_env, kept)}" in err
 
 
 def test_nothing_outlives_a_driver_killed_with_sigkill(tmpdir_env):
@@ -141,7 +146,7 @@ def test_nothing_outlives_a_driver_killed_with_sigkill(tmpdir_env):
 
 
 def test_a_stopped_host_is_named_as_the_one_not_answering(tmpdir_env):
-    run = _start("--hosts", 3, "--devices-per-host", 1, "--steps", 100000, "--timeout", 6,
+    run = _start("--hosts", 3, "--devices-per-host", 1, "--steps", 100000, "--timeout", 6, "--max-restarts", 0,
                  env={"TMPDIR": tmpdir_env})  # a failure: its Ray folder is kept, in the test's own
     identities = _wait_for_hosts(run, 3)
     stopped = int(re.search(r"host 1/3: .* pid (\d+)", identities).group(1))
@@ -178,7 +183,7 @@ def test_a_call_slower_than_the_timeout_says_the_run_is_slow(tmpdir_env):
 
 
 def test_a_failed_run_keeps_rays_logs_and_says_where(tmpdir_env):
-    result = launch("--hosts", 2, "--devices-per-host", 1, "--json",
+    result = launch("--hosts", 2, "--devices-per-host", 1, "--json", "--max-restarts", 0,
                     env={FAULT_ENV: "die:1:train", "TMPDIR": tmpdir_env})
     assert result.returncode == 2
     # Ray says "(raylet) A worker died ..." (it used to land on stdout): stderr only.

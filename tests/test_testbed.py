@@ -98,7 +98,8 @@ def test_testbed_run_passes_on_the_exit_code_and_leaves_nothing():
 def _start_training(bed, hosts):
     run = subprocess.Popen(["ip", "netns", "exec", bed.netns(0), sys.executable, str(ROOT / "launch.py"),
                             "--platform", "cpu-sim", "--hosts", str(hosts), "--devices-per-host", "1",
-                            "--steps", "100000", "--timeout", "6"],
+                            "--steps", "100000", "--timeout", "6", "--max-restarts", "0",
+                            "--max-preemptions", "0"],  # the failure itself is what is judged
                            cwd=ROOT, env={**os.environ, **bed.env()}, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines = ""

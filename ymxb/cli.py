@@ -12,6 +12,7 @@ Exit codes: 0 verified (every trial), 1 trained but not verified (a result, not 
 import argparse
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -24,15 +25,15 @@ from typing import List, Optional
 
 import numpy as np
 
-from ymxb import config, data, experiment, report, results, sweep as sweeps
-from ymxb.config import SliceSpec, TrialSpec
+from ymxb import checkpoint, config, data, experiment, report, results, sweep as sweeps
+from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
 from ymxb.ray_cluster import ray_cluster
 from ymxb.results import Store
 
 EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_FAILED = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
-SLICE, TRIAL = SliceSpec(), TrialSpec()
+SLICE, TRIAL, RECOVERY = SliceSpec(), TrialSpec(), Recovery()
 RUNS = "runs"  # a sweep's results go to runs/<its name>/ unless --out
 
 
@@ -119,13 +120,34 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     g.add_argument("--dump-data", metavar="PATH",
                    help="write the global dataset (arrays x and y) to PATH as .npz")
+    g = p.add_argument_group("surviving host loss (a host that dies, hangs or is preempted: the "
+                             "slice restarts and training goes on from the last checkpoint)")
+    _recovery_flags(g)
+    g.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="where the driver keeps the run's checkpoint until the run ends; default: a "
+                        "temporary folder, removed when the run ends and kept (and named) if it fails "
+                        "or is stopped")
+    g.add_argument("--resume", metavar="DIR",
+                   help="continue the run whose checkpoint is in DIR (its --checkpoint-dir, or the "
+                        "folder a failed run named), given the same flags")
     return p
+
+
+def _recovery_flags(g) -> None:
+    r = RECOVERY
+    g.add_argument("--checkpoint-every", type=int, metavar="N", default=r.checkpoint_every,
+                   help="compiled calls between checkpoints (the most work a restart redoes)")
+    g.add_argument("--max-restarts", type=int, metavar="R", default=r.max_restarts,
+                   help="restarts after failures (a host died, crashed or hung) before the run fails")
+    g.add_argument("--max-preemptions", type=int, metavar="P", default=r.max_preemptions,
+                   help="restarts after a host or its node was taken away (preempted, left the cluster)")
 
 
 def parse(argv: List[str], prog: str = "launch.py"):
     """Flags -> (SliceSpec, TrialSpec, the other options). Raises UsageError on bad input."""
     args = _parser(prog).parse_args(argv)
     args.address = _address(args.address)
+    args.recovery = Recovery(**{f: getattr(args, f) for f in Recovery.fields()})
     spec = SliceSpec(**{f: getattr(args, f) for f in SliceSpec.fields()})
     return spec, TrialSpec(**{f: getattr(args, f) for f in TrialSpec.fields()}), args
 
@@ -152,6 +174,9 @@ def _sweep_parser() -> argparse.ArgumentParser:
                    "default: $RAY_ADDRESS, else an embedded local Ray")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="as for a single run; default: the "
                    f"file's slice timeout, else {SLICE.timeout:g}")
+    _recovery_flags(p.add_argument_group(
+        "surviving host loss (the running program's checkpoint is kept in the results folder's "
+        "checkpoints/ until its records are in; a rerun continues from it)"))
     return p
 
 
@@ -189,6 +214,18 @@ def _launch(argv: List[str]) -> int:
     todo = experiment.plan(experiment.prepare(sweeps.single(spec, trial)), None)
     if args.dump_data:
         _check_writable(args.dump_data)
+    if args.resume and args.checkpoint_dir and args.resume != args.checkpoint_dir:
+        raise UsageError("--resume DIR continues with DIR as its --checkpoint-dir: give one of them")
+    folder = args.resume or args.checkpoint_dir
+    if args.resume:
+        if not os.path.isdir(args.resume):
+            raise UsageError(f"--resume {args.resume}: no such folder (give the --checkpoint-dir of "
+                             f"the run, or the folder a failed run named)")
+        for settled, group in sweeps.programs(todo.trials):
+            if settled.shaped:  # else known once the platform shapes the slice
+                experiment.resume_point(args.resume, Program.of(settled, group), required=True)
+    if folder:
+        _check_folder(folder, "checkpoints", "--resume" if args.resume else "--checkpoint-dir")
 
     def show(outcome, out, wall_s):
         run = outcome.last_run
@@ -196,10 +233,27 @@ def _launch(argv: List[str]) -> int:
             x, y = data.global_dataset(trial, run.program.slice.hosts)
             with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
                 np.savez(f, x=x, y=y)
-        result = report.build(outcome.records[0], run, wall_s)
+        result = report.build(outcome.records[0], run, wall_s, outcome.restarts)
         print(report.to_json(result) if args.json else report.summary(result), file=out, flush=True)
 
-    return _run(todo, spec.address, None, None, show)
+    with _checkpoint_folder(folder) as checkpoints:
+        return _run(todo, spec.address, None, None, show,
+                    run=dict(recovery=args.recovery, checkpoints=checkpoints, resume=bool(args.resume)))
+
+
+@contextlib.contextmanager
+def _checkpoint_folder(given: Optional[str]):
+    """The run's checkpoint folder: `given`, else a temporary one, removed when the run ends
+    unless it holds a checkpoint (the run failed or was stopped): then it is named."""
+    folder = given or tempfile.mkdtemp(prefix="ymxb-ckpt-")
+    try:
+        yield folder
+    finally:
+        if glob.glob(os.path.join(folder, "*" + checkpoint.SUFFIX)):
+            print(f"launch.py: the run's checkpoint is kept in {folder}; `launch.py --resume {folder}` "
+                  f"with the same flags continues it", file=sys.stderr, flush=True)
+        elif not given:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _sweep(argv: List[str]) -> int:
@@ -229,8 +283,12 @@ def _sweep(argv: List[str]) -> int:
         log(f"launch.py: all {len(trials)} trials of {args.file} are recorded in {store.path}; "
             f"nothing to run (--fresh runs them again)")
     progress = experiment.Progress(len(trials), len(trials) - pending)
+    recovery = Recovery(**{f: getattr(args, f) for f in Recovery.fields()})
+    checkpoints = os.path.join(folder, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
     try:
-        return _run(todo, address, store, progress, show, launch=bool(pending))
+        return _run(todo, address, store, progress, show, launch=bool(pending),
+                    run=dict(recovery=recovery, checkpoints=checkpoints))
     finally:
         progress.close()
 
@@ -259,15 +317,15 @@ def _show_results(records, folder: str, as_json: bool, out) -> int:
     return EXIT_VERIFIED if all(r.verified for r in records) else EXIT_NOT_VERIFIED
 
 
-def _run(todo, address, store, progress, show, launch: bool = True) -> int:
-    """Run the plan `todo` (`launch`: on a Ray cluster, else none is needed), then
-    `show(outcome, stdout, wall_s)`; return the exit code."""
+def _run(todo, address, store, progress, show, launch: bool = True, run: Optional[dict] = None) -> int:
+    """Run the plan `todo` (`launch`: on a Ray cluster, else none is needed; `run`: more of
+    experiment.run's arguments), then `show(outcome, stdout, wall_s)`; return the exit code."""
     log = progress.log if progress else lambda line: print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
     with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:
         try:
             with ray_cluster(address, log) if launch else contextlib.nullcontext():
-                outcome = experiment.run(todo, store, log, progress)
+                outcome = experiment.run(todo, store, log, progress, **(run or {}))
         except HostFailure as err:
             log(f"launch.py: error: {err}")
             return EXIT_FAILED
@@ -328,12 +386,12 @@ def _check_writable(path: str) -> None:
                          f"choose a path in a writable folder") from None
 
 
-def _check_folder(path: str) -> None:
-    """Fail before the sweep, not after its first program, when --out cannot be written."""
+def _check_folder(path: str, what: str = "results", flag: str = "--out") -> None:
+    """Fail before the run, not after its first program, when a folder cannot be written."""
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise UsageError(f"cannot write results to {path!r}: {err.strerror}; choose a writable "
-                         f"folder with --out") from None
+        raise UsageError(f"cannot write {what} to {path!r}: {err.strerror}; choose a writable "
+                         f"folder with {flag}") from None

@@ -3,7 +3,8 @@
 - `SliceSpec`: where it runs (the cluster, the platform, the slice's shape, the timeout);
 - `TrialSpec`: what one trial trains (data, model, optimiser, lr, seed, steps, ...);
 - `Program`: trials that differ only in lr and seed, trained together as one compiled program
-  on one slice shape (a single run is a program of one trial).
+  on one slice shape (a single run is a program of one trial);
+- `Recovery`: checkpoints and the restart budgets (how a run survives host loss).
 
 Field names are the flags' names with underscores; errors name the flag (`--data-seed`), and
 sweep files use the same names.
@@ -134,6 +135,22 @@ class TrialSpec(_Spec):
         """This trial but for the settings a program batches (BATCHED, set to their defaults):
         trials with the same structure train together in one program."""
         return self.replace(**{name: _TRIAL_DEFAULTS[name] for name in BATCHED})
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovery(_Spec):
+    """How a run survives host loss (supervisor.py): none of it changes a result."""
+
+    checkpoint_every: int = 1  # compiled calls between the driver's checkpoints
+    max_restarts: int = 2  # restarts after failures: a host died, crashed or hung
+    max_preemptions: int = 10  # restarts after a host or its node was taken away
+
+    def __post_init__(self):
+        _check_positive_int("checkpoint_every", self.checkpoint_every)
+        for name in ("max_restarts", "max_preemptions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"{_flag(name)} must be an integer >= 0, got {value!r}")
 
 
 # The settings trials of one program may differ in: each is one entry on the program's model axis.

@@ -7,12 +7,14 @@ slice (placed and initialised once) runs its programs one after another.
 """
 
 import dataclasses
+import glob
+import os
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ymxb import budget, results, sweep as sweeps
-from ymxb.config import Program, SliceSpec, TrialSpec
+from ymxb import budget, checkpoint, results, sweep as sweeps
+from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 from ymxb.results import Store, TrialRecord
 
@@ -37,6 +39,7 @@ class Plan:
 class Outcome:
     records: List[TrialRecord]  # every trial of the sweep, in its order (recorded or run now)
     last_run: Optional[object] = None  # the last program's launcher.ProgramRun
+    restarts: List[object] = dataclasses.field(default_factory=list)  # supervisor.Restart, in order
 
 
 def settle(spec: SliceSpec) -> SliceSpec:
@@ -75,28 +78,56 @@ def plan(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store]) -> P
 
 
 def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
-        progress: Optional["Progress"] = None) -> Outcome:
+        progress: Optional["Progress"] = None, recovery: Recovery = Recovery(),
+        checkpoints: Optional[str] = None, resume: bool = False) -> Outcome:
     """Run the plan's pending trials on the connected cluster, each program's records added
-    to `store` as it finishes."""
-    from ymxb.launcher import WarmSlice
+    to `store` as it finishes. Each program is checkpointed to the folder `checkpoints` (None:
+    kept in memory only) until its records are in, and continues from its checkpoint there if
+    it has one (`resume`: it must have one)."""
+    from ymxb.supervisor import Supervisor
 
     done = dict(todo.done)
     progress = progress or Progress(0, quiet=True)
-    last_run = None
+    outcome = Outcome([])
+    began = time.time()
     for spec, groups in _by_slice(sweeps.programs(todo.pending)):
-        with WarmSlice(spec, log) as warm:
+        with Supervisor(spec, recovery, log, began) as supervisor:
             for group in groups:
+                shaped = supervisor.up()
                 for trial in group:  # a slice the platform shaped: first known now
-                    trial.check_fits(warm.spec)
-                program = Program.of(warm.spec, group)
+                    trial.check_fits(shaped)
+                program = Program.of(shaped, group)
+                path = os.path.join(checkpoints, checkpoint.name_of(program)) if checkpoints else None
+                start = resume_point(checkpoints, program, resume) if checkpoints else None
+                if start:
+                    log(f"launch.py: going on from the checkpoint at step {start.step} in {path}")
                 progress.start(program)
-                last_run = warm.run(program, on_steps=progress.steps)
-                records = results.judge(last_run, spec)
+                outcome.last_run = supervisor.run(program, path, start, on_steps=progress.steps)
+                records = results.judge(outcome.last_run, spec)
                 if store:
                     store.append(records)
+                if path and os.path.exists(path):
+                    os.remove(path)  # its records are in: nothing to resume
                 done.update((r.trial_id, r) for r in records)
                 progress.finish(program)
-    return Outcome([done[tid] for tid in todo.ids], last_run)
+        outcome.restarts += supervisor.restarts
+    outcome.records = [done[tid] for tid in todo.ids]
+    return outcome
+
+
+def resume_point(folder: str, program: Program, required: bool) -> Optional[checkpoint.Checkpoint]:
+    """The program's checkpoint in `folder`, if any. `required`: UsageError if there is none,
+    saying how the program differs from the one whose checkpoint is there."""
+    ckpt = checkpoint.read(os.path.join(folder, checkpoint.name_of(program)))
+    if ckpt or not required:
+        return ckpt
+    others = sorted(glob.glob(os.path.join(folder, "*" + checkpoint.SUFFIX)), key=os.path.getmtime)
+    if not others:
+        raise UsageError(f"--resume {folder}: it holds no checkpoint (the run it was given to "
+                         f"finished, or never got to its first checkpoint)")
+    differs = checkpoint.differences(checkpoint.read(others[-1]).config, checkpoint.program_config(program))
+    raise UsageError(f"--resume {folder}: its checkpoint is of another run; give the flags that "
+                     f"wrote it ({'; '.join(differs) or 'a sweep: rerun the sweep instead'})")
 
 
 def _by_slice(groups):

@@ -13,13 +13,15 @@ import os
 import socket
 import threading
 import time
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 from ymxb.config import Program
 
 # Test-only fault injection, "<die|hang>:<host index>:<phase>", forwarded to the actors by the
 # launcher: lets the tests make a real host really die or hang. Unset in normal runs.
 FAULT_ENV = "YMXB_TEST_FAULT"
+# With it, a path: the fault strikes once, in the first process to create that file.
+FAULT_ONCE_ENV = "YMXB_TEST_FAULT_ONCE"
 # The platform's name (platforms.py), set by the launcher in each actor's environment.
 PLATFORM_ENV = "YMXB_PLATFORM"
 # libtpu's lock: left behind by a process that died holding the chips, it blocks the next run.
@@ -79,12 +81,14 @@ class Host:
                 "local_devices": len(devices), "global_devices": jax.device_count(),
                 "platform": devices[0].platform, "device_kind": devices[0].device_kind}
 
-    def train(self, program: Program) -> dict:
-        from ymxb.train import train_host
+    def train(self, program: Program, resume: Optional[dict] = None, checkpoint_every: int = 0):
+        """train.train_stream's items: this host's checkpoint pieces, then its result (called
+        as a stream: the driver keeps each piece as it comes)."""
+        from ymxb.train import train_stream
 
         self._set_progress(None)
         self._maybe_fault("train")
-        return train_host(program, on_progress=self._set_progress)
+        yield from train_stream(program, self._set_progress, resume, checkpoint_every)
 
     def progress(self):
         """Steps done (by the compiled calls completed so far), None before training starts.
@@ -107,6 +111,12 @@ class Host:
         kind, _, where = os.environ.get(FAULT_ENV, "").partition(":")
         if where != f"{self.host_index}:{phase}":
             return
+        once = os.environ.get(FAULT_ONCE_ENV)
+        if once:  # the first process to get here takes the fault; later ones run normally
+            try:
+                os.close(os.open(once, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
         if kind == "die":
             os._exit(17)
         if kind == "hang":

@@ -17,10 +17,11 @@ from typing import Callable, Dict, List, Optional
 
 import ray
 
-from ymxb import platforms
+from ymxb import checkpoint, platforms
+from ymxb.checkpoint import Checkpoint
 from ymxb.config import Program, SliceSpec
 from ymxb.errors import HostFailure
-from ymxb.host import FAULT_ENV, PLATFORM_ENV, Host
+from ymxb.host import FAULT_ENV, FAULT_ONCE_ENV, PLATFORM_ENV, Host
 from ymxb.reaper import wait_gone
 
 # After the first host fails, how long to wait for the others to report before naming names.
@@ -33,6 +34,8 @@ RAY_KILL_S, KILL_WAIT_S = 3.0, 15.0
 POLL_S, ANSWER_S = 2.0, 5.0
 # How long a node's raylet may take to accept a connection before the node counts as gone.
 RAYLET_ANSWER_S = 2.0
+# What JAX's runtime raises when a collective or the distributed service fails (a peer went).
+RUNTIME_ERRORS = ("JaxRuntimeError", "XlaRuntimeError")
 
 
 @dataclasses.dataclass
@@ -53,10 +56,12 @@ class WarmSlice:
     initialises jax.distributed once; `s.run(program)` trains a program on it (as often as
     wanted); leaving the block shuts JAX down and stops every host, whatever happened."""
 
-    def __init__(self, spec: SliceSpec, log: Callable[[str], None] = lambda line: None):
-        self.spec, self.log = spec, log
+    def __init__(self, spec: SliceSpec, log: Callable[[str], None] = lambda line: None,
+                 wait_whole_s: float = 0.0):
+        self.spec, self.log, self.wait_whole_s = spec, log, wait_whole_s
         self.hosts, self.identities, self.phases = [], [], {}
         self.platform = self.coordinator = None
+        self.reached = 0  # the most steps any host completed of the program running now
 
     def __enter__(self) -> "WarmSlice":
         try:
@@ -76,25 +81,42 @@ class WarmSlice:
         finally:
             self._stop()
 
-    def run(self, program: Program, on_steps: Callable[[int], None] = lambda steps: None) -> ProgramRun:
-        """Train `program` on every host; `on_steps(steps)` hears the slowest host's progress."""
+    def run(self, program: Program, on_steps: Callable[[int], None] = lambda steps: None,
+            resume: Optional[Checkpoint] = None, on_checkpoint: Callable[[Checkpoint], None] = lambda c: None,
+            checkpoint_every: int = 0) -> ProgramRun:
+        """Train `program` on every host, from `resume` if given; `on_steps(steps)` hears the
+        slowest host's progress, `on_checkpoint` each whole checkpoint (every
+        `checkpoint_every` compiled calls; 0: none)."""
         started = time.perf_counter()
+        pieces = checkpoint.Assembler(program, len(self.hosts), resume)
+        self.reached = resume.step if resume else 0
+
+        def on_piece(host: int, piece: dict) -> None:
+            self.reached = max(self.reached, piece["step"])
+            whole = pieces.add(host, piece)
+            if whole:
+                on_checkpoint(whole)
+
+        def heard(steps: int) -> None:
+            self.reached = max(self.reached, steps)
+            on_steps(steps)
+
+        state = ray.put(resume.to_host()) if resume else None
+        streams = [h.train.options(num_returns="streaming").remote(program, state, checkpoint_every)
+                   for h in self.hosts]
         # Training may take as long as it keeps progressing: judged by calls completed.
-        results = _gather(self.hosts, [h.train.remote(program) for h in self.hosts], "training",
-                          self.spec.timeout, self.identities,
+        results = _gather(self.hosts, streams, "training", self.spec.timeout, self.identities,
                           progress=_Progress(self.hosts, self.spec.timeout,
-                                             program.trial.steps_per_call, on_steps))
+                                             program.trial.steps_per_call, heard),
+                          on_piece=on_piece)
         train_s = time.perf_counter() - started
         self.phases["train"] = self.phases.get("train", 0.0) + train_s
         hosts = [{**ident, **result} for ident, result in zip(self.identities, results)]
         return ProgramRun(program, self.platform.name, self.coordinator, hosts, train_s, self.phases)
 
     def _start(self) -> None:
-        spec = self.spec
-        self.platform = platforms.resolve(spec, ray.cluster_resources())
-        self.spec = spec = self.platform.shape()
         start = time.perf_counter()
-        self.platform.reserve(spec.timeout)
+        spec = self.spec = self._reserve()
         if self.platform.note:
             self.log(self.platform.note)
         self.hosts = _start_hosts(self.platform, spec)
@@ -114,6 +136,22 @@ class WarmSlice:
             ident.update(info)
             self.log(_identity_line(ident))
 
+    def _reserve(self) -> SliceSpec:
+        """Shape and reserve the slice; where it is not whole (or not free), try again for up
+        to `wait_whole_s`. The shaped spec."""
+        deadline = time.monotonic() + self.wait_whole_s
+        while True:
+            self.platform = platforms.resolve(self.spec, ray.cluster_resources())
+            try:
+                spec = self.platform.shape()
+                self.platform.reserve(spec.timeout)
+                return spec
+            except HostFailure:
+                self.platform.release()
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(1.0)
+
     def _stop(self) -> None:
         if self.platform is not None:
             _stop(self.hosts, self.platform, self.identities)
@@ -121,8 +159,9 @@ class WarmSlice:
 
 def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:
     env = platform.host_env()
-    if os.environ.get(FAULT_ENV):
-        env[FAULT_ENV] = os.environ[FAULT_ENV]
+    for name in (FAULT_ENV, FAULT_ONCE_ENV):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     env[PLATFORM_ENV] = platform.name
     # Two threads per actor: `progress` must answer while `train` runs.
     actor = ray.remote(max_concurrency=2, max_restarts=0)(Host)
@@ -132,9 +171,12 @@ def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:
 
 def _gather(hosts: List, refs: List, phase: str, timeout: float,
             identities: Optional[List[dict]] = None, peers_give_up_s: float = math.inf,
-            progress: Optional["_Progress"] = None) -> List:
+            progress: Optional["_Progress"] = None,
+            on_piece: Callable[[int, dict], None] = lambda host, piece: None) -> List:
     """Results of one call per host, in host order; HostFailure if any host fails or hangs.
 
+    `refs` may be streams (a generator call's ObjectRefGenerator): each item is then
+    `{"checkpoint": piece}`, handed to `on_piece(host, piece)`, until `{"result": ...}`.
     `peers_give_up_s`: after this long, waiting hosts abort on their own (as JAX's initialize
     does), so failures from then on are a symptom of a host that never arrived, not the cause.
     `progress`: the call may take as long as the hosts keep progressing (no `timeout` on the
@@ -152,19 +194,28 @@ def _gather(hosts: List, refs: List, phase: str, timeout: float,
         if not ready and progress and not failures:
             stall = progress.stall([index[r] for r in pending], lambda i: _host_name(i, identities))
             if stall:
-                raise HostFailure(f"{phase} stalled: {stall}")
+                message, host, cause = stall
+                raise HostFailure(f"{phase} stalled: {message}", host, cause, phase)
             continue
         if not ready:
             if time.monotonic() < deadline:
                 continue
             break
+        [ref] = ready
+        stream = isinstance(ref, ray.ObjectRefGenerator)
         try:
-            results[index[ready[0]]] = ray.get(ready[0])
+            item = ray.get(next(ref) if stream else ref)
         except ray.exceptions.RayError as err:
             if not failures:  # the others' fate follows within moments: let them report
                 first_failure_s = time.monotonic() - started
                 deadline = min(deadline, time.monotonic() + SETTLE_S)
-            failures.append((index[ready[0]], _reason(err), _died(err)))
+            failures.append((index[ref], _reason(err), _cause(err)))
+            continue
+        if stream and "checkpoint" in item:
+            on_piece(index[ref], item["checkpoint"])
+            pending.append(ref)
+            continue
+        results[index[ref]] = item["result"] if stream else item
     if failures or pending:
         stuck = sorted(index[r] for r in pending)
         blame_stuck = bool(failures) and first_failure_s >= peers_give_up_s
@@ -172,12 +223,13 @@ def _gather(hosts: List, refs: List, phase: str, timeout: float,
         # then report (a collective's connection reset, JAX aborting when the coordinator goes)
         # are symptoms. Where none is known to have died, a host that cannot answer is.
         lost = _on_lost_nodes(identities)
-        failures = [(i, "its node is gone (its raylet does not answer)", True) if i in lost
-                    else (i, reason, died) for i, reason, died in failures]
-        failures.sort(key=lambda f: (f[0] not in lost, not f[2]))
-        silent = _silent(hosts, stuck) if failures and not failures[0][2] and not blame_stuck else []
-        raise HostFailure(_failure_message(phase, timeout, failures, stuck, blame_stuck, silent,
-                                           identities))
+        failures = [(i, "its node is gone (its raylet does not answer)", "preempted") if i in lost
+                    else (i, reason, cause) for i, reason, cause in failures]
+        failures.sort(key=lambda f: (f[2] != "preempted", f[2] != "died"))
+        gone = failures and failures[0][2] in ("preempted", "died")
+        silent = _silent(hosts, stuck) if failures and not gone and not blame_stuck else []
+        message, host, cause = _failure(phase, timeout, failures, stuck, blame_stuck, silent, identities)
+        raise HostFailure(message, host, "preempted" if host in lost else cause, phase)
     return [results[i] for i in range(len(refs))]
 
 
@@ -194,9 +246,9 @@ class _Progress:
         self.since = {i: now for i in range(len(hosts))}  # when `steps` last changed
         self.asked = {}  # host -> progress query, until it answers
 
-    def stall(self, pending: List[int], name) -> Optional[str]:
-        """None while every pending host progressed within the timeout; else why not, naming
-        (with `name(host index)`) the host to blame."""
+    def stall(self, pending: List[int], name) -> Optional[tuple]:
+        """None while every pending host progressed within the timeout; else (why not, the
+        host to blame, HostFailure's cause), naming hosts with `name(host index)`."""
         now = time.monotonic()
         for i in pending:
             if i not in self.asked:
@@ -217,22 +269,24 @@ class _Progress:
             return None
         return self._blame(pending, name, _silent(self.hosts, pending))
 
-    def _blame(self, pending: List[int], name, silent: List[int]) -> str:
+    def _blame(self, pending: List[int], name, silent: List[int]) -> tuple:
         names = lambda indices: ", ".join(name(i) for i in indices)
         if silent:
             return (f"{names(silent)} stopped answering: no compiled call completed in "
                     f"{self.timeout:g} s and no reply to a progress query in {ANSWER_S:g} s (the "
-                    f"process is stopped, or stuck outside Python); the other hosts wait for it")
+                    f"process is stopped, or stuck outside Python); the other hosts wait for it",
+                    silent[0], "hung")
         rank = {i: -1 if self.steps[i] is None else self.steps[i] for i in pending}
         low = min(rank.values())
         behind = [i for i in pending if rank[i] == low]
         at = "before its first step" if low < 0 else f"at step {low}"
         if len(behind) < len(pending):
             return (f"{names(behind)} fell behind ({at}, others at step {max(rank.values())}) and "
-                    f"completed no compiled call in {self.timeout:g} s (the likely culprit)")
+                    f"completed no compiled call in {self.timeout:g} s (the likely culprit)",
+                    behind[0], "hung")
         return (f"no host completed a compiled call in {self.timeout:g} s (all {at}, all "
                 f"answering): the run is slow, not hung; raise --timeout or lower "
-                f"--steps-per-call (now {self.steps_per_call})")
+                f"--steps-per-call (now {self.steps_per_call})", None, None)
 
 
 def _on_lost_nodes(identities: Optional[List[dict]]) -> set:
@@ -282,22 +336,23 @@ def _silent(hosts: List, indices: List[int]) -> List[int]:
     return [i for i in indices if i not in alive]
 
 
-def _failure_message(phase, timeout, failures, stuck, blame_stuck, silent, identities) -> str:
+def _failure(phase, timeout, failures, stuck, blame_stuck, silent, identities) -> tuple:
+    """(the one-line message, the host to blame, its cause) of a failed call."""
     names = lambda indices: ", ".join(_host_name(i, identities) for i in indices)
     if blame_stuck:
         return (f"{phase} failed: {names(stuck)} never finished (the likely culprit); "
-                f"{names(i for i, *_ in failures)} gave up waiting: {failures[0][1]}")
+                f"{names(i for i, *_ in failures)} gave up waiting: {failures[0][1]}", stuck[0], "hung")
     if silent:
         return (f"{phase} failed: {names(silent)} stopped answering (its process or its node is "
                 f"gone: the likely culprit); {names(i for i, *_ in failures)} then failed: "
-                f"{failures[0][1]}")
+                f"{failures[0][1]}", silent[0], "hung")
     if failures:
-        first, reason, _ = failures[0]
+        first, reason, cause = failures[0]
         msg = f"{phase} failed: {names([first])} failed first: {reason}"
         if failures[1:]:
             msg += f"; then {names(i for i, *_ in failures[1:])}"
-        return msg + (f"; {names(stuck)} left waiting" if stuck else "")
-    return f"{phase} did not finish within {timeout:g} s on {names(stuck)}"
+        return msg + (f"; {names(stuck)} left waiting" if stuck else ""), first, cause
+    return f"{phase} did not finish within {timeout:g} s on {names(stuck)}", stuck[0], "hung"
 
 
 def _stop(hosts: List, platform: platforms.Platform, identities: List[dict]) -> None:
@@ -327,9 +382,16 @@ def _host_name(i: int, identities: Optional[List[dict]]) -> str:
     return f"host {i}"
 
 
-def _died(err: Exception) -> bool:
-    """Whether a host's call failed because its process (or node) went, not by raising."""
-    return isinstance(err, (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError))
+def _cause(err: Exception) -> Optional[str]:
+    """Why a host's call failed, as HostFailure's cause: its process (or node) went, JAX's
+    runtime raised, or (None) our code raised: a bad setting no restart mends."""
+    if isinstance(err, ray.exceptions.ActorDiedError):
+        return "preempted" if getattr(err, "preempted", False) else "died"
+    if isinstance(err, ray.exceptions.ActorUnavailableError):
+        return "died"
+    if isinstance(err, ray.exceptions.RayTaskError) and type(err.cause).__name__ in RUNTIME_ERRORS:
+        return "crashed"
+    return None
 
 
 def _reason(err: Exception) -> str:

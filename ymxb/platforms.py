@@ -82,6 +82,7 @@ class Platform:
     def release(self) -> None:
         if self.pg is not None:
             ray.util.remove_placement_group(self.pg)
+            self.pg = None
 
     def _wait_ready(self, timeout: float, asked: str) -> None:
         try:
@@ -208,6 +209,7 @@ class Tpu(Platform):
     def release(self):
         if getattr(self, "tpu_pg", None) is not None:
             self.tpu_pg.shutdown()  # the slice's head reservation too
+            self.tpu_pg = self.pg = None
 
 
 class Gpu(Platform):

@@ -1,6 +1,7 @@
 """A single run's report: its trial's record (results.py) with what each host did, as a table
 or one JSON document."""
 
+import dataclasses
 import json
 import math
 from typing import Dict, List
@@ -15,8 +16,9 @@ HOST_KEYS = ("process_index", "process_count", "hostname", "node_ip", "node_id",
              "first_call_s")
 
 
-def build(record: TrialRecord, run, wall_s: float) -> Dict:
-    """The report of a one-trial run (launcher.ProgramRun `run`) judged as `record`."""
+def build(record: TrialRecord, run, wall_s: float, restarts=()) -> Dict:
+    """The report of a one-trial run (launcher.ProgramRun `run`) judged as `record`, with the
+    restarts it took (supervisor.Restart)."""
     cfg = record.config
     report = {
         "config": cfg,
@@ -31,6 +33,7 @@ def build(record: TrialRecord, run, wall_s: float) -> Dict:
         "checks": record.checks,
         "verified": record.verified,
         "phases_s": dict(run.phases),
+        "restarts": [dataclasses.asdict(r) for r in restarts],
         "wall_s": wall_s,
     }
     if cfg["ensemble"]:
@@ -77,6 +80,10 @@ def summary(report: Dict) -> str:
     lines += [f"normal equation (float64): m={sol['m']:.7g} b={sol['b']:.7g}", ""]
     for c in report["checks"]:
         lines.append(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']}: {c['detail']}")
+    for r in report["restarts"]:
+        who = "the slice" if r["host"] is None else f"host {r['host']} ({r['node_ip']} pid {r['pid']})"
+        lines.append(f"  restart at {r['at_s']:.1f} s: {who} {r['cause']} in {r['phase']}; from step "
+                     f"{r['resumed_step']}, {r['steps_redone']} steps redone, {r['lost_s']:.1f} s lost")
     verdict = "VERIFIED" if report["verified"] else "NOT VERIFIED"
     error = report["max_error"]
     lines.append(f"{verdict} (max |error| {error if error is None or math.isinf(error) else f'{error:.3g}'}, "

@@ -142,6 +142,26 @@ class Trainer(abc.ABC):
         """`n_steps` steps in one call: (state, losses)."""
         return self.compiled(n_steps)(state, *data)
 
+    def restore(self, state: TrainState, leaves: List[np.ndarray]) -> TrainState:
+        """`state` (as `init` made it) with the values of `leaves`: the flat leaves of a whole
+        state, every entry of the program's axis first (checkpoint.py), placed as `state` is."""
+        old = jax.tree.leaves(state)
+        if len(leaves) != len(old) or any(np.shape(new)[1:] != self._entry_shape(o)
+                                          for new, o in zip(leaves, old)):
+            raise ValueError(f"the checkpoint's state does not fit this program: leaves "
+                             f"{[np.shape(n) for n in leaves]}, expected {len(old)} leaves of "
+                             f"{[self._entry_shape(o) for o in old]} per entry")
+        placed = [self._place(np.asarray(new, o.dtype), o) for new, o in zip(leaves, old)]
+        return jax.tree.unflatten(jax.tree.structure(state), placed)
+
+    @abc.abstractmethod
+    def _entry_shape(self, leaf: jax.Array) -> Tuple[int, ...]:
+        """The shape of one entry's part of a state leaf."""
+
+    @abc.abstractmethod
+    def _place(self, whole: np.ndarray, like: jax.Array) -> jax.Array:
+        """`like`'s part of `whole` (every entry), placed as `like` is."""
+
 
 class PmapTrainer(Trainer):
     """The tutorial's way: pmap over this host's devices; collectives over AXIS reach all hosts."""
@@ -190,6 +210,12 @@ class PmapTrainer(Trainer):
         tree = jax.device_get(tree)
         return [(int(device), entries, jax.tree.map(lambda leaf: leaf[k], tree))
                 for k, (device, entries) in enumerate(zip(self.axis_index, self.local_entries))]
+
+    def _entry_shape(self, leaf):
+        return leaf.shape[2:]  # (local devices, entries per device, ...)
+
+    def _place(self, whole, like):
+        return jax.device_put(np.stack([whole[entries] for entries in self.local_entries]), like.sharding)
 
     def collective_devices(self):
         count = jax.pmap(lambda _: lax.psum(1, AXIS), axis_name=AXIS)(jnp.arange(self.k))
@@ -242,6 +268,12 @@ class ShardingTrainer(Trainer):
             entries = start + np.arange(values[0].shape[0])
             out.append((devices.index(pieces[0].device), entries, treedef.unflatten(values)))
         return out
+
+    def _entry_shape(self, leaf):
+        return leaf.shape[1:]  # (entries, ...): a global array
+
+    def _place(self, whole, like):
+        return jax.make_array_from_callback(whole.shape, like.sharding, lambda index: whole[index])
 
     def collective_devices(self):
         ones = jax.make_array_from_process_local_data(

@@ -4,7 +4,7 @@ Runs inside each host's process after `jax.distributed.initialize` (or alone, as
 """
 
 import time
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -14,28 +14,45 @@ from ymxb.config import Program
 
 
 def train_host(program: Program, on_progress: Callable[[int], None] = lambda steps: None) -> dict:
-    """Train this process's share of `program` on its local devices.
+    """Train this process's share of `program` on its local devices, start to end; returns
+    `train_stream`'s result."""
+    for item in train_stream(program, on_progress):
+        pass
+    return item["result"]
 
-    Returns NumPy arrays only (they travel through Ray as they are), one row per model this
-    host holds, padding left out: `entry` (the model's index on the program's axis), `device`
-    (the global device holding it; one-model trials have a copy on every device), `m`, `b`,
-    `init_m`, `init_b`; and the loss history of each entry once (`loss_entry`, `losses`).
-    `on_progress(steps)` is called before each compiled call (so a hung call shows where).
+
+def train_stream(program: Program, on_progress: Callable[[int], None] = lambda steps: None,
+                 resume: Optional[dict] = None, checkpoint_every: int = 0) -> Iterator[dict]:
+    """Train this process's share of `program`, yielding `{"checkpoint": piece}` after every
+    `checkpoint_every` compiled calls (0: never; none after the last) and finally
+    `{"result": ...}`. `resume` (checkpoint.Checkpoint.to_host) continues from its step.
+
+    A piece is this host's share of the state: `step`, `entries` (each entry of the program's
+    axis it holds, once), `leaves` (the TrainState leaves of those entries) and `losses` (their
+    losses since the previous piece). The result is NumPy arrays only (they travel through Ray
+    as they are), one row per model this host holds, padding left out: `entry` (the model's
+    index on the program's axis), `device` (the global device holding it; one-model trials
+    have a copy on every device), `m`, `b`, `init_m`, `init_b`; and the whole loss history of
+    each entry once (`loss_entry`, `losses`). `on_progress(steps)` is called before each
+    compiled call (so a hung call shows where).
     """
     started = time.perf_counter()
     cfg, shape = program.trial, program.slice
     if jax.local_device_count() != shape.devices_per_host:
         raise ValueError(f"host {jax.process_index()} has {jax.local_device_count()} local devices, "
                          f"but --devices-per-host is {shape.devices_per_host}")
-    on_progress(0)
+    done = resume["step"] if resume else 0
+    on_progress(done)
     x, y = data.host_shard(cfg, jax.process_index())
     trainer = steps.TRAINERS[cfg.parallel](models.build(cfg.model), program)
     state = trainer.init()
     init_params = trainer.local(state.params)
+    if resume:
+        state = trainer.restore(state, resume["leaves"])
     batch = trainer.put_data(x, y)
     collective_devices = trainer.collective_devices()
 
-    chunks, first_call_s, done = [], 0.0, 0
+    chunks, first_call_s, calls, unsent = [], 0.0, 0, 0
     while done < cfg.steps:
         n = min(cfg.steps_per_call, cfg.steps - done)
         on_progress(done)
@@ -43,22 +60,36 @@ def train_host(program: Program, on_progress: Callable[[int], None] = lambda ste
         state, losses = trainer.run(state, batch, n)
         # Fetching the losses blocks on the call: never queue collective calls unboundedly.
         chunks.append(_first_copy(trainer.local(losses)))
-        if done == 0:
+        calls, unsent, done = calls + 1, unsent + 1, done + n
+        if calls == 1:
             first_call_s = time.perf_counter() - call_start  # compile + run
-        done += n
+        if checkpoint_every and calls % checkpoint_every == 0 and done < cfg.steps:
+            yield {"checkpoint": _piece(trainer, state, done, chunks[-unsent:])}
+            unsent = 0
     on_progress(done)
 
     rows = _rows(program, trainer.local(state.params), init_params)
     loss_entry = chunks[0][0]
+    history = [resume["losses"][loss_entry]] if resume else []
     keep = loss_entry < program.entries
-    return {
+    yield {"result": {
         **rows,
         "loss_entry": loss_entry[keep],
-        "losses": np.concatenate([losses for _, losses in chunks], axis=1)[keep],
+        "losses": np.concatenate(history + [losses for _, losses in chunks], axis=1)[keep],
         "collective_devices": collective_devices,
         "train_s": time.perf_counter() - started,
         "first_call_s": first_call_s,
-    }
+    }}
+
+
+def _piece(trainer: steps.Trainer, state, step: int, chunks) -> dict:
+    """This host's share of the state after `step` steps, each entry once (see train_stream)."""
+    local = trainer.local(state)
+    entries = np.concatenate([e for _, e, _ in local])
+    leaves = [np.concatenate(parts) for parts in zip(*(jax.tree.leaves(tree) for _, _, tree in local))]
+    entries, first = np.unique(entries, return_index=True)
+    return {"step": step, "entries": entries, "leaves": [leaf[first] for leaf in leaves],
+            "losses": np.concatenate([losses for _, losses in chunks], axis=1)}
 
 
 def _rows(program: Program, final, init) -> dict:

@@ -1,0 +1,163 @@
+"""Surviving host loss with real processes, really killed: the run restarts the slice, goes on
+from the driver's last checkpoint, verifies, and ends with params bit-identical to a clean run
+of the same flags."""
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT, gone, launch, run_one
+from ymxb import checkpoint
+from ymxb.errors import HostFailure, UsageError
+from ymxb.host import FAULT_ENV, FAULT_ONCE_ENV
+
+# 40 compiled calls of 100 steps at 2 x 2: long enough to strike mid-training, twice.
+FLAGS = ("--hosts", 2, "--devices-per-host", 2, "--steps", 4000, "--json")
+
+
+@pytest.fixture(scope="module")
+def clean():
+    """The uninterrupted run every interrupted one must match, bit for bit."""
+    result = launch(*FLAGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+class Run:
+    """`launch.py ARGS` in the background, its stderr collected line by line as it comes."""
+
+    def __init__(self, *args, env=None):
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+
+    def host_pids(self, attempt: int, hosts: int = 2, within_s: float = 120) -> list:
+        """The host pids of the `attempt`-th slice (1: the first), once all have said who they are."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            said = [line for line in list(self.lines) if re.match(r"host \d+/\d+: ", line)]
+            if len(said) >= attempt * hosts:
+                mine = said[(attempt - 1) * hosts:attempt * hosts]
+                return [int(re.search(r"pid (\d+)", line).group(1))
+                        for line in sorted(mine, key=lambda line: int(line.split("/")[0][5:]))]
+            assert self.proc.poll() is None, "".join(self.lines)
+            time.sleep(0.1)
+        raise AssertionError(f"slice {attempt} did not come up: {''.join(self.lines)}")
+
+    def finish(self, timeout: float = 240):
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.reader.join(timeout=10)
+        return self.proc.returncode, out, "".join(self.lines)
+
+
+def _checkpoint_past(folder: str, step: int, within_s: float = 120) -> int:
+    """Wait until the checkpoint in `folder` is past `step`; its step."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        for path in glob.glob(os.path.join(folder, "*" + checkpoint.SUFFIX)):
+            ckpt = checkpoint.read(path)
+            if ckpt and ckpt.step > step:
+                return ckpt.step
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint past step {step} in {folder} within {within_s} s")
+
+
+def _same_params(run: dict, clean: dict) -> None:
+    assert run["verified"], run["checks"]
+    assert [h["params"] for h in run["hosts"]] == [h["params"] for h in clean["hosts"]]
+    assert [h["loss_history"] for h in run["hosts"]] == [h["loss_history"] for h in clean["hosts"]]
+
+
+def test_the_coordinator_killed_then_a_host_stopped_the_run_restarts_twice_and_matches(clean, tmp_path):
+    run = Run(*FLAGS, "--timeout", 8, "--checkpoint-dir", tmp_path)
+    coordinator, _ = run.host_pids(1)
+    first = _checkpoint_past(tmp_path, 0)
+    os.kill(coordinator, signal.SIGKILL)  # host 0: the JAX coordinator
+    _, stopped = run.host_pids(2)
+    second = _checkpoint_past(tmp_path, first)
+    os.kill(stopped, signal.SIGSTOP)  # alive but stuck: found by the progress check
+    code, out, err = run.finish()
+    assert code == 0, err
+    rep = json.loads(out)
+    _same_params(rep, clean)
+    restarts = rep["restarts"]
+    assert [(r["host"], r["pid"], r["cause"], r["phase"]) for r in restarts] == [
+        (0, coordinator, "died", "training"), (1, stopped, "hung", "training")]
+    assert restarts[0]["resumed_step"] >= first and restarts[1]["resumed_step"] >= second
+    assert all(r["lost_s"] > 0 and r["steps_redone"] >= 0 for r in restarts)
+    assert gone(coordinator) and gone(stopped)  # the stopped one too: SIGKILL reaches it
+    assert "restarting the slice (restart 2 of 2)" in err
+    assert os.listdir(tmp_path) == []  # the run is done: nothing to resume
+
+
+def test_a_host_dying_in_initialize_then_another_killed_the_run_matches(clean, tmp_path):
+    once = tmp_path / "fault-struck"
+    folder = tmp_path / "checkpoints"
+    run = Run(*FLAGS, "--checkpoint-dir", folder, env={FAULT_ENV: "die:1:initialize", FAULT_ONCE_ENV: once})
+    victim, _ = run.host_pids(1)  # hosts say who they are once initialised: the second slice
+    assert os.path.exists(once)  # the first slice's host 1 died in initialize
+    _checkpoint_past(folder, 0)
+    os.kill(victim, signal.SIGKILL)
+    code, out, err = run.finish()
+    assert code == 0, err
+    rep = json.loads(out)
+    _same_params(rep, clean)
+    assert [(r["host"], r["cause"], r["phase"]) for r in rep["restarts"]] == [
+        (1, "died", "jax.distributed.initialize"), (0, "died", "training")]
+    assert rep["restarts"][0]["resumed_step"] == 0
+
+
+def test_a_driver_killed_mid_run_is_finished_by_resume(clean, tmp_path):
+    run = Run(*FLAGS, "--checkpoint-dir", tmp_path)
+    run.host_pids(1)
+    step = _checkpoint_past(tmp_path, 0)
+    run.proc.kill()  # the driver: its reaper stops the rest
+    run.finish()
+
+    other = launch(*FLAGS, "--lr", 0.2, "--resume", tmp_path)
+    assert other.returncode == 2 and other.stdout == ""
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"launch.py: error: --resume {tmp_path}: its checkpoint is of another run; give the flags "
+        f"that wrote it (lr: 0.1 there, 0.2 here)")
+    other = launch(*FLAGS, "--steps", 5000, "--seed", 3, "--resume", tmp_path)
+    assert other.returncode == 2 and "(seed: 0 there, 3 here; steps: 4000 there, 5000 here)" in other.stderr
+
+    result = launch(*FLAGS, "--resume", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _same_params(json.loads(result.stdout), clean)
+    resumed = int(re.search(r"going on from the checkpoint at step (\d+)", result.stderr).group(1))
+    assert resumed >= step > 0
+    assert os.listdir(tmp_path) == []
+
+    again = launch(*FLAGS, "--resume", tmp_path)
+    assert again.returncode == 2 and "it holds no checkpoint" in again.stderr
+
+
+def test_faults_on_every_attempt_stop_after_exactly_the_budget(local_ray, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "die:1:initialize")
+    with pytest.raises(HostFailure) as failure:
+        run_one(hosts=2, devices_per_host=1, timeout=20, steps=100, max_restarts=1)
+    message = str(failure.value)
+    assert message.endswith("(the budget is spent: --max-restarts 1)"), message
+    assert failure.value.host == 1 and failure.value.cause == "died"
+
+
+def test_recovery_flags_are_checked_before_launch():
+    for flag, value in (("--max-restarts", -1), ("--checkpoint-every", 0)):
+        result = launch(flag, value)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().startswith(f"launch.py: error: {flag} must be")
+    with pytest.raises(UsageError, match="--max-preemptions must be an integer >= 0"):
+        from ymxb.config import Recovery
+        Recovery(max_preemptions=1.5)

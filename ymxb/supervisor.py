@@ -1,0 +1,173 @@
+"""A warm slice that survives host loss: when a host dies, hangs or is preempted, every host
+is hard-killed (and seen gone), the slice is reserved again (waiting up to --timeout for it to
+be whole), new processes start and initialise (`jax.distributed` cannot initialise twice in
+one process; a new coordinator port each time), and training continues from the driver's last
+checkpoint. Two budgets, as Ray Train and Levanter keep them: restarts for failures (a crash,
+an abort, a hang) and preemptions for hosts taken away (Ray's preempted signal, a node that
+leaves the cluster). A failure no restart mends (no room for the slice, a slow run, a bad
+setting) ends the run at once.
+"""
+
+import dataclasses
+import glob
+import os
+import socket
+import time
+from typing import Callable, List, Optional
+
+import ray
+
+from ymxb import checkpoint
+from ymxb.checkpoint import Checkpoint
+from ymxb.config import Program, Recovery, SliceSpec
+from ymxb.errors import HostFailure
+from ymxb.launcher import ProgramRun, WarmSlice
+
+STDERR_LINES = 8  # of a failed host's stderr, shown with its failure
+
+
+@dataclasses.dataclass
+class Restart:
+    """One restart of the slice, as the run report lists it."""
+
+    at_s: float  # when the failure was seen, in seconds since the run began
+    host: Optional[int]  # the host to blame (its process index), its node and process
+    node_ip: Optional[str]
+    node_id: Optional[str]
+    pid: Optional[int]
+    cause: str  # died, hung, preempted or crashed (errors.HostFailure)
+    phase: str  # start, jax.distributed.initialize, training, ...
+    error: str  # the failure's one line
+    resumed_step: int  # the checkpoint training went on from (0: the start)
+    steps_redone: int  # steps done past that checkpoint before the failure, trained again
+    lost_s: Optional[float] = None  # from that checkpoint to training going on again
+
+
+class Supervisor:
+    """`with Supervisor(spec, recovery, log) as s: s.run(program, path)`, as often as wanted:
+    a WarmSlice brought up on first use and brought up again after each host loss, within the
+    budgets. `restarts` lists every restart of its life."""
+
+    def __init__(self, spec: SliceSpec, recovery: Recovery, log: Callable[[str], None] = lambda line: None,
+                 began: Optional[float] = None):
+        self.spec, self.recovery, self.log = spec, recovery, log
+        self.began = time.time() if began is None else began
+        self.warm: Optional[WarmSlice] = None
+        self.restarts: List[Restart] = []
+        self.latest: Optional[Checkpoint] = None  # the running program's last whole checkpoint
+        self._lost_since = 0.0  # when the work the last restart lost began (time.time())
+
+    def __enter__(self) -> "Supervisor":
+        return self
+
+    def __exit__(self, kind, error, trace):
+        warm, self.warm = self.warm, None
+        if warm is not None:
+            warm.__exit__(kind, error, trace)
+
+    def up(self) -> SliceSpec:
+        """Bring the slice up, if it is not (restarting it on host loss); its spec as the
+        platform shaped it."""
+        self._attempt(lambda: None, None)
+        self.spec = self.warm.spec  # a restart must find this very shape
+        return self.spec
+
+    def run(self, program: Program, path: Optional[str] = None, resume: Optional[Checkpoint] = None,
+            on_steps: Callable[[int], None] = lambda steps: None) -> ProgramRun:
+        """Train `program` to the end, from `resume` if given; each whole checkpoint is kept
+        (and written atomically to `path`, if given) until the next."""
+        self.latest = resume
+
+        def keep(ckpt: Checkpoint) -> None:
+            self.latest = ckpt
+            if path:
+                checkpoint.write(path, ckpt)
+
+        return self._attempt(lambda: self.warm.run(program, on_steps, self.latest, keep,
+                                                   self.recovery.checkpoint_every), program)
+
+    def _attempt(self, work: Callable, program: Optional[Program]):
+        """`work()` on an up slice, bringing the slice up again after each host loss."""
+        while True:
+            began, warm = time.time(), self.warm
+            try:
+                if warm is None:
+                    # A restart waits for the slice to be whole again (a preempted one comes back).
+                    warm = WarmSlice(self.spec, self.log, wait_whole_s=self.spec.timeout if self.restarts else 0)
+                    warm.__enter__()  # on failure, it stops what it started
+                    self.warm = warm
+                self._resumed()
+                return work()
+            except HostFailure as failure:
+                if self.warm is not None:
+                    self.warm = None
+                    warm.__exit__(HostFailure, failure, None)  # every host hard-killed, seen gone
+                self._recover(failure, warm, began if program is None or self.latest is None
+                              else self.latest.taken_at, program)
+
+    def _recover(self, failure: HostFailure, warm: Optional[WarmSlice], lost_since: float,
+                 program: Optional[Program]) -> None:
+        """After `failure` (its slice stopped): a Restart recorded, or the failure raised
+        again when no restart mends it or its budget is spent."""
+        self._resumed()  # a restart that got no further: its loss ends here
+        ident = warm.identities[failure.host] if warm and failure.host is not None and \
+            failure.host < len(warm.identities) else {}
+        lines = stderr_tail(ident)
+        if lines:
+            self.log(f"launch.py: the last lines {_who(failure, ident)} wrote to stderr:")
+            for line in lines:
+                self.log(f"  | {line}")
+        if failure.cause is None:
+            raise failure
+        preempted = failure.cause == "preempted"
+        budget = self.recovery.max_preemptions if preempted else self.recovery.max_restarts
+        used = sum((r.cause == "preempted") == preempted for r in self.restarts)
+        if used >= budget:
+            if budget:
+                flag = "--max-preemptions" if preempted else "--max-restarts"
+                raise HostFailure(f"{failure} (the budget is spent: {flag} {budget})",
+                                  failure.host, failure.cause, failure.phase)
+            raise failure
+        resumed = self.latest.step if program and self.latest else 0
+        reached = warm.reached if warm and program else resumed
+        self.restarts.append(Restart(
+            at_s=time.time() - self.began, host=failure.host, node_ip=ident.get("node_ip"),
+            node_id=ident.get("node_id"), pid=ident.get("pid"), cause=failure.cause,
+            phase=failure.phase or "start", error=str(failure), resumed_step=resumed,
+            steps_redone=max(0, reached - resumed)))
+        self._lost_since = lost_since
+        self.log(f"launch.py: {failure}")
+        self.log(f"launch.py: {_who(failure, ident)} {failure.cause}; restarting the slice "
+                 f"({'preemption' if preempted else 'restart'} {used + 1} of {budget}), "
+                 f"training from step {resumed}")
+
+    def _resumed(self) -> None:
+        """The last restart's loss ends now (training goes on, or the next failure came)."""
+        if self.restarts and self.restarts[-1].lost_s is None:
+            self.restarts[-1].lost_s = time.time() - self._lost_since
+
+
+def _who(failure: HostFailure, ident: dict) -> str:
+    if failure.host is None:
+        return "the slice"
+    where = f" ({ident['node_ip']} pid {ident['pid']})" if ident else ""
+    return f"host {failure.host}{where}"
+
+
+def stderr_tail(ident: dict, lines: int = STDERR_LINES) -> List[str]:
+    """The last lines a host's process wrote to stderr, from Ray's log of it (where that log
+    is on this machine: an embedded cluster, or a cluster whose node this is)."""
+    if not ident or ident.get("hostname") != socket.gethostname():
+        return []
+    node = ray._private.worker._global_node
+    if node is None:
+        return []
+    found = glob.glob(os.path.join(node.get_logs_dir_path(), f"worker-*-{ident['pid']}.err"))
+    if not found:
+        return []
+    with open(found[0], "rb") as f:
+        f.seek(max(0, os.path.getsize(found[0]) - 8192))
+        text = f.read().decode(errors="replace")
+    # Ray marks each task's start (":job_id:...", ":actor_name:..."): not the host's words.
+    kept = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith(":")]
+    return [line[:300] for line in kept[-lines:]]
