@@ -8,7 +8,9 @@ GPUs each. Hosts train on CPU devices (test-only override).
 
 import json
 import re
+import threading
 import time
+import types
 
 import pytest
 import ray
@@ -32,27 +34,40 @@ def cluster_address(cluster):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def pretend():
+    """The cluster (`.cluster`), and its nodes by (slice, worker) or ("gpu", i): their ids
+    (`.ids`) and handles (`.nodes`)."""
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    nodes = {}
-    for name, (pod_type, topology, hosts, accelerator) in SLICES.items():
+    found = types.SimpleNamespace(cluster=c, ids={}, nodes={})
+    for name, (_, _, hosts, _) in SLICES.items():
         for worker in range(hosts):
-            resources = {"TPU": 4, f"accelerator_type:{accelerator}": 1, name: 1}
-            if worker == 0:
-                resources[f"TPU-{pod_type}-head"] = 1
-            node = c.add_node(num_cpus=1, resources=resources, labels={
-                platforms.TPU_SLICE_LABEL: name, platforms.TPU_WORKER_LABEL: str(worker),
-                platforms.TPU_POD_TYPE_LABEL: pod_type, platforms.TPU_TOPOLOGY_LABEL: topology,
-                platforms.ACCELERATOR_LABEL: accelerator},
-                # What a TPU VM's environment says; Ray's slice reservation reads the name.
-                env_vars={"TPU_NAME": name, "TPU_WORKER_ID": str(worker)})
-            nodes[(name, worker)] = node.node_id
+            _add_tpu_host(found, name, worker)
     for i in range(2):
-        nodes[("gpu", i)] = c.add_node(num_cpus=1, num_gpus=2).node_id
+        node = c.add_node(num_cpus=1, num_gpus=2)
+        found.ids[("gpu", i)], found.nodes[("gpu", i)] = node.node_id, node
     ray.init(address=c.address, log_to_driver=False)
-    yield nodes
+    yield found
     ray.shutdown()
     c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(pretend):
+    return pretend.ids
+
+
+def _add_tpu_host(found, name: str, worker: int) -> None:
+    pod_type, topology, _, accelerator = SLICES[name]
+    resources = {"TPU": 4, f"accelerator_type:{accelerator}": 1, name: 1}
+    if worker == 0:
+        resources[f"TPU-{pod_type}-head"] = 1
+    node = found.cluster.add_node(num_cpus=1, resources=resources, labels={
+        platforms.TPU_SLICE_LABEL: name, platforms.TPU_WORKER_LABEL: str(worker),
+        platforms.TPU_POD_TYPE_LABEL: pod_type, platforms.TPU_TOPOLOGY_LABEL: topology,
+        platforms.ACCELERATOR_LABEL: accelerator},
+        # What a TPU VM's environment says; Ray's slice reservation reads the name.
+        env_vars={"TPU_NAME": name, "TPU_WORKER_ID": str(worker)})
+    found.ids[(name, worker)], found.nodes[(name, worker)] = node.node_id, node
 
 
 @pytest.fixture
@@ -139,3 +154,31 @@ def test_a_slice_with_hosts_missing_is_named_not_used(cluster):
     with pytest.raises(HostFailure, match=re.escape(
             f"no whole TPU slice matches --tpu-type v5litepod-16: {EXISTS}; wait for the missing hosts")):
         run_one(platform="tpu", tpu_type="v5litepod-16", **SMALL)
+
+
+def test_a_preempted_host_waits_for_its_node_and_the_run_goes_on(pretend, cpu_devices):
+    """Last in this module: it replaces a node of slice-b."""
+    said, outcome = [], {}
+
+    def train():  # in a thread: nodes can only be added from the main one
+        try:
+            outcome["run"] = run_one(platform="tpu", tpu_type="v4-16", log=said.append,
+                                     **{**SMALL, "steps": 6000, "timeout": 30})
+        except BaseException as err:
+            outcome["error"] = err
+
+    trainer = threading.Thread(target=train, daemon=True)
+    trainer.start()
+    deadline = time.monotonic() + 120
+    while not any(line.startswith("host 1/2") for line in said) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # training under way
+    pretend.cluster.remove_node(pretend.nodes[("slice-b", 1)])
+    time.sleep(3)  # then the autoscaler brings a VM back
+    _add_tpu_host(pretend, "slice-b", 1)
+    trainer.join(timeout=240)
+    assert "error" not in outcome, (outcome.get("error"), said)
+    run, rep = outcome["run"]
+    assert rep["verified"], rep["checks"]
+    assert [(r["host"], r["cause"]) for r in rep["restarts"]] == [(1, "preempted")], said
+    assert [h["node_id"] for h in run.hosts] == [pretend.ids[("slice-b", w)] for w in range(2)]

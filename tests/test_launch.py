@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,13 +15,14 @@ import pytest
 from conftest import ROOT, gone, launch
 
 
-def _ray_pids():
-    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
+def _pids_using(folder: str):
+    """Processes whose command line names `folder` (the run's Ray folder: its GCS, raylet and
+    agents are started with it), judged among this run's processes only."""
+    out = subprocess.run(["pgrep", "-f", folder], capture_output=True, text=True).stdout
     return set(out.split())
 
 
 def test_json_run_is_verified_and_independently_checkable(tmp_path):
-    before = _ray_pids()
     dump = tmp_path / "d.npz"
     ray_tmp = tempfile.mkdtemp(prefix="t-", dir="/tmp")  # short: Ray's socket paths live under it
     result = launch("--hosts", 3, "--devices-per-host", 2, "--json", "--dump-data", dump,
@@ -43,7 +45,7 @@ def test_json_run_is_verified_and_independently_checkable(tmp_path):
     assert abs(got["m"] - m) <= rep["tol"] and abs(got["b"] - b) <= rep["tol"]
 
     assert all(gone(h["pid"]) for h in rep["hosts"])
-    assert _ray_pids() <= before  # the embedded Ray is stopped
+    assert _pids_using(ray_tmp) == set()  # the embedded Ray is stopped
     assert "host 2/3: 2 local / 6 global cpu devices" in result.stderr  # identity lines
 
 
@@ -55,9 +57,10 @@ def test_diverging_run_exits_1_and_its_json_is_standard_json():
 
 
 def test_ctrl_c_stops_every_host_and_the_embedded_ray():
-    before = _ray_pids()
+    ray_tmp = tempfile.mkdtemp(prefix="t-", dir="/tmp")
     run = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--steps", "100000"], cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "TMPDIR": ray_tmp},
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     identities = ""
     while "host 3/4" not in identities:  # all four hosts have joined: training begins
@@ -69,4 +72,5 @@ def test_ctrl_c_stops_every_host_and_the_embedded_ray():
     assert run.returncode == 130 and "interrupted; all hosts stopped" in err
     pids = [int(p) for p in re.findall(r"pid (\d+)", identities)]
     assert len(pids) == 4 and all(gone(p) for p in pids)
-    assert _ray_pids() <= before
+    assert _pids_using(ray_tmp) == set()
+    shutil.rmtree(ray_tmp)  # the checkpoint an interrupted run keeps
