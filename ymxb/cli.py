@@ -276,7 +276,7 @@ def _sweep(argv: List[str]) -> int:
     pending = len(todo.pending)
 
     def show(outcome, out, wall_s):
-        _show_results(outcome.records, folder, args.json, out)
+        _show_results(outcome.records, folder, args.json, out, outcome.restarts)
 
     log = lambda line: print(line, file=sys.stderr, flush=True)
     if not pending:
@@ -303,12 +303,14 @@ def _results(argv: List[str]) -> int:
     return _show_results(records, args.dir, args.json, sys.stdout)
 
 
-def _show_results(records, folder: str, as_json: bool, out) -> int:
+def _show_results(records, folder: str, as_json: bool, out, restarts=()) -> int:
+    """The table (or JSON) and plots of `records`; with --json, this run's `restarts` too."""
     from ymxb import plots
 
     drawn = plots.draw(records, os.path.join(folder, "plots"))
     if as_json:
         doc = {"folder": folder, "store": os.path.join(folder, results.STORE), "plots": drawn,
+               "restarts": [dataclasses.asdict(r) for r in restarts],
                "trials": [json.loads(r.to_json()) for r in records]}
         print(json.dumps(doc, indent=1), file=out, flush=True)
     else:
