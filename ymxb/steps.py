@@ -76,16 +76,18 @@ def fuse(step: Callable, n_steps: int) -> Callable:
     one call. Losses have shape (models, n_steps)."""
     batched = jax.vmap(step, in_axes=(0, None, None))  # models share the batch
 
-    def one_model(state, x, y):
-        # vmap over an axis of 1 leaves (1, n) arrays, whose reductions XLA:CPU (jaxlib 0.10.2)
-        # runs 20-35x slower than those of (n,) arrays at 2^20-2^22 points: step it unbatched.
-        state, loss = step(jax.tree.map(lambda a: a[0], state), x, y)
-        return jax.tree.map(lambda a: a[None], (state, loss))
+    def steps_of(one_step, state, x, y):
+        return lax.scan(lambda s, _: one_step(s, x, y), state, length=n_steps)
 
     def run(state, x, y):
-        each = one_model if jax.tree.leaves(state)[0].shape[0] == 1 else batched
-        state, losses = lax.scan(lambda s, _: each(s, x, y), state, length=n_steps)
-        return state, losses.T
+        if jax.tree.leaves(state)[0].shape[0] > 1:
+            state, losses = steps_of(batched, state, x, y)
+            return state, losses.T
+        # One model: the axis of 1 dropped around the whole loop. vmap over it leaves (1, n)
+        # arrays, whose reductions XLA:CPU (jaxlib 0.10.2) runs 20-35x slower than those of
+        # (n,) arrays at 2^20-2^22 points; and a loop carrying (1,) params copied them each step.
+        state, losses = steps_of(step, jax.tree.map(lambda a: a[0], state), x, y)
+        return jax.tree.map(lambda a: a[None], state), losses[None]
 
     return run
 
@@ -210,6 +212,8 @@ class PmapTrainer(Trainer):
 def _pmean_as_one(tree):
     """lax.pmean of a pytree as one flat array: one collective per step, not one per leaf
     (across processes, each is a round trip that costs more than the step's arithmetic)."""
+    if lax.axis_size(AXIS) == 1:
+        return tree  # one device: nothing to average (the no-op all-reduce cost 2 ops a step)
     flat, unravel = ravel_pytree(tree)
     return unravel(lax.pmean(flat, AXIS))
 
