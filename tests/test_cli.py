@@ -116,7 +116,7 @@ def test_inspect_sharded_ensemble_shows_members_vmapped_and_no_collective():
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "vmapped over the leading member axis" in out and "4 per device here (1 on the slice)" in out
-    assert "['linear']['w']: (8, 1, 1)" in out
+    assert "['linear']['w']: (8,)" in out
     assert "none: no data moves between devices in a step" in out
 
 

@@ -1,6 +1,8 @@
 """The training step in one process (4 CPU devices): models, parallel modes, ensembles, and
 programs of several trials."""
 
+import re
+
 import jax
 import numpy as np
 import optax
@@ -9,7 +11,7 @@ import pytest
 from conftest import LOCAL_DEVICES
 from ymxb import data, models, verify
 from ymxb.config import Program, SliceSpec, TrialSpec
-from ymxb.steps import make_optimizer
+from ymxb.steps import TRAINERS, make_optimizer
 from ymxb.train import train_host
 
 ONE_HOST = SliceSpec(hosts=1, devices_per_host=LOCAL_DEVICES)
@@ -29,7 +31,7 @@ def _params(result, entry=0):
 def test_haiku_params_map_to_m_and_b():
     model = models.build("haiku")
     params = model.init(jax.random.key(0))
-    assert jax.tree.map(np.shape, params) == {"linear": {"w": (1, 1), "b": (1,)}}
+    assert jax.tree.map(np.shape, params) == {"linear": {"w": (), "b": ()}}
     x = np.array([-1.0, 0.0, 2.0], np.float32)
     m, b = models.to_mb("haiku", jax.device_get(params))
     np.testing.assert_allclose(model.apply(params, x), m * x + b, rtol=1e-6)
@@ -38,6 +40,38 @@ def test_haiku_params_map_to_m_and_b():
     ms, bs = models.to_mb("haiku", stacked)
     np.testing.assert_allclose(ms, [m, 2 * m])
     np.testing.assert_allclose(bs, [b, 2 * b])
+
+
+def _hk_linear() -> models.Model:
+    """The haiku model as it was: hk.Linear(1) on x[:, None]."""
+    import haiku as hk
+
+    forward = lambda x: hk.Linear(1, b_init=hk.initializers.RandomNormal())(x[:, None])[:, 0]
+    net = hk.without_apply_rng(hk.transform(forward))
+    return models.Model(lambda key: net.init(key, np.zeros(1, np.float32)), net.apply)
+
+
+def test_haiku_starts_where_hk_linear_did():
+    new, old = models.build("haiku"), _hk_linear()
+    for seed in (0, 1, 2**32 - 1):
+        m, b = models.to_mb("haiku", jax.device_get(new.init(jax.random.key(seed))))
+        was = jax.device_get(old.init(jax.random.key(seed)))["linear"]
+        assert (m, b) == (was["w"][0, 0], was["b"][0])
+
+
+def _ensemble_step_hlo(model: models.Model) -> str:
+    """The compiled text of one fused step of an 8-member ensemble, as the trainer runs it."""
+    trial = TrialSpec(model="haiku", ensemble=8, parallel="sharding", samples_per_host=256)
+    trainer = TRAINERS["sharding"](model, Program.of(ONE_HOST, [trial]))
+    state, batch = trainer.init(), trainer.put_data(*data.host_shard(trial, 0))
+    return trainer.compiled(1).lower(state, *batch).compile().as_text()
+
+
+def test_haiku_ensemble_step_is_elementwise():
+    """vmap over members of hk.Linear(1) is a batched (n, 1) x (1, 1) dot (slow on a GPU); the
+    haiku model's step compiles to elementwise work and reductions, no dot."""
+    assert re.search(r"\bdot\(", _ensemble_step_hlo(_hk_linear()))  # the check can fail
+    assert not re.search(r"\bdot\(", _ensemble_step_hlo(models.build("haiku")))
 
 
 @pytest.mark.parametrize("model", ["pure", "haiku"])

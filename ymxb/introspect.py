@@ -68,17 +68,20 @@ def _vmap_lines(program: Program, one: Program, state) -> List[str]:
               for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)]
     layout = ("pmap adds a leading axis of local devices" if cfg.parallel == "pmap"
               else "global arrays; the Mesh splits them")
+    # steps.fuse: XLA:CPU reduces the (1, n) arrays of a vmap over one entry slowly.
+    unbatched = (["  one entry per device here: the step runs it without the vmap (the same math)"]
+                 if one.entries_per_device == 1 else [])
     if not cfg.ensemble:
         return ["  the step is vmapped over the leading trial axis: in_axes=(0, None, None) (trials, "
                 "shared batch, shared batch); 1 trial here (a sweep batches its lr x seed trials "
                 "there), its params replicated on every device, the batch split over the axis",
-                f"  param shapes ({layout}):", *shapes]
+                *unbatched, f"  param shapes ({layout}):", *shapes]
     padding = program.padded_entries - program.entries
     return [f"  the step is vmapped over the leading member axis: in_axes=(0, None, None) "
             f"(members, shared batch, shared batch); {cfg.ensemble} members, "
             f"{one.entries_per_device} per device here ({program.entries_per_device} on the slice"
             + (f", {padding} of them padding, never reported)" if padding else ")"),
-            f"  param shapes ({layout}):", *shapes]
+            *unbatched, f"  param shapes ({layout}):", *shapes]
 
 
 def _eqns(jaxpr) -> Iterator:
