@@ -102,8 +102,10 @@ class Supervisor:
                 if self.warm is not None:
                     self.warm = None
                     warm.__exit__(HostFailure, failure, None)  # every host hard-killed, seen gone
-                self._recover(failure, warm, began if program is None or self.latest is None
-                              else self.latest.taken_at, program)
+                # Lost: the work since the checkpoint, or since this attempt began if later
+                # (what came before is the previous restart's loss).
+                taken = self.latest.taken_at if program and self.latest else began
+                self._recover(failure, warm, max(began, taken), program)
 
     def _recover(self, failure: HostFailure, warm: Optional[WarmSlice], lost_since: float,
                  program: Optional[Program]) -> None:
