@@ -188,5 +188,8 @@ def test_a_failed_run_keeps_rays_logs_and_says_where(tmpdir_env):
     assert result.returncode == 2
     # Ray says "(raylet) A worker died ..." (it used to land on stdout): stderr only.
     assert result.stdout == "" and "(raylet)" in result.stderr
+    # What the host said last, from Ray's log of it.
+    assert "launch.py: the last lines host 1 (127.0.0.1 pid" in result.stderr
+    assert "  | ymxb test fault: host 1 dies in train\n" in result.stderr
     kept = re.search(r"Ray's logs of this run are kept in (\S+)", result.stderr).group(1)
     assert kept.startswith(tmpdir_env) and os.path.isdir(kept) and os.listdir(kept)

@@ -11,6 +11,7 @@ import functools
 import glob
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Dict, Iterable, List, Optional
@@ -117,6 +118,7 @@ class Host:
                 os.close(os.open(once, os.O_CREAT | os.O_EXCL))
             except FileExistsError:
                 return
+        print(f"ymxb test fault: host {self.host_index} {kind}s in {phase}", file=sys.stderr, flush=True)
         if kind == "die":
             os._exit(17)
         if kind == "hang":
