@@ -45,7 +45,7 @@ class ProgramRun:
     coordinator: str
     hosts: List[dict]
     train_s: float
-    phases: Dict[str, float]  # the slice's: start, initialize, train (all programs), shutdown
+    phases: Dict[str, float]  # the slice's: place, actors, initialize, train (all programs), shutdown, stop
 
 
 class WarmSlice:
@@ -97,10 +97,13 @@ class WarmSlice:
         self.platform.reserve(spec.timeout)
         if self.platform.note:
             self.log(self.platform.note)
+        self.phases["place"] = time.perf_counter() - start
+
+        start = time.perf_counter()
         self.hosts = _start_hosts(self.platform, spec)
         self.identities = _gather(self.hosts, [h.identity.remote() for h in self.hosts], "start",
                                   spec.timeout)
-        self.phases["start"] = time.perf_counter() - start
+        self.phases["actors"] = time.perf_counter() - start
 
         start = time.perf_counter()
         [self.coordinator] = _gather(self.hosts[:1], [self.hosts[0].coordinator_address.remote()],
@@ -116,7 +119,9 @@ class WarmSlice:
 
     def _stop(self) -> None:
         if self.platform is not None:
+            start = time.perf_counter()
             _stop(self.hosts, self.platform, self.identities)
+            self.phases["stop"] = time.perf_counter() - start
 
 
 def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:

@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import Optional
+import time
+from typing import Dict, Optional
 
 from ymxb import reaper as reaper_script
 from ymxb.errors import HostFailure, UsageError
@@ -38,19 +39,19 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DASHBOARD_METRIC_PORT
 def ray_cluster(address: Optional[str], log=lambda line: None):
     """Join the Ray cluster at `address`, else start an embedded one that ends with us.
 
+    Yields a dict that gets the seconds taken to bring Ray up and connect ("ray_start") and,
+    once the block is left, to disconnect and bring it down ("ray_stop").
     An embedded run that ends in an exception other than an interrupt (a host failed) keeps
     its Ray folder, and `log` gets where its logs are.
     """
-    if address:
-        with _joined(address):
-            yield
-        return
-    with _embedded(log):
-        yield
+    phases: Dict[str, float] = {}
+    with _joined(address, phases) if address else _embedded(log, phases):
+        yield phases
 
 
 @contextlib.contextmanager
-def _joined(address: str):
+def _joined(address: str, phases: Dict[str, float]):
+    started = time.perf_counter()
     auth = probe(address)
     if auth == "token" and "ray" not in sys.modules:
         # A token cluster: the client must say so before Ray is imported (ray caches the mode).
@@ -62,14 +63,18 @@ def _joined(address: str):
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
         raise HostFailure(f"could not join the Ray cluster at {address}: {_first_line(err)}") from None
+    phases["ray_start"] = time.perf_counter() - started
     try:
         yield
     finally:
+        started = time.perf_counter()
         ray.shutdown()
+        phases["ray_stop"] = time.perf_counter() - started
 
 
 @contextlib.contextmanager
-def _embedded(log):
+def _embedded(log, phases: Dict[str, float]):
+    started = time.perf_counter()
     os.environ.update(LOOPBACK_ENV)  # read by the processes Ray starts
     import ray
     from ray._private import ray_constants
@@ -90,6 +95,7 @@ def _embedded(log):
                          log_to_driver=False, _temp_dir=temp_dir)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
             raise HostFailure(f"could not start an embedded Ray: {_first_line(err)}") from None
+        phases["ray_start"] = time.perf_counter() - started
         try:
             yield
             clean = True
@@ -97,9 +103,12 @@ def _embedded(log):
             clean = True
             raise
         finally:
+            started = time.perf_counter()
             ray.shutdown()
     finally:
         _dismiss(reaper, clean)
+        if "ray_start" in phases:
+            phases["ray_stop"] = time.perf_counter() - started
         if not clean:
             log(f"launch.py: Ray's logs of this run are kept in {temp_dir}/session_latest/logs")
 

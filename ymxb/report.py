@@ -3,7 +3,7 @@ or one JSON document."""
 
 import json
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -15,8 +15,9 @@ HOST_KEYS = ("process_index", "process_count", "hostname", "node_ip", "node_id",
              "first_call_s")
 
 
-def build(record: TrialRecord, run, wall_s: float) -> Dict:
-    """The report of a one-trial run (launcher.ProgramRun `run`) judged as `record`."""
+def build(record: TrialRecord, run, wall_s: float, phases: Optional[Dict[str, float]] = None) -> Dict:
+    """The report of a one-trial run (launcher.ProgramRun `run`) judged as `record`; `phases`:
+    where its wall time went, in seconds (default: the slice's own, `run.phases`)."""
     cfg = record.config
     report = {
         "config": cfg,
@@ -30,7 +31,7 @@ def build(record: TrialRecord, run, wall_s: float) -> Dict:
         "tol": cfg["tol"],
         "checks": record.checks,
         "verified": record.verified,
-        "phases_s": dict(run.phases),
+        "phases_s": run.phases if phases is None else phases,
         "wall_s": wall_s,
     }
     if cfg["ensemble"]:
