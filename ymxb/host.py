@@ -2,8 +2,8 @@
 
 The driver calls, in order: identity, coordinator_address (host 0 only), initialize, train
 (once per program run on the warm slice), shutdown. JAX is imported only here, inside the
-actor, after Ray has set its environment (the XLA device-count flag must be in place before
-JAX starts).
+actor, after the actor has set the environment it was given (the XLA device-count flag must be
+in place before JAX starts).
 """
 
 import contextlib
@@ -30,7 +30,8 @@ TPU_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*")
 class Host:
     """Joins the JAX distributed runtime as process `host_index` and trains on its devices."""
 
-    def __init__(self, host_index: int):
+    def __init__(self, host_index: int, env: Dict[str, str]):
+        os.environ.update(env)  # before anything imports JAX
         self.host_index = host_index
         self._steps_started = None  # None until training starts
         self._lock = threading.Lock()

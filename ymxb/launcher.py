@@ -131,8 +131,9 @@ def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:
     env[PLATFORM_ENV] = platform.name
     # Two threads per actor: `progress` must answer while `train` runs.
     actor = ray.remote(max_concurrency=2, max_restarts=0)(Host)
-    return [actor.options(runtime_env={"env_vars": env}, **platform.host_options(i)).remote(i)
-            for i in range(spec.hosts)]
+    # The environment goes as an argument, not as a runtime_env: an actor with an environment
+    # of its own cannot take one of the workers Ray has already started.
+    return [actor.options(**platform.host_options(i)).remote(i, env) for i in range(spec.hosts)]
 
 
 def _gather(hosts: List, refs: List, phase: str, timeout: float,
