@@ -5,6 +5,12 @@ An embedded cluster keeps Ray's token authentication on (the default since 2.50;
 token from, or writes it to, ~/.ray/auth_token), keeps its files in a folder of its own
 (removed after a clean run, kept and named after a failure: its logs say what happened), and
 is watched by a reaper process (reaper.py) that kills whatever of it outlives the driver.
+
+An embedded head is the one `ray.init()` starts (GCS, raylet, dashboard and runtime-env agents,
+the API server) less two processes a one-node simulation has no use for: the autoscaler's
+monitor (nothing to scale; it also takes 1 s to stop) and the log monitor (it streams the
+workers' output to drivers, and ours asks for none). Both compete for the same two cores
+as the hosts while they start.
 """
 
 import contextlib
@@ -27,12 +33,18 @@ PROBE_S = 5.0
 TEMP_PREFIX = "ymxb-"
 # How long the reaper may take to tidy up after a clean run.
 REAPER_WAIT_S = 15.0
-# An embedded cluster listens on loopback only. Ray binds every server (GCS, raylet, workers,
-# agents, metrics) to all interfaces unless its node address is 127.0.0.1, and it keeps that
-# address only where this variable turns multi-node clusters off (ray_constants.py). The two
-# metrics ports are otherwise fixed, and two embedded runs at once would fight over them.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DASHBOARD_METRIC_PORT": "0",
-                "AUTOSCALER_METRIC_PORT": "0"}
+# The environment of an embedded cluster's processes. Loopback only: Ray binds every server
+# (GCS, raylet, workers, agents, metrics) to all interfaces unless its node address is
+# 127.0.0.1, and it keeps that address only where the first variable turns multi-node clusters
+# off (ray_constants.py). The dashboard's metrics port is otherwise fixed, and two embedded runs
+# at once would fight over it. Usage stats off, as ray.init() turns them off for a cluster of
+# its own.
+EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DASHBOARD_METRIC_PORT": "0",
+                "RAY_USAGE_STATS_ENABLED": "0"}
+# The embedded head's settings that differ from ray.init()'s (see above). The dashboard
+# agent's HTTP port is otherwise fixed (52365): while another Ray on this machine holds it, the
+# agent retries for 3.5 s, and the raylet waits for the agent before the node comes up.
+HEAD_PARAMS = {"no_monitor": True, "include_log_monitor": False, "dashboard_agent_listen_port": 0}
 
 
 @contextlib.contextmanager
@@ -75,7 +87,7 @@ def _joined(address: str, phases: Dict[str, float]):
 @contextlib.contextmanager
 def _embedded(log, phases: Dict[str, float]):
     started = time.perf_counter()
-    os.environ.update(LOOPBACK_ENV)  # read by the processes Ray starts
+    os.environ.update(EMBEDDED_ENV)  # read by the processes Ray starts
     import ray
     from ray._private import ray_constants
 
@@ -84,15 +96,15 @@ def _embedded(log, phases: Dict[str, float]):
     temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
     reaper = subprocess.Popen([sys.executable, reaper_script.__file__, str(os.getpid()), temp_dir],
                               stdin=subprocess.PIPE)
-    clean = False
+    clean, head = False, None
     try:
         # Ray warns on every start that token auth is on; we chose it (see above): no warning.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         try:
-            # "local": never join some other running cluster.
             with _signals_kept():
-                ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False, _temp_dir=temp_dir)
+                head = _start_head(temp_dir)
+                # The head's own address: never some other running cluster.
+                ray.init(address=head.address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
             raise HostFailure(f"could not start an embedded Ray: {_first_line(err)}") from None
         phases["ray_start"] = time.perf_counter() - started
@@ -106,11 +118,27 @@ def _embedded(log, phases: Dict[str, float]):
             started = time.perf_counter()
             ray.shutdown()
     finally:
+        if head is not None:
+            head.kill_all_processes(check_alive=False, allow_graceful=True)
         _dismiss(reaper, clean)
         if "ray_start" in phases:
             phases["ray_stop"] = time.perf_counter() - started
         if not clean:
             log(f"launch.py: Ray's logs of this run are kept in {temp_dir}/session_latest/logs")
+
+
+def _start_head(temp_dir: str):
+    """Start a Ray head node on this machine, as ray.init() starts a cluster of its own (token
+    auth on by default, the token made if missing), with HEAD_PARAMS."""
+    from ray._private.authentication import authentication_token_setup as auth
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    auth.enable_token_auth_by_default()
+    auth.ensure_token_if_auth_enabled(create_token_if_missing=True)
+    # dashboard_port None: the first free port from Ray's default, as ray.init() asks.
+    params = RayParams(temp_dir=temp_dir, include_dashboard=False, dashboard_port=None, **HEAD_PARAMS)
+    return Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
 
 
 @contextlib.contextmanager
