@@ -45,6 +45,9 @@ EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DASHBOARD_METRIC_PORT
 # agent's HTTP port is otherwise fixed (52365): while another Ray on this machine holds it, the
 # agent retries for 3.5 s, and the raylet waits for the agent before the node comes up.
 HEAD_PARAMS = {"no_monitor": True, "include_log_monitor": False, "dashboard_agent_listen_port": 0}
+# Ray starts its workers at nice 15, below every other process on the machine; the hosts are
+# the work of a simulation, so they run at 0, as the processes of a bare run do.
+HEAD_CONFIG = {"worker_niceness": 0}
 
 
 @contextlib.contextmanager
@@ -129,15 +132,16 @@ def _embedded(log, phases: Dict[str, float]):
 
 def _start_head(temp_dir: str):
     """Start a Ray head node on this machine, as ray.init() starts a cluster of its own (token
-    auth on by default, the token made if missing), with HEAD_PARAMS."""
+    auth on by default, the token made if missing), with HEAD_PARAMS and HEAD_CONFIG."""
     from ray._private.authentication import authentication_token_setup as auth
     from ray._private.node import Node
     from ray._private.parameter import RayParams
 
     auth.enable_token_auth_by_default()
-    auth.ensure_token_if_auth_enabled(create_token_if_missing=True)
+    auth.ensure_token_if_auth_enabled(HEAD_CONFIG, create_token_if_missing=True)
     # dashboard_port None: the first free port from Ray's default, as ray.init() asks.
-    params = RayParams(temp_dir=temp_dir, include_dashboard=False, dashboard_port=None, **HEAD_PARAMS)
+    params = RayParams(temp_dir=temp_dir, include_dashboard=False, dashboard_port=None,
+                       _system_config=HEAD_CONFIG, **HEAD_PARAMS)
     return Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
 
 
