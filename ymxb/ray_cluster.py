@@ -6,11 +6,14 @@ token from, or writes it to, ~/.ray/auth_token), keeps its files in a folder of 
 (removed after a clean run, kept and named after a failure: its logs say what happened), and
 is watched by a reaper process (reaper.py) that kills whatever of it outlives the driver.
 
-An embedded head is the one `ray.init()` starts (GCS, raylet, dashboard and runtime-env agents,
-the API server) less two processes a one-node simulation has no use for: the autoscaler's
-monitor (nothing to scale; it also takes 1 s to stop) and the log monitor (it streams the
-workers' output to drivers, and ours asks for none). Both compete for the same two cores
-as the hosts while they start.
+An embedded head is the one `ray.init(include_dashboard=False)` starts (GCS, raylet, dashboard
+and runtime-env agents), less three processes a one-node simulation has no use for: the
+autoscaler's monitor (nothing to scale; it also takes 1 s to stop), the log monitor (it streams
+the workers' output to drivers, and ours asks for none) and the API server (without the
+dashboard its one module reports usage stats, which are off). Each is a Python process that
+takes 1-2 s of CPU to start, on the cores the hosts need; the node starts its raylet only once
+the API server is up. Without an API server, the dashboard agent's event reporter, which looks
+for one, logs "Get dashboard http address failed" once a second in its log: expected.
 """
 
 import contextlib
@@ -139,10 +142,13 @@ def _start_head(temp_dir: str):
 
     auth.enable_token_auth_by_default()
     auth.ensure_token_if_auth_enabled(HEAD_CONFIG, create_token_if_missing=True)
-    # dashboard_port None: the first free port from Ray's default, as ray.init() asks.
-    params = RayParams(temp_dir=temp_dir, include_dashboard=False, dashboard_port=None,
-                       _system_config=HEAD_CONFIG, **HEAD_PARAMS)
-    return Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+    params = RayParams(temp_dir=temp_dir, _system_config=HEAD_CONFIG, **HEAD_PARAMS)
+
+    class Head(Node):
+        def start_api_server(self, **options):
+            """Not started (see the module's docstring)."""
+
+    return Head(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
 
 
 @contextlib.contextmanager
