@@ -1,37 +1,58 @@
 #!/usr/bin/env python3
 """Wall time of `launch.py` against a bare baseline: N plain processes with jax.distributed.
 
-    python benchmarks/bare_baseline.py                  # 4 hosts x 2 devices, 3 rounds
-    python benchmarks/bare_baseline.py --hosts 3 --devices-per-host 2 --rounds 5
+    python benchmarks/bare_baseline.py                     # 4 hosts x 2 devices, cold and attached, 5 rounds
+    python benchmarks/bare_baseline.py --shapes 2x2,4x2,8x2,16x1 --modes cold    # scale on one machine
 
 The baseline runs the same training (ymxb.train.train_host) in N subprocesses that call
-jax.distributed.initialize themselves: no Ray, no actors, no verification. Rounds alternate
-between the two so both see the same machine noise; prints medians and their ratio.
+jax.distributed.initialize themselves: no Ray, no actors, no verification. launch.py runs
+`cold` (an embedded Ray, as a new user runs it) or `attached` (`--address` to a Ray cluster that
+this script starts with ray.init's defaults, on loopback, before the attached rounds and stops
+after them). Rounds alternate between the baseline and launch.py so both see the same machine
+noise; prints medians, their ratio, and the median of each phase: launch.py's (its --json
+`phases_s`) and the baseline's (process 0's).
 """
 
 import argparse
+import contextlib
+import json
+import logging
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Process 0 prints where its time went, as launch.py's phases do.
 WORKER = """
-import sys, jax
+import json, sys, time
+started = time.perf_counter()
+import jax
 from ymxb.config import Program, SliceSpec, TrialSpec
 from ymxb.train import train_host
 pid, n, k, addr = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+imported = time.perf_counter()
 jax.distributed.initialize(addr, n, pid, initialization_timeout=60)
+joined = time.perf_counter()
 train_host(Program.of(SliceSpec(hosts=n, devices_per_host=k), [TrialSpec()]))
+trained = time.perf_counter()
 jax.distributed.shutdown()
+if pid == 0:
+    print(json.dumps({"import": imported - started, "initialize": joined - imported,
+                      "train": trained - joined, "shutdown": time.perf_counter() - trained}))
 """
 
+Run = Tuple[float, Dict[str, float]]  # wall seconds, phases
 
-def bare(hosts: int, devices: int) -> float:
+
+def bare(hosts: int, devices: int) -> Run:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         addr = f"127.0.0.1:{s.getsockname()[1]}"
@@ -39,37 +60,89 @@ def bare(hosts: int, devices: int) -> float:
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     started = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(hosts), str(devices), addr],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for i in range(hosts)]
-    codes = [p.wait(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    wall = time.perf_counter() - started
+    codes = [p.returncode for p in procs]
     if any(codes):
         sys.exit(f"bare baseline failed: exit codes {codes}")
-    return time.perf_counter() - started
+    return wall, json.loads(outs[0].splitlines()[-1])  # its last line: gloo prints before it
 
 
-def launched(hosts: int, devices: int) -> float:
+def launched(hosts: int, devices: int, address: str = None) -> Run:
+    args = ["--hosts", str(hosts), "--devices-per-host", str(devices), "--json"]
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "launch.py"), "--hosts", str(hosts),
-                    "--devices-per-host", str(devices)], check=True, capture_output=True)
-    return time.perf_counter() - started
+    run = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args,
+                          *(["--address", address] if address else [])],
+                         capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if run.returncode:
+        sys.exit(f"launch.py {' '.join(args)} failed ({run.returncode}): {run.stderr[-2000:]}")
+    return wall, json.loads(run.stdout)["phases_s"]
+
+
+@contextlib.contextmanager
+def running_cluster():
+    """A Ray cluster for attached runs: ray.init's defaults, on loopback only; its address."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: loopback
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ymxb-bench-")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    try:
+        context = ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                           logging_level=logging.WARNING, _temp_dir=temp_dir)
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def compare(hosts: int, devices: int, rounds: int, address: str = None) -> Tuple[List[Run], List[Run]]:
+    """`rounds` of the baseline and launch.py, alternating which goes first."""
+    base, ours = [], []
+    for i in range(rounds):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            if which == 0:
+                base.append(bare(hosts, devices))
+            else:
+                ours.append(launched(hosts, devices, address))
+    return base, ours
+
+
+def _phases(runs: List[Run]) -> str:
+    keys = list(dict.fromkeys(k for _, phases in runs for k in phases))
+    return " ".join(f"{k} {statistics.median(p.get(k, 0.0) for _, p in runs):.2f}" for k in keys)
+
+
+def report(shape: str, mode: str, base: List[Run], ours: List[Run]) -> str:
+    b, o = statistics.median(w for w, _ in base), statistics.median(w for w, _ in ours)
+    return "\n".join([
+        f"{shape:<5} {mode:<8}  bare {b:6.2f} s  launch.py {o:6.2f} s  {o / b:.2f}x bare",
+        "      bare:      " + " ".join(f"{w:.2f}" for w, _ in base),
+        "      launch.py: " + " ".join(f"{w:.2f}" for w, _ in ours),
+        f"      phases (median s), bare: {_phases(base)}",
+        f"      phases (median s), launch.py: {_phases(ours)}"])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hosts", type=int, default=4)
-    p.add_argument("--devices-per-host", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--shapes", default="4x2", help="HOSTSxDEVICES, comma-separated")
+    p.add_argument("--modes", default="cold,attached", help="cold and/or attached, comma-separated")
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
-    times = {"bare jax.distributed": [], "launch.py (embedded Ray)": []}
-    for _ in range(args.rounds):
-        times["bare jax.distributed"].append(bare(args.hosts, args.devices_per_host))
-        times["launch.py (embedded Ray)"].append(launched(args.hosts, args.devices_per_host))
-    base = statistics.median(times["bare jax.distributed"])
-    print(f"{args.hosts} hosts x {args.devices_per_host} devices, default training, {args.rounds} rounds")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:<26} median {med:6.2f} s  ({med / base:.2f}x bare)  runs: "
-              + " ".join(f"{t:.2f}" for t in ts))
+    shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
+    modes = args.modes.split(",")
+    print(f"default training, {args.rounds} alternating rounds per line, medians", flush=True)
+    if "cold" in modes:  # first: an attached run's cluster would share the machine with them
+        for hosts, devices in shapes:
+            print(report(f"{hosts}x{devices}", "cold", *compare(hosts, devices, args.rounds)), flush=True)
+    if "attached" in modes:
+        with running_cluster() as address:
+            for hosts, devices in shapes:
+                print(report(f"{hosts}x{devices}", "attached",
+                             *compare(hosts, devices, args.rounds, address)), flush=True)
 
 
 if __name__ == "__main__":

@@ -227,13 +227,16 @@ def _launch(argv: List[str]) -> int:
     if folder:
         _check_folder(folder, "checkpoints", "--resume" if args.resume else "--checkpoint-dir")
 
-    def show(outcome, out, wall_s):
+    def show(outcome, out, wall_s, phases):
         run = outcome.last_run
         if args.dump_data:
             x, y = data.global_dataset(trial, run.program.slice.hosts)
             with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
                 np.savez(f, x=x, y=y)
-        result = report.build(outcome.records[0], run, wall_s, outcome.restarts)
+        # Where the time went, in the order it passed.
+        phases = {"driver": phases["driver"], "ray_start": phases["ray_start"], **run.phases,
+                  "ray_stop": phases["ray_stop"]}
+        result = report.build(outcome.records[0], run, wall_s, phases, outcome.restarts)
         print(report.to_json(result) if args.json else report.summary(result), file=out, flush=True)
 
     with _checkpoint_folder(folder) as checkpoints:
@@ -275,7 +278,7 @@ def _sweep(argv: List[str]) -> int:
     todo = experiment.plan(trials, store)
     pending = len(todo.pending)
 
-    def show(outcome, out, wall_s):
+    def show(outcome, out, wall_s, phases):
         _show_results(outcome.records, folder, args.json, out, outcome.restarts)
 
     log = lambda line: print(line, file=sys.stderr, flush=True)
@@ -321,12 +324,14 @@ def _show_results(records, folder: str, as_json: bool, out, restarts=()) -> int:
 
 def _run(todo, address, store, progress, show, launch: bool = True, run: Optional[dict] = None) -> int:
     """Run the plan `todo` (`launch`: on a Ray cluster, else none is needed; `run`: more of
-    experiment.run's arguments), then `show(outcome, stdout, wall_s)`; return the exit code."""
+    experiment.run's arguments), then `show(outcome, stdout, wall_s, phases)` (phases: seconds
+    the driver took to get here, and Ray to come up and to go); return the exit code."""
     log = progress.log if progress else lambda line: print(line, file=sys.stderr, flush=True)
     started = time.perf_counter()
+    phases = {"driver": _process_age_s()}
     with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:
         try:
-            with ray_cluster(address, log) if launch else contextlib.nullcontext():
+            with ray_cluster(address, log) if launch else contextlib.nullcontext({}) as ray_phases:
                 outcome = experiment.run(todo, store, log, progress, **(run or {}))
         except HostFailure as err:
             log(f"launch.py: error: {err}")
@@ -337,8 +342,17 @@ def _run(todo, address, store, progress, show, launch: bool = True, run: Optiona
                 return EXIT_TERMINATED
             log("launch.py: interrupted; all hosts stopped")
             return EXIT_INTERRUPTED
-        show(outcome, out, time.perf_counter() - started)
+        show(outcome, out, time.perf_counter() - started, {**phases, **ray_phases})
     return EXIT_VERIFIED if all(r.verified for r in outcome.records) else EXIT_NOT_VERIFIED
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux: /proc), interpreter start-up included."""
+    with open("/proc/self/stat") as f:
+        started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime_s = float(f.read().split()[0])
+    return uptime_s - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ class ProgramRun:
     coordinator: str
     hosts: List[dict]
     train_s: float
-    phases: Dict[str, float]  # the slice's: start, initialize, train (all programs), shutdown
+    phases: Dict[str, float]  # the slice's: place, actors, initialize, train (all programs), shutdown, stop
 
 
 class WarmSlice:
@@ -122,10 +122,13 @@ class WarmSlice:
         spec = self.spec = self._reserve()
         if self.platform.note:
             self.log(self.platform.note)
+        self.phases["place"] = time.perf_counter() - start
+
+        start = time.perf_counter()
         self.hosts = _start_hosts(self.platform, spec)
         self.identities = _gather(self.hosts, [h.identity.remote() for h in self.hosts], "start",
                                   spec.timeout)
-        self.phases["start"] = time.perf_counter() - start
+        self.phases["actors"] = time.perf_counter() - start
 
         start = time.perf_counter()
         [self.coordinator] = _gather(self.hosts[:1], [self.hosts[0].coordinator_address.remote()],
@@ -157,7 +160,9 @@ class WarmSlice:
 
     def _stop(self) -> None:
         if self.platform is not None:
+            start = time.perf_counter()
             _stop(self.hosts, self.platform, self.identities)
+            self.phases["stop"] = time.perf_counter() - start
 
 
 def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:
@@ -168,8 +173,9 @@ def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:
     env[PLATFORM_ENV] = platform.name
     # Two threads per actor: `progress` must answer while `train` runs.
     actor = ray.remote(max_concurrency=2, max_restarts=0)(Host)
-    return [actor.options(runtime_env={"env_vars": env}, **platform.host_options(i)).remote(i)
-            for i in range(spec.hosts)]
+    # The environment goes as an argument, not as a runtime_env: an actor with an environment
+    # of its own cannot take one of the workers Ray has already started.
+    return [actor.options(**platform.host_options(i)).remote(i, env) for i in range(spec.hosts)]
 
 
 def _gather(hosts: List, refs: List, phase: str, timeout: float,

@@ -5,6 +5,15 @@ An embedded cluster keeps Ray's token authentication on (the default since 2.50;
 token from, or writes it to, ~/.ray/auth_token), keeps its files in a folder of its own
 (removed after a clean run, kept and named after a failure: its logs say what happened), and
 is watched by a reaper process (reaper.py) that kills whatever of it outlives the driver.
+
+An embedded head is the one `ray.init(include_dashboard=False)` starts (GCS, raylet, dashboard
+and runtime-env agents), less three processes a one-node simulation has no use for: the
+autoscaler's monitor (nothing to scale; it also takes 1 s to stop), the log monitor (it streams
+the workers' output to drivers, and ours asks for none) and the API server (without the
+dashboard its one module reports usage stats, which are off). Each is a Python process that
+takes 1-2 s of CPU to start, on the cores the hosts need; the node starts its raylet only once
+the API server is up. Without an API server, the dashboard agent's event reporter, which looks
+for one, logs "Get dashboard http address failed" once a second in its log: expected.
 """
 
 import contextlib
@@ -14,7 +23,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import Optional
+import time
+from typing import Dict, Optional
 
 from ymxb import reaper as reaper_script
 from ymxb.errors import HostFailure, UsageError
@@ -26,31 +36,40 @@ PROBE_S = 5.0
 TEMP_PREFIX = "ymxb-"
 # How long the reaper may take to tidy up after a clean run.
 REAPER_WAIT_S = 15.0
-# An embedded cluster listens on loopback only. Ray binds every server (GCS, raylet, workers,
-# agents, metrics) to all interfaces unless its node address is 127.0.0.1, and it keeps that
-# address only where this variable turns multi-node clusters off (ray_constants.py). The two
-# metrics ports are otherwise fixed, and two embedded runs at once would fight over them.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DASHBOARD_METRIC_PORT": "0",
-                "AUTOSCALER_METRIC_PORT": "0"}
+# The environment of an embedded cluster's processes. Loopback only: Ray binds every server
+# (GCS, raylet, workers, agents, metrics) to all interfaces unless its node address is
+# 127.0.0.1, and it keeps that address only where the first variable turns multi-node clusters
+# off (ray_constants.py). The dashboard's metrics port is otherwise fixed, and two embedded runs
+# at once would fight over it. Usage stats off, as ray.init() turns them off for a cluster of
+# its own.
+EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DASHBOARD_METRIC_PORT": "0",
+                "RAY_USAGE_STATS_ENABLED": "0"}
+# The embedded head's settings that differ from ray.init()'s (see above). The dashboard
+# agent's HTTP port is otherwise fixed (52365): while another Ray on this machine holds it, the
+# agent retries for 3.5 s, and the raylet waits for the agent before the node comes up.
+HEAD_PARAMS = {"no_monitor": True, "include_log_monitor": False, "dashboard_agent_listen_port": 0}
+# Ray starts its workers at nice 15, below every other process on the machine; the hosts are
+# the work of a simulation, so they run at 0, as the processes of a bare run do.
+HEAD_CONFIG = {"worker_niceness": 0}
 
 
 @contextlib.contextmanager
 def ray_cluster(address: Optional[str], log=lambda line: None):
     """Join the Ray cluster at `address`, else start an embedded one that ends with us.
 
+    Yields a dict that gets the seconds taken to bring Ray up and connect ("ray_start") and,
+    once the block is left, to disconnect and bring it down ("ray_stop").
     An embedded run that ends in an exception other than an interrupt (a host failed) keeps
     its Ray folder, and `log` gets where its logs are.
     """
-    if address:
-        with _joined(address):
-            yield
-        return
-    with _embedded(log):
-        yield
+    phases: Dict[str, float] = {}
+    with _joined(address, phases) if address else _embedded(log, phases):
+        yield phases
 
 
 @contextlib.contextmanager
-def _joined(address: str):
+def _joined(address: str, phases: Dict[str, float]):
+    started = time.perf_counter()
     auth = probe(address)
     if auth == "token" and "ray" not in sys.modules:
         # A token cluster: the client must say so before Ray is imported (ray caches the mode).
@@ -62,15 +81,19 @@ def _joined(address: str):
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
         raise HostFailure(f"could not join the Ray cluster at {address}: {_first_line(err)}") from None
+    phases["ray_start"] = time.perf_counter() - started
     try:
         yield
     finally:
+        started = time.perf_counter()
         ray.shutdown()
+        phases["ray_stop"] = time.perf_counter() - started
 
 
 @contextlib.contextmanager
-def _embedded(log):
-    os.environ.update(LOOPBACK_ENV)  # read by the processes Ray starts
+def _embedded(log, phases: Dict[str, float]):
+    started = time.perf_counter()
+    os.environ.update(EMBEDDED_ENV)  # read by the processes Ray starts
     import ray
     from ray._private import ray_constants
 
@@ -79,17 +102,18 @@ def _embedded(log):
     temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
     reaper = subprocess.Popen([sys.executable, reaper_script.__file__, str(os.getpid()), temp_dir],
                               stdin=subprocess.PIPE)
-    clean = False
+    clean, head = False, None
     try:
         # Ray warns on every start that token auth is on; we chose it (see above): no warning.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         try:
-            # "local": never join some other running cluster.
             with _signals_kept():
-                ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False, _temp_dir=temp_dir)
+                head = _start_head(temp_dir)
+                # The head's own address: never some other running cluster.
+                ray.init(address=head.address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
             raise HostFailure(f"could not start an embedded Ray: {_first_line(err)}") from None
+        phases["ray_start"] = time.perf_counter() - started
         try:
             yield
             clean = True
@@ -97,11 +121,34 @@ def _embedded(log):
             clean = True
             raise
         finally:
+            started = time.perf_counter()
             ray.shutdown()
     finally:
+        if head is not None:
+            head.kill_all_processes(check_alive=False, allow_graceful=True)
         _dismiss(reaper, clean)
+        if "ray_start" in phases:
+            phases["ray_stop"] = time.perf_counter() - started
         if not clean:
             log(f"launch.py: Ray's logs of this run are kept in {temp_dir}/session_latest/logs")
+
+
+def _start_head(temp_dir: str):
+    """Start a Ray head node on this machine, as ray.init() starts a cluster of its own (token
+    auth on by default, the token made if missing), with HEAD_PARAMS and HEAD_CONFIG."""
+    from ray._private.authentication import authentication_token_setup as auth
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    auth.enable_token_auth_by_default()
+    auth.ensure_token_if_auth_enabled(HEAD_CONFIG, create_token_if_missing=True)
+    params = RayParams(temp_dir=temp_dir, _system_config=HEAD_CONFIG, **HEAD_PARAMS)
+
+    class Head(Node):
+        def start_api_server(self, **options):
+            """Not started (see the module's docstring)."""
+
+    return Head(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
 
 
 @contextlib.contextmanager

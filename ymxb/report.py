@@ -4,7 +4,7 @@ or one JSON document."""
 import dataclasses
 import json
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -16,9 +16,11 @@ HOST_KEYS = ("process_index", "process_count", "hostname", "node_ip", "node_id",
              "first_call_s")
 
 
-def build(record: TrialRecord, run, wall_s: float, restarts=()) -> Dict:
-    """The report of a one-trial run (launcher.ProgramRun `run`) judged as `record`, with the
-    restarts it took (supervisor.Restart)."""
+def build(record: TrialRecord, run, wall_s: float, phases: Optional[Dict[str, float]] = None,
+          restarts=()) -> Dict:
+    """The report of a one-trial run (launcher.ProgramRun `run`) judged as `record`; `phases`:
+    where its wall time went, in seconds (default: the slice's own, `run.phases`); the restarts
+    it took (supervisor.Restart)."""
     cfg = record.config
     report = {
         "config": cfg,
@@ -32,7 +34,7 @@ def build(record: TrialRecord, run, wall_s: float, restarts=()) -> Dict:
         "tol": cfg["tol"],
         "checks": record.checks,
         "verified": record.verified,
-        "phases_s": dict(run.phases),
+        "phases_s": run.phases if phases is None else phases,
         "restarts": [dataclasses.asdict(r) for r in restarts],
         "wall_s": wall_s,
     }
