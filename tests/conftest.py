@@ -54,4 +54,4 @@ def run_one(log=lambda line: None, **settings):
     recovery = Recovery(**{k: settings.pop(k) for k in Recovery.fields() if k in settings})
     outcome = experiment.run(experiment.plan([(spec, TrialSpec(**settings))], None), None, log,
                              recovery=recovery)
-    return outcome.last_run, report.build(outcome.records[0], outcome.last_run, 0.0, outcome.restarts)
+    return outcome.last_run, report.build(outcome.records[0], outcome.last_run, 0.0, restarts=outcome.restarts)
