@@ -39,11 +39,8 @@ REAPER_WAIT_S = 15.0
 # The environment of an embedded cluster's processes. Loopback only: Ray binds every server
 # (GCS, raylet, workers, agents, metrics) to all interfaces unless its node address is
 # 127.0.0.1, and it keeps that address only where the first variable turns multi-node clusters
-# off (ray_constants.py). The dashboard's metrics port is otherwise fixed, and two embedded runs
-# at once would fight over it. Usage stats off, as ray.init() turns them off for a cluster of
-# its own.
-EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DASHBOARD_METRIC_PORT": "0",
-                "RAY_USAGE_STATS_ENABLED": "0"}
+# off (ray_constants.py). Usage stats off, as ray.init() turns them off for a cluster of its own.
+EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # The embedded head's settings that differ from ray.init()'s (see above). The dashboard
 # agent's HTTP port is otherwise fixed (52365): while another Ray on this machine holds it, the
 # agent retries for 3.5 s, and the raylet waits for the agent before the node comes up.
