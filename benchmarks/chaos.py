@@ -86,7 +86,8 @@ def main():
     for i in range(args.runs):
         if i and i % 5 == 0:
             clean_runs.append(run(flags, args.hosts))
-        chaos.append(run(flags, args.hosts, kill_within_s=train_s, rng=rng))
+        # Within the first 80% of training (a clean run's), so that the kill lands before it ends.
+        chaos.append(run(flags, args.hosts, kill_within_s=0.8 * train_s, rng=rng))
         r = chaos[-1]
         restarts = r["report"]["restarts"] if r["report"] else []
         print(f"run {i + 1:>2}: exit {r['code']}, killed pid {r['killed']}, "
