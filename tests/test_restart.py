@@ -39,9 +39,12 @@ class Run:
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
-        self.lines = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
-        self.reader.start()
+        # Both pipes read as they fill, each by a thread of its own (a full pipe blocks the run).
+        self.lines, self.out = [], []
+        self.readers = [threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True),
+                        threading.Thread(target=lambda: self.out.append(self.proc.stdout.read()), daemon=True)]
+        for reader in self.readers:
+            reader.start()
 
     def host_pids(self, attempt: int, hosts: int = 2, within_s: float = 120) -> list:
         """The host pids of the `attempt`-th slice (1: the first), once all have said who they are."""
@@ -57,9 +60,10 @@ class Run:
         raise AssertionError(f"slice {attempt} did not come up: {''.join(self.lines)}")
 
     def finish(self, timeout: float = 240):
-        out, _ = self.proc.communicate(timeout=timeout)
-        self.reader.join(timeout=10)
-        return self.proc.returncode, out, "".join(self.lines)
+        self.proc.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout=30)
+        return self.proc.returncode, "".join(self.out), "".join(self.lines)
 
 
 def _checkpoint_past(folder: str, step: int, within_s: float = 120) -> int:
