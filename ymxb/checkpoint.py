@@ -13,6 +13,7 @@ so far. The hosts keep the tree's structure; the driver never imports JAX.
 """
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -47,6 +48,11 @@ def name_of(program) -> str:
     """A file name for the program's checkpoint, the same whenever the program is the same."""
     digest = hashlib.sha256(json.dumps(program_config(program), sort_keys=True).encode()).hexdigest()
     return digest[:16] + SUFFIX
+
+
+def files(folder: str) -> List[str]:
+    """The checkpoint files in `folder`, oldest first."""
+    return sorted(glob.glob(os.path.join(folder, "*" + SUFFIX)), key=os.path.getmtime)
 
 
 def write(path: str, ckpt: Checkpoint) -> None:

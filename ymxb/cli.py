@@ -12,7 +12,6 @@ Exit codes: 0 verified (every trial), 1 trained but not verified (a result, not 
 import argparse
 import contextlib
 import dataclasses
-import glob
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from ymxb import checkpoint, config, data, experiment, report, results, sweep as
 from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
 from ymxb.ray_cluster import ray_cluster
+from ymxb.reaper import _start_time
 from ymxb.results import Store
 
 EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_FAILED = 0, 1, 2
@@ -147,9 +147,8 @@ def parse(argv: List[str], prog: str = "launch.py"):
     """Flags -> (SliceSpec, TrialSpec, the other options). Raises UsageError on bad input."""
     args = _parser(prog).parse_args(argv)
     args.address = _address(args.address)
-    args.recovery = Recovery(**{f: getattr(args, f) for f in Recovery.fields()})
-    spec = SliceSpec(**{f: getattr(args, f) for f in SliceSpec.fields()})
-    return spec, TrialSpec(**{f: getattr(args, f) for f in TrialSpec.fields()}), args
+    args.recovery = Recovery.of(args)
+    return SliceSpec.of(args), TrialSpec.of(args), args
 
 
 def _address(given: Optional[str]) -> Optional[str]:
@@ -252,7 +251,7 @@ def _checkpoint_folder(given: Optional[str]):
     try:
         yield folder
     finally:
-        if glob.glob(os.path.join(folder, "*" + checkpoint.SUFFIX)):
+        if checkpoint.files(folder):
             print(f"launch.py: the run's checkpoint is kept in {folder}; `launch.py --resume {folder}` "
                   f"with the same flags continues it", file=sys.stderr, flush=True)
         elif not given:
@@ -286,7 +285,7 @@ def _sweep(argv: List[str]) -> int:
         log(f"launch.py: all {len(trials)} trials of {args.file} are recorded in {store.path}; "
             f"nothing to run (--fresh runs them again)")
     progress = experiment.Progress(len(trials), len(trials) - pending)
-    recovery = Recovery(**{f: getattr(args, f) for f in Recovery.fields()})
+    recovery = Recovery.of(args)
     checkpoints = os.path.join(folder, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     try:
@@ -348,8 +347,7 @@ def _run(todo, address, store, progress, show, launch: bool = True, run: Optiona
 
 def _process_age_s() -> float:
     """Seconds since this process started (Linux: /proc), interpreter start-up included."""
-    with open("/proc/self/stat") as f:
-        started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    started_ticks = int(_start_time(os.getpid()))
     with open("/proc/uptime") as f:
         uptime_s = float(f.read().split()[0])
     return uptime_s - started_ticks / os.sysconf("SC_CLK_TCK")

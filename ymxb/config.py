@@ -27,7 +27,7 @@ MAX_DATA_SCALE = 1e18  # |y| up to this keeps the squared error within float32
 
 
 class _Spec:
-    """What both specs share: a field's flag name, replace, and the fields as a dict."""
+    """What every spec shares: replace, its fields (as names and as a dict), made from flags."""
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -38,6 +38,11 @@ class _Spec:
     @classmethod
     def fields(cls) -> Tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def of(cls, source):
+        """The spec made of `source`'s attributes of the same names (parsed flags)."""
+        return cls(**{f: getattr(source, f) for f in cls.fields()})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,6 @@ slice (placed and initialised once) runs its programs one after another.
 """
 
 import dataclasses
-import glob
 import os
 import sys
 import time
@@ -121,7 +120,7 @@ def resume_point(folder: str, program: Program, required: bool) -> Optional[chec
     ckpt = checkpoint.read(os.path.join(folder, checkpoint.name_of(program)))
     if ckpt or not required:
         return ckpt
-    others = sorted(glob.glob(os.path.join(folder, "*" + checkpoint.SUFFIX)), key=os.path.getmtime)
+    others = checkpoint.files(folder)
     if not others:
         raise UsageError(f"--resume {folder}: it holds no checkpoint (the run it was given to "
                          f"finished, or never got to its first checkpoint)")

@@ -21,7 +21,7 @@ from ymxb import checkpoint
 from ymxb.checkpoint import Checkpoint
 from ymxb.config import Program, Recovery, SliceSpec
 from ymxb.errors import HostFailure
-from ymxb.launcher import ProgramRun, WarmSlice
+from ymxb.launcher import ProgramRun, WarmSlice, _host_name
 
 STDERR_LINES = 8  # of a failed host's stderr, shown with its failure
 
@@ -116,7 +116,7 @@ class Supervisor:
             failure.host < len(warm.identities) else {}
         lines = stderr_tail(ident)
         if lines:
-            self.log(f"launch.py: the last lines {_who(failure, ident)} wrote to stderr:")
+            self.log(f"launch.py: the last lines {_host_name(failure.host, warm.identities)} wrote to stderr:")
             for line in lines:
                 self.log(f"  | {line}")
         if failure.cause is None:
@@ -139,7 +139,7 @@ class Supervisor:
             steps_redone=max(0, reached - resumed)))
         self._lost_since = lost_since
         self.log(f"launch.py: {failure}")
-        self.log(f"launch.py: {_who(failure, ident)} {failure.cause}; restarting the slice "
+        self.log(f"launch.py: {_host_name(failure.host, warm.identities)} {failure.cause}; restarting the slice "
                  f"({'preemption' if preempted else 'restart'} {used + 1} of {budget}), "
                  f"training from step {resumed}")
 
@@ -147,13 +147,6 @@ class Supervisor:
         """The last restart's loss ends now (training goes on, or the next failure came)."""
         if self.restarts and self.restarts[-1].lost_s is None:
             self.restarts[-1].lost_s = time.time() - self._lost_since
-
-
-def _who(failure: HostFailure, ident: dict) -> str:
-    if failure.host is None:
-        return "the slice"
-    where = f" ({ident['node_ip']} pid {ident['pid']})" if ident else ""
-    return f"host {failure.host}{where}"
 
 
 def stderr_tail(ident: dict, lines: int = STDERR_LINES) -> List[str]:

@@ -84,11 +84,8 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
 
 def _piece(trainer: steps.Trainer, state, step: int, chunks) -> dict:
     """This host's share of the state after `step` steps, each entry once (see train_stream)."""
-    local = trainer.local(state)
-    entries = np.concatenate([e for _, e, _ in local])
-    leaves = [np.concatenate(parts) for parts in zip(*(jax.tree.leaves(tree) for _, _, tree in local))]
-    entries, first = np.unique(entries, return_index=True)
-    return {"step": step, "entries": entries, "leaves": [leaf[first] for leaf in leaves],
+    entries, state = _first_copy(trainer.local(state))
+    return {"step": step, "entries": entries, "leaves": jax.tree.leaves(state),
             "losses": np.concatenate([losses for _, losses in chunks], axis=1)}
 
 
@@ -107,8 +104,10 @@ def _rows(program: Program, final, init) -> dict:
 
 
 def _first_copy(local) -> tuple:
-    """(entries, losses) with each entry once: one-model trials have a copy on every device."""
+    """(entries, tree) from Trainer.local's per-device trees, each entry once, in entry order:
+    one-model trials have a copy on every device."""
     entries = np.concatenate([e for _, e, _ in local])
-    losses = np.concatenate([np.asarray(v) for _, _, v in local])
     entries, first = np.unique(entries, return_index=True)
-    return entries, losses[first]
+    tree = jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts])[first],
+                        *(t for _, _, t in local))
+    return entries, tree
