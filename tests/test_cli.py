@@ -15,6 +15,7 @@ BAD_INPUT = [
     (["--hosts", "-2"], "--hosts must be a positive integer"),
     (["--hosts", "two"], "argument --hosts: invalid int value"),
     (["--devices-per-host", "0"], "--devices-per-host must be a positive integer"),
+    (["--slices", "0"], "--slices must be a positive integer"),
     (["--samples-per-host", "0"], "--samples-per-host must be a positive integer"),
     (["--steps", "-1"], "--steps must be a positive integer"),
     (["--lr", "0"], "--lr must be a positive finite number"),
@@ -56,7 +57,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
 def test_help_explains_every_flag():
     result = launch("--help")
     assert result.returncode == 0
-    for flag in ("--hosts", "--devices-per-host", "--samples-per-host", "--true-m", "--true-b",
+    for flag in ("--hosts", "--slices", "--devices-per-host", "--samples-per-host", "--true-m", "--true-b",
                  "--noise", "--seed", "--lr", "--steps", "--tol", "--timeout", "--address",
                  "--json", "--dump-data", "Exit codes"):
         assert flag in result.stdout

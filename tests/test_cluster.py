@@ -2,8 +2,9 @@
 nodes with the resources, labels and environment real TPU VMs and GPU nodes register.
 
 Layout: a CPU-only head; TPU slice "slice-a" (v4-32, 4 hosts); TPU slice "slice-b" (v4-16,
-2 hosts); "slice-c" (v5litepod-16, 4 hosts) of which only worker 0 is up; two GPU nodes with 2
-GPUs each. Hosts train on CPU devices (test-only override).
+2 hosts); "slice-c" (v5litepod-16, 4 hosts) of which only worker 0 is up; three v5p-16 slices
+"ms-0", "ms-1", "ms-2" (2 hosts each) for multislice runs; two GPU nodes with 2 GPUs each. Hosts
+train on CPU devices (test-only override).
 """
 
 import json
@@ -22,8 +23,10 @@ from ymxb.errors import HostFailure, UsageError
 
 # name: (pod type, topology, hosts up, accelerator type)
 SLICES = {"slice-a": ("v4-32", "2x2x4", 4, "TPU-V4"), "slice-b": ("v4-16", "2x2x2", 2, "TPU-V4"),
-          "slice-c": ("v5litepod-16", "4x4", 1, "TPU-V5LITEPOD")}
-EXISTS = ("slice-a (v4-32, 2x2x4, 4 hosts); slice-b (v4-16, 2x2x2, 2 hosts); "
+          "slice-c": ("v5litepod-16", "4x4", 1, "TPU-V5LITEPOD"),
+          **{f"ms-{i}": ("v5p-16", "2x2x2", 2, "TPU-V5P") for i in range(3)}}
+EXISTS = ("ms-0 (v5p-16, 2x2x2, 2 hosts); ms-1 (v5p-16, 2x2x2, 2 hosts); ms-2 (v5p-16, 2x2x2, 2 hosts); "
+          "slice-a (v4-32, 2x2x4, 4 hosts); slice-b (v4-16, 2x2x2, 2 hosts); "
           "slice-c (v5litepod-16, 4x4, 4 hosts, only 1 up)")
 SMALL = dict(samples_per_host=256, steps=200, timeout=60)
 
@@ -75,19 +78,15 @@ def cpu_devices(monkeypatch):
     monkeypatch.setenv(platforms.TEST_CPU_DEVICES_ENV, "2")
 
 
-@pytest.mark.parametrize("tpu_type,slice_name", [("v4-32", "slice-a"), ("v4-16", "slice-b")])
-def test_tpu_run_places_one_host_per_tpu_vm_of_one_slice_in_worker_order(cluster, cpu_devices, tpu_type, slice_name):
-    run, rep = run_one(platform="tpu", tpu_type=tpu_type, **SMALL)
+@pytest.mark.parametrize("choice,slice_name", [(dict(tpu_type="v4-16"), "slice-b"),
+                                               (dict(tpu_topology="2x2x4"), "slice-a")])  # only v4-32's
+def test_tpu_run_places_one_host_per_tpu_vm_of_one_slice_in_worker_order(cluster, cpu_devices, choice, slice_name):
+    run, rep = run_one(platform="tpu", **choice, **SMALL)
     hosts = SLICES[slice_name][2]
     assert run.platform == "tpu" and run.program.slice.hosts == hosts
     # Process i runs on tpu-worker-id i of the chosen slice; nothing on the head or elsewhere.
     assert [h["node_id"] for h in run.hosts] == [cluster[(slice_name, w)] for w in range(hosts)]
     assert rep["verified"], rep["checks"]
-
-
-def test_tpu_slice_by_topology(cluster, cpu_devices):
-    run, _ = run_one(platform="tpu", tpu_topology="2x2x2", **SMALL)
-    assert [h["node_id"] for h in run.hosts] == [cluster[("slice-b", w)] for w in range(2)]
 
 
 def test_tpu_with_two_kinds_of_slice_must_be_told_which(cluster):
@@ -98,8 +97,8 @@ def test_tpu_with_two_kinds_of_slice_must_be_told_which(cluster):
 
 def test_tpu_slice_that_is_not_there_names_what_exists(cluster):
     started = time.monotonic()
-    with pytest.raises(HostFailure, match=re.escape(f"no TPU slice matches --tpu-type v5p; the cluster has: {EXISTS}")):
-        run_one(platform="tpu", tpu_type="v5p", **SMALL)
+    with pytest.raises(HostFailure, match=re.escape(f"no TPU slice matches --tpu-type v6e; the cluster has: {EXISTS}")):
+        run_one(platform="tpu", tpu_type="v6e", **SMALL)
     assert time.monotonic() - started < 10
 
 
@@ -143,17 +142,56 @@ def test_launch_py_on_the_two_slice_cluster(cluster, cluster_address):
     assert rep["verified"] and [h["node_id"] for h in rep["hosts"]] == [cluster[("slice-b", w)] for w in range(2)]
 
     started = time.monotonic()
-    result = launch("--address", cluster_address, "--platform", "tpu", "--tpu-type", "v5p", "--timeout", 10)
+    result = launch("--address", cluster_address, "--platform", "tpu", "--tpu-type", "v6e", "--timeout", 10)
     assert time.monotonic() - started < 30
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"launch.py: error: no TPU slice matches --tpu-type v5p; the cluster has: {EXISTS}")
+        f"launch.py: error: no TPU slice matches --tpu-type v6e; the cluster has: {EXISTS}")
 
 
 def test_a_slice_with_hosts_missing_is_named_not_used(cluster):
     with pytest.raises(HostFailure, match=re.escape(
             f"no whole TPU slice matches --tpu-type v5litepod-16: {EXISTS}; wait for the missing hosts")):
         run_one(platform="tpu", tpu_type="v5litepod-16", **SMALL)
+
+
+@pytest.mark.parametrize("slices,parallel", [(2, "pmap"), (3, "sharding")])
+def test_multislice_places_whole_slices_slice_major_and_each_host_gets_its_slice_env(cluster, cpu_devices, slices, parallel):
+    run, rep = run_one(platform="tpu", tpu_type="v5p-16", slices=slices, parallel=parallel,
+                       ensemble=2 * slices, **SMALL)
+    assert rep["verified"], rep["checks"]
+    assert rep["config"]["slices"] == slices and len(run.hosts) == 2 * slices
+    # Host i is worker i % 2 of the (i // 2)-th slice Ray reserved: whole slices, each once.
+    where = {node: key for key, node in cluster.items()}
+    placed = [where[h["node_id"]] for h in run.hosts]
+    names = [name for name, _ in placed[::2]]
+    assert len(set(names)) == slices and {n[:3] for n in names} == {"ms-"}
+    assert placed == [(name, worker) for name in names for worker in (0, 1)]
+    # What each host's process saw (returned by the host itself, not made by the driver).
+    coordinator = run.hosts[0]["node_ip"]
+    for i, h in enumerate(run.hosts):
+        assert h["slice"] == i // 2
+        assert h["megascale"] == {"MEGASCALE_COORDINATOR_ADDRESS": coordinator, "MEGASCALE_PORT": "8081",
+                                  "MEGASCALE_NUM_SLICES": str(slices), "MEGASCALE_SLICE_ID": str(i // 2)}
+        assert h["collective_axes"] == [slices, 4] and h["collective_devices"] == 4 * slices
+    # An ensemble of 2 per slice: every member once, split over the devices of every slice.
+    assert sorted(m["index"] for m in rep["members"]) == list(range(2 * slices))
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(tpu_type="v5p-16", slices=4), f"--slices 4, but the cluster has 3 whole v5p-16 slices: {EXISTS}"),
+    (dict(tpu_type="v4-16", slices=2), f"--slices 2, but the cluster has 1 whole v4-16 slice: {EXISTS}"),
+])
+def test_fewer_whole_slices_than_asked_is_refused_naming_what_exists(cluster, settings, message):
+    started = time.monotonic()
+    with pytest.raises(HostFailure, match=re.escape(message)):
+        run_one(platform="tpu", **settings, **SMALL)
+    assert time.monotonic() - started < 10
+
+
+def test_gpu_nodes_take_no_slices(cluster):
+    with pytest.raises(UsageError, match=r"--slices 2 is for TPU slices .*the mesh is nodes x GPUs"):
+        run_one(platform="gpu", slices=2, **SMALL)
 
 
 def test_a_preempted_host_waits_for_its_node_and_the_run_goes_on(pretend, cpu_devices):

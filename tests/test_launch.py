@@ -25,14 +25,16 @@ def _pids_using(folder: str):
 def test_json_run_is_verified_and_independently_checkable(tmp_path):
     dump = tmp_path / "d.npz"
     ray_tmp = tempfile.mkdtemp(prefix="t-", dir="/tmp")  # short: Ray's socket paths live under it
+    # A stale multislice variable in the environment (hosts inherit it) is not passed on.
     result = launch("--hosts", 3, "--devices-per-host", 2, "--json", "--dump-data", dump,
-                    env={"TMPDIR": ray_tmp})
+                    env={"TMPDIR": ray_tmp, "MEGASCALE_NUM_SLICES": "4"})
     assert os.listdir(ray_tmp) == []  # a clean run removes its Ray folder
     os.rmdir(ray_tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     rep = json.loads(result.stdout)
     assert rep["verified"] is True and len(rep["hosts"]) == 3
     assert {h["global_devices"] for h in rep["hosts"]} == {6}
+    assert [h["megascale"] for h in rep["hosts"]] == [{}] * 3 and rep["config"]["slices"] == 1
     assert {(h["params"]["m"], h["params"]["b"]) for h in rep["hosts"]} == {
         (rep["hosts"][0]["params"]["m"], rep["hosts"][0]["params"]["b"])}
     assert all(len(h["loss_history"]) == rep["config"]["steps"] for h in rep["hosts"])

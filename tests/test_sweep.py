@@ -48,6 +48,9 @@ def test_shapes_in_the_grid_are_slices_and_1e_numbers_are_numbers(tmp_path):
     loaded = sweep.load(_write(tmp_path, {"grid": {"hosts": [1, 2], "lr": ["1e-2", 0.1]}}))
     assert [(s.hosts, t.lr) for s, t in loaded.trials] == [(1, 0.01), (1, 0.1), (2, 0.01), (2, 0.1)]
     assert len(sweep.programs(list(loaded.trials))) == 2  # one per slice shape
+    loaded = sweep.load(_write(tmp_path, {"slice": {"hosts": 2}, "grid": {"slices": [1, 2]}}))
+    assert [(s.slices, s.hosts) for s, _ in loaded.trials] == [(1, 2), (2, 2)]
+    assert len(sweep.programs(list(loaded.trials))) == 2
 
 
 def test_a_trial_id_covers_what_it_computes_and_nothing_else():
@@ -56,6 +59,9 @@ def test_a_trial_id_covers_what_it_computes_and_nothing_else():
     assert results.trial_id(spec, trial) == same
     assert results.trial_id(spec, trial.replace(lr=0.2)) != same
     assert results.trial_id(spec.replace(hosts=4), trial) != same
+    assert results.trial_id(spec.replace(slices=2), trial) != same
+    # One slice leaves `slices` out: a trial's id is the one it had before --slices existed.
+    assert results.trial_id(spec, trial) == "fd07fad9aef9"  # made before --slices
 
 
 BAD_SWEEPS = [

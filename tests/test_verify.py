@@ -3,6 +3,7 @@ import math
 import numpy as np
 
 from ymxb import verify
+from ymxb.config import SliceSpec
 
 
 def test_normal_equation_matches_lstsq():
@@ -42,17 +43,39 @@ def test_replicas_must_be_identical():
     assert not check.ok and "host 1 device 3" in check.detail
 
 
-def _identity(i, local=2, global_=4, collective=4):
-    return {"process_index": i, "local_devices": local, "global_devices": global_,
-            "collective_devices": collective}
+def _identity(i, local=2, global_=4, collective=4, axes=(1, 4), megascale=None):
+    return {"process_index": i, "node_ip": "10.0.0.1", "local_devices": local, "global_devices": global_,
+            "collective_devices": collective, "collective_axes": list(axes), "megascale": megascale or {}}
 
 
 def test_participation_needs_every_host_and_device():
-    assert verify.check_participation([_identity(0), _identity(1)], 2, 2).ok
-    missing = verify.check_participation([_identity(0), _identity(0)], 2, 2)
+    one = SliceSpec(hosts=2, devices_per_host=2)
+    assert verify.check_participation([_identity(0), _identity(1)], one).ok
+    missing = verify.check_participation([_identity(0), _identity(0)], one)
     assert not missing.ok and "expected 0..1" in missing.detail
-    short = verify.check_participation([_identity(0), _identity(1, collective=2)], 2, 2)
+    short = verify.check_participation([_identity(0), _identity(1, collective=2)], one)
     assert not short.ok and "host 1" in short.detail
+    stale = verify.check_participation([_identity(0), _identity(1, megascale={"MEGASCALE_SLICE_ID": "1"})], one)
+    assert not stale.ok and "host 1 ran with {'MEGASCALE_SLICE_ID': '1'}, expected none (one slice)" in stale.detail
+
+
+def test_participation_of_two_slices_needs_each_axis_and_each_hosts_slice():
+    two = SliceSpec(slices=2, hosts=1, devices_per_host=2)
+
+    def env(slice_id, slices=2):
+        return {"MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.1", "MEGASCALE_PORT": "8081",
+                "MEGASCALE_NUM_SLICES": str(slices), "MEGASCALE_SLICE_ID": str(slice_id)}
+
+    good = [_identity(i, axes=(2, 2), megascale=env(i)) for i in range(2)]
+    check = verify.check_participation(good, two)
+    assert check.ok and "2 slices x 1 hosts, 4 devices; psums over the mesh's axes counted 2 x 2" in check.detail
+    one_axis = [_identity(0, axes=(1, 4), megascale=env(0)), good[1]]
+    assert "host 0 saw" in verify.check_participation(one_axis, two).detail
+    wrong_slice = [good[0], _identity(1, axes=(2, 2), megascale=env(0))]
+    check = verify.check_participation(wrong_slice, two)
+    assert not check.ok and "host 1 ran with" in check.detail and "'MEGASCALE_SLICE_ID': '1'" in check.detail
+    stale_count = [good[0], _identity(1, axes=(2, 2), megascale=env(1, slices=3))]
+    assert not verify.check_participation(stale_count, two).ok
 
 
 def test_members_once_each_and_distinct_at_init():

@@ -19,7 +19,7 @@ F32, F64 = 4, 8
 
 def needed(program: Program) -> Dict[str, int]:
     """Bytes a program needs on this machine, by what drives them (a flag, or the group size)."""
-    cfg, n, k = program.trial, program.slice.hosts, program.slice.devices_per_host
+    cfg, n, k = program.trial, program.slice.processes, program.slice.devices_per_host
     s, g, e = cfg.samples_per_host, cfg.global_samples(n), program.padded_entries
     # Each host generates its shard in float64 and keeps it in float32; the driver rebuilds all.
     data = n * s * (4 * F64 + 4 * F32) + g * (2 * F32 + 4 * F64)

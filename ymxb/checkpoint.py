@@ -40,7 +40,8 @@ class Checkpoint:
 
 def program_config(program) -> Dict:
     """The settings that decide a program's training, as JSON-able values."""
-    return {"slice": {"hosts": program.slice.hosts, "devices_per_host": program.slice.devices_per_host},
+    shape = program.slice
+    return {"slice": {"slices": shape.slices, "hosts": shape.hosts, "devices_per_host": shape.devices_per_host},
             "trial": program.trial.asdict(), "lrs": list(program.lrs), "seeds": list(program.seeds)}
 
 

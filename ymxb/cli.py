@@ -69,8 +69,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     d, t = SLICE, TRIAL
     g = p.add_argument_group("slice")
     g.add_argument("--hosts", type=int, metavar="N", default=d.hosts,
-                   help="hosts (JAX processes), one Ray actor each; default: cpu-sim 4, tpu the "
-                        "slice's hosts, gpu every GPU node")
+                   help="hosts (JAX processes) of each slice, one Ray actor each; default: cpu-sim 4, "
+                        "tpu the slice's hosts, gpu every GPU node")
+    g.add_argument("--slices", type=int, metavar="N", default=d.slices,
+                   help="multislice: N whole slices of one kind in one JAX program (tpu; cpu-sim "
+                        "simulates them); the mesh is slices x devices, every host gets its "
+                        "MEGASCALE_* environment")
     g.add_argument("--devices-per-host", type=int, metavar="K", default=d.devices_per_host,
                    help="local devices per host; default: cpu-sim 2 (simulated CPU devices), tpu the "
                         "host's chips, gpu the node's GPUs")
@@ -229,7 +233,7 @@ def _launch(argv: List[str]) -> int:
     def show(outcome, out, wall_s, phases):
         run = outcome.last_run
         if args.dump_data:
-            x, y = data.global_dataset(trial, run.program.slice.hosts)
+            x, y = data.global_dataset(trial, run.program.slice.processes)
             with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
                 np.savez(f, x=x, y=y)
         # Where the time went, in the order it passed.

@@ -51,6 +51,9 @@ class SliceSpec(_Spec):
     # (cpu-sim: 4 x 2; tpu: the slice's hosts x chips; gpu: every GPU node x its GPUs).
     hosts: Optional[int] = None
     devices_per_host: Optional[int] = None
+    # Multislice: this many slices of one kind, `hosts` each, joined into one JAX program
+    # (TPU: over the data-centre network; cpu-sim: simulated). Process order is slice-major.
+    slices: int = 1
     platform: Optional[str] = None  # None: detect from the cluster (see platforms.py)
     tpu_type: Optional[str] = None  # which slice: pod type ("v4-32") or generation ("v4")
     tpu_topology: Optional[str] = None  # which slice: chip topology ("2x2x4")
@@ -61,6 +64,7 @@ class SliceSpec(_Spec):
         for name in ("hosts", "devices_per_host"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
+        _check_positive_int("slices", self.slices)
         _check_positive_float("timeout", self.timeout)
         if self.platform is not None:
             _check_choice("platform", self.platform, PLATFORMS)
@@ -71,8 +75,26 @@ class SliceSpec(_Spec):
         return self.hosts is not None and self.devices_per_host is not None
 
     @property
+    def processes(self) -> int:
+        """JAX processes (Ray actors): every host of every slice."""
+        return self.slices * self.hosts
+
+    @property
     def global_devices(self) -> int:
-        return self.hosts * self.devices_per_host
+        return self.processes * self.devices_per_host
+
+    @property
+    def mesh_shape(self) -> Tuple[int, int]:
+        """The devices as the mesh's two axes hold them, (slices, devices of a slice), in
+        process order. On GPU the outer axis is the nodes (one host each): a node is to its
+        GPUs what a slice is to its chips, a group joined by a faster network than the rest."""
+        if self.platform == "gpu":
+            return self.processes, self.devices_per_host
+        return self.slices, self.hosts * self.devices_per_host
+
+    def label(self) -> str:
+        """The shape in short: "4x2" (hosts x devices), "2x4x2" with slices."""
+        return f"{self.slices}x" * (self.slices > 1) + f"{self.hosts}x{self.devices_per_host}"
 
 
 @dataclasses.dataclass(frozen=True)

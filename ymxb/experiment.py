@@ -159,7 +159,7 @@ class Progress:
     def start(self, program: Program) -> None:
         self.program, self.said = program, time.monotonic()
         self._say(f"program of {program.count} trials ({program.trial.optimizer}, {program.trial.model}, "
-                  f"{program.entries} models) on {program.slice.hosts}x{program.slice.devices_per_host}")
+                  f"{program.entries} models) on {program.slice.label()}")
 
     def steps(self, steps: int) -> None:
         if self.bar is not None:

@@ -18,6 +18,7 @@ import time
 from typing import Dict, Iterable, List, Optional
 
 from ymxb.config import Program
+from ymxb.platforms import MEGASCALE_PREFIX
 
 # Test-only fault injection, "<die|hang>:<host index>:<phase>", forwarded to the actors by the
 # launcher: lets the tests make a real host really die or hang. Unset in normal runs.
@@ -62,9 +63,16 @@ class Host:
             port = s.getsockname()[1]
         return f"{ip}:{port}"
 
-    def initialize(self, coordinator: str, num_processes: int, timeout_s: float) -> dict:
-        """Join the distributed runtime; return what JAX now sees from this process."""
+    def initialize(self, coordinator: str, num_processes: int, timeout_s: float,
+                   multislice: Dict[str, str]) -> dict:
+        """Join the distributed runtime; return what JAX now sees from this process, and the
+        multislice environment it joined with (platforms.multislice_env)."""
         self._maybe_fault("initialize")
+        # Set before jax.distributed.initialize, as Ray Train does: libtpu reads them when the
+        # TPU backend starts, which is after. Any inherited from the node are stale: gone.
+        for name in [n for n in os.environ if n.startswith(MEGASCALE_PREFIX)]:
+            del os.environ[name]
+        os.environ.update(multislice)
         if os.environ.get(PLATFORM_ENV) == "tpu" and os.environ.get("JAX_PLATFORMS") != "cpu":
             free_tpu()
         self._jax_imported.join()
@@ -87,7 +95,8 @@ class Host:
         devices = jax.local_devices()
         return {"process_index": jax.process_index(), "process_count": jax.process_count(),
                 "local_devices": len(devices), "global_devices": jax.device_count(),
-                "platform": devices[0].platform, "device_kind": devices[0].device_kind}
+                "platform": devices[0].platform, "device_kind": devices[0].device_kind,
+                "megascale": {n: v for n, v in os.environ.items() if n.startswith(MEGASCALE_PREFIX)}}
 
     def train(self, program: Program, resume: Optional[dict] = None, checkpoint_every: int = 0):
         """train.train_stream's items: this host's checkpoint pieces, then its result (called

@@ -29,7 +29,7 @@ def inspect(spec: SliceSpec, cfg: TrialSpec) -> str:
 
     cfg.check_fits(spec)
     program = Program.of(spec, [cfg])
-    one = Program.of(spec.replace(hosts=1), [cfg])  # this process is the whole (one-host) slice
+    one = Program.of(spec.replace(slices=1, hosts=1), [cfg])  # this process is the whole (one-host) slice
     if jax.local_device_count() != spec.devices_per_host:
         raise RuntimeError(f"JAX was started with {jax.local_device_count()} devices before inspect "
                            f"could ask for {spec.devices_per_host}: run inspect in a fresh process")
@@ -43,7 +43,8 @@ def inspect(spec: SliceSpec, cfg: TrialSpec) -> str:
     out = [f"# {cfg.model} model, {cfg.parallel}, {cfg.optimizer}, "
            + (f"ensemble of {cfg.ensemble}" if cfg.ensemble else "one data-parallel model")
            + f": one process with {spec.devices_per_host} CPU devices. On the slice, axis "
-             f"'{AXIS}' spans {spec.global_devices} devices ({spec.hosts} hosts x {spec.devices_per_host}).",
+             f"'{AXIS}' spans {spec.global_devices} devices ({spec.label()}: "
+             + "slices x " * (spec.slices > 1) + "hosts x devices).",
            "", "## jaxpr of one training step (jax.make_jaxpr)", str(jaxpr), "",
            "## vmap"]
     out += _vmap_lines(program, one, state)

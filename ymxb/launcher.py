@@ -133,13 +133,15 @@ class WarmSlice:
         start = time.perf_counter()
         [self.coordinator] = _gather(self.hosts[:1], [self.hosts[0].coordinator_address.remote()],
                                      "coordinator address", spec.timeout, self.identities)
+        ip = self.coordinator.rsplit(":", 1)[0]
         # initialize blocks until every process has joined: all hosts call it at once.
-        joined = _gather(self.hosts, [h.initialize.remote(self.coordinator, spec.hosts, spec.timeout)
-                                      for h in self.hosts], "jax.distributed.initialize",
+        joined = _gather(self.hosts, [h.initialize.remote(self.coordinator, spec.processes, spec.timeout,
+                                                          platforms.multislice_env(spec, ip, i))
+                                      for i, h in enumerate(self.hosts)], "jax.distributed.initialize",
                          spec.timeout + 10, self.identities, peers_give_up_s=spec.timeout)
         self.phases["initialize"] = time.perf_counter() - start
-        for ident, info in zip(self.identities, joined):
-            ident.update(info)
+        for i, (ident, info) in enumerate(zip(self.identities, joined)):
+            ident.update(info, slice=i // spec.hosts)
             self.log(_identity_line(ident))
 
     def _reserve(self) -> SliceSpec:
@@ -175,7 +177,7 @@ def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:
     actor = ray.remote(max_concurrency=2, max_restarts=0)(Host)
     # The environment goes as an argument, not as a runtime_env: an actor with an environment
     # of its own cannot take one of the workers Ray has already started.
-    return [actor.options(**platform.host_options(i)).remote(i, env) for i in range(spec.hosts)]
+    return [actor.options(**platform.host_options(i)).remote(i, env) for i in range(spec.processes)]
 
 
 def _gather(hosts: List, refs: List, phase: str, timeout: float,
@@ -378,7 +380,8 @@ def _stop(hosts: List, platform: platforms.Platform, identities: List[dict]) -> 
 
 
 def _identity_line(ident: dict) -> str:
-    return (f"host {ident['process_index']}/{ident['process_count']}: "
+    where = f"slice {ident['slice']}, " if ident["megascale"] else ""
+    return (f"host {ident['process_index']}/{ident['process_count']}: {where}"
             f"{ident['local_devices']} local / {ident['global_devices']} global "
             f"{ident['platform']} devices on {ident['hostname']} ({ident['node_ip']}) "
             f"pid {ident['pid']}")

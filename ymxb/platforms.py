@@ -32,11 +32,26 @@ TPU_WORKER_LABEL = "ray.io/tpu-worker-id"
 TPU_POD_TYPE_LABEL = "ray.io/tpu-pod-type"
 TPU_TOPOLOGY_LABEL = "ray.io/tpu-topology"
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
+# What multislice JAX on TPU reads (libtpu's megascale runtime): where the slices meet, how many
+# there are, which one this host is in. Ray's own helper names them (get_tpu_coordinator_env_vars).
+MEGASCALE_PREFIX = "MEGASCALE_"
 
 
 def cpu_device_env(devices: int) -> Dict[str, str]:
     """Environment giving a host's JAX `devices` CPU devices (must be set before JAX starts)."""
     return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def multislice_env(spec: SliceSpec, coordinator_ip: str, host_index: int) -> Dict[str, str]:
+    """The multislice environment of process `host_index` (none for one slice), made as Ray
+    Train makes it: the slices meet at slice 0's worker 0 (process 0, JAX's coordinator too).
+    Made for each start from that start's coordinator, never inherited: a stale address or
+    slice count makes libtpu wait for slices that are gone."""
+    if spec.slices == 1:
+        return {}
+    from ray.util.tpu import get_tpu_coordinator_env_vars
+
+    return get_tpu_coordinator_env_vars(coordinator_ip, spec.slices, host_index // spec.hosts)
 
 
 class Platform:
@@ -62,8 +77,8 @@ class Platform:
         raise NotImplementedError
 
     def shape(self) -> SliceSpec:
-        """The config with the slice shape (hosts, devices per host) filled in and checked;
-        kept as self.cfg for the steps that follow."""
+        """The config with the slice shape (hosts, devices per host; TPU and GPU: the platform
+        too) filled in and checked; kept as self.cfg for the steps that follow."""
         raise NotImplementedError
 
     def reserve(self, timeout: float) -> None:
@@ -136,7 +151,8 @@ def tpu_slices(nodes: List[dict]) -> List[TpuSlice]:
 
 
 class Tpu(Platform):
-    """One whole TPU pod slice: one host per TPU VM, process i on tpu-worker-id i."""
+    """Whole TPU pod slices of one kind (one, or --slices N): one host per TPU VM; process
+    order is slice by slice, and tpu-worker-id order within a slice."""
 
     name = "tpu"
 
@@ -171,36 +187,34 @@ class Tpu(Platform):
         devices = self.test_cpu_devices or self.slice.chips_per_host
         self._check_explicit("--devices-per-host", cfg.devices_per_host, devices,
                              f"each {self.slice.pod_type} host has chips:")
-        self.cfg = cfg.replace(hosts=hosts, devices_per_host=devices)
+        if len(wanted) < cfg.slices:  # all of one kind now
+            raise HostFailure(f"--slices {cfg.slices}, but the cluster has {len(wanted)} whole "
+                              f"{self.slice.pod_type} slice{'s' * (len(wanted) > 1)}: {exists}; wait "
+                              f"for more (ray status), or ask for fewer")
+        self.cfg = cfg.replace(platform=self.name, hosts=hosts, devices_per_host=devices)
         return self.cfg
 
     def reserve(self, timeout):
         from ray.util.tpu import slice_placement_group
 
-        s = self.slice
+        s, count = self.slice, self.cfg.slices
+        what = f"{count} {s.pod_type} slices" if count > 1 else f"a {s.pod_type} slice"
         try:
-            # Ray's slice reservation: it takes the TPU-<pod type>-head resource of a free
-            # slice of this kind, then one bundle on each of that slice's hosts. Each bundle
-            # asks for every chip of its host: a partial request makes Ray narrow the chips
-            # the process may see, and multi-host JAX then fails.
+            # Ray's slice reservation: for each slice it takes the TPU-<pod type>-head resource
+            # of a free slice of this kind, then asks for one bundle on each of that slice's
+            # hosts (bundles slice by slice). Each bundle asks for every chip of its host: a
+            # partial request makes Ray narrow the chips the process may see, and multi-host
+            # JAX then fails.
             self.tpu_pg = slice_placement_group(
-                topology=s.topology, accelerator_version=s.version,
+                topology=s.topology, accelerator_version=s.version, num_slices=count,
                 resources_per_bundle={"CPU": 0, "TPU": s.chips_per_host},
-                strategy="STRICT_SPREAD", name="ymxb-tpu", head_reservation_timeout_s=timeout)
+                strategy="STRICT_SPREAD", name="ymxb-tpu", head_reservation_timeout_s=timeout / count)
         except TimeoutError:
-            raise HostFailure(f"could not reserve a {s.pod_type} slice ({s.topology}) within "
-                              f"{timeout:g} s: every matching slice is busy") from None
+            raise HostFailure(f"could not reserve {what} ({s.topology}) within {timeout:g} s: "
+                              f"every matching slice is busy") from None
         self.pg = self.tpu_pg.placement_group
-        self._wait_ready(timeout, f"the {s.hosts} hosts of a {s.pod_type} slice")
-        # Bundle order is Ray's; process order must be tpu-worker-id order.
-        labels = {n["NodeID"]: n["Labels"] for n in ray.nodes()}
-        nodes = ray.util.placement_group_table(self.pg)["bundles_to_node_id"]
-        worker = {b: int(labels[node][TPU_WORKER_LABEL]) for b, node in nodes.items()}
-        slices = {labels[node][TPU_SLICE_LABEL] for node in nodes.values()}
-        if sorted(worker.values()) != list(range(s.hosts)) or len(slices) != 1:
-            raise HostFailure(f"the reserved bundles are not one whole slice: slices {sorted(slices)}, "
-                              f"worker ids {sorted(worker.values())}")
-        self.bundle_of_host = sorted(worker, key=worker.get)
+        self._wait_ready(timeout, f"the {s.hosts * count} hosts of {what}")
+        self.bundle_of_host = _slice_major(self.pg, s.hosts, count)
 
     def host_options(self, host_index):
         return {**super().host_options(host_index), "num_cpus": 0,
@@ -223,6 +237,9 @@ class Gpu(Platform):
 
     def shape(self):
         cfg = self.cfg
+        if cfg.slices > 1:
+            raise UsageError(f"--slices {cfg.slices} is for TPU slices (and their cpu-sim simulation); "
+                             f"GPU nodes are grouped already, one host each (the mesh is nodes x GPUs)")
         sizes = Counter(int(n["Resources"]["GPU"]) for n in ray.nodes()
                         if n["Alive"] and n["Resources"].get("GPU", 0) > 0)
         exists = ", ".join(f"{n} node(s) with {g} GPUs" for g, n in sorted(sizes.items()))
@@ -239,7 +256,8 @@ class Gpu(Platform):
         if not count or hosts > count:
             raise HostFailure(f"asked for {hosts or 'some'} GPU node(s) with {self.gpus} GPUs each, "
                               f"but the cluster has {exists}")
-        self.cfg = cfg.replace(hosts=hosts, devices_per_host=self.test_cpu_devices or self.gpus)
+        self.cfg = cfg.replace(platform=self.name, hosts=hosts,
+                               devices_per_host=self.test_cpu_devices or self.gpus)
         return self.cfg
 
     def reserve(self, timeout):
@@ -263,6 +281,8 @@ class CpuSim(Platform):
         return True  # any cluster can simulate
 
     def shape(self):
+        # The platform stays as asked (None: detected): an embedded run's trial ids are made
+        # from this shape (experiment.settle), and must not change with it.
         self.cfg = self.cfg.replace(hosts=self.cfg.hosts or SIM_HOSTS,
                                     devices_per_host=self.cfg.devices_per_host or SIM_DEVICES)
         return self.cfg
@@ -271,7 +291,7 @@ class CpuSim(Platform):
         # One host per node where the cluster has enough nodes, as on a real slice; else spread
         # as evenly as Ray can (and say so). One node (the embedded simulation): all there.
         nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
-        hosts = self.cfg.hosts
+        hosts = self.cfg.processes
         strategy = "PACK" if nodes == 1 else "STRICT_SPREAD" if hosts <= nodes else "SPREAD"
         if strategy == "SPREAD":
             self.note = (f"cpu-sim: {hosts} hosts on {nodes} nodes, so some nodes run several hosts "
@@ -285,6 +305,26 @@ class CpuSim(Platform):
 
     def host_options(self, host_index):
         return {**super().host_options(host_index), "num_cpus": SIM_HOST_CPUS}
+
+
+def _slice_major(pg: PlacementGroup, hosts: int, slices: int) -> List[int]:
+    """The bundles of a multislice reservation in process order: slice by slice (Ray's order of
+    the slices), tpu-worker-id order within each. HostFailure unless each slice's bundles are
+    one whole slice and no two are the same slice."""
+    labels = {n["NodeID"]: n["Labels"] for n in ray.nodes()}
+    nodes = ray.util.placement_group_table(pg)["bundles_to_node_id"]
+    order, names = [], []
+    for first in range(0, hosts * slices, hosts):
+        bundles = range(first, first + hosts)
+        worker = {b: int(labels[nodes[b]][TPU_WORKER_LABEL]) for b in bundles}
+        names.append(sorted({labels[nodes[b]][TPU_SLICE_LABEL] for b in bundles}))
+        if sorted(worker.values()) != list(range(hosts)) or len(names[-1]) != 1:
+            raise HostFailure(f"the reserved bundles are not {slices} whole slices: slice "
+                              f"{len(names) - 1} got slices {names[-1]}, worker ids {sorted(worker.values())}")
+        order += sorted(bundles, key=worker.get)
+    if len({n[0] for n in names}) < slices:
+        raise HostFailure(f"the reserved bundles are not {slices} different slices: {[n[0] for n in names]}")
+    return order
 
 
 def resolve(cfg: SliceSpec, resources: Dict[str, float]) -> Platform:

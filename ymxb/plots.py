@@ -134,4 +134,5 @@ def _label(record: TrialRecord, keys) -> str:
 
 
 def _shape(cfg) -> str:
-    return f"{cfg['hosts']}x{cfg['devices_per_host']}"
+    slices = cfg.get("slices", 1)  # records from before --slices have none
+    return f"{slices}x" * (slices > 1) + f"{cfg['hosts']}x{cfg['devices_per_host']}"

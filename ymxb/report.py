@@ -12,8 +12,8 @@ from ymxb.results import TrialRecord, jsonable
 
 MEMBER_ROWS = 16  # members listed in the table; --json has them all
 HOST_KEYS = ("process_index", "process_count", "hostname", "node_ip", "node_id", "pid", "platform",
-             "device_kind", "local_devices", "global_devices", "collective_devices", "train_s",
-             "first_call_s")
+             "device_kind", "slice", "megascale", "local_devices", "global_devices",
+             "collective_devices", "collective_axes", "train_s", "first_call_s")
 
 
 def build(record: TrialRecord, run, wall_s: float, phases: Optional[Dict[str, float]] = None,
@@ -28,7 +28,8 @@ def build(record: TrialRecord, run, wall_s: float, phases: Optional[Dict[str, fl
         "platform": run.platform,
         "coordinator": run.coordinator,
         "hosts": [_host_summary(cfg, host) for host in run.hosts],
-        "normal_equation": {**record.solution, "points": cfg["hosts"] * cfg["samples_per_host"]},
+        "normal_equation": {**record.solution,
+                            "points": cfg["slices"] * cfg["hosts"] * cfg["samples_per_host"]},
         "optimal_loss": record.optimal_loss,
         "max_error": record.max_error,
         "tol": cfg["tol"],
@@ -55,7 +56,8 @@ def to_json(report: Dict) -> str:
 def summary(report: Dict) -> str:
     """A short human summary: one row per host (and per member), the solution, the verdict."""
     cfg = report["config"]
-    lines = [f"{cfg['hosts']} hosts x {cfg['devices_per_host']} devices ({report['platform']}), "
+    slices = f"{cfg['slices']} slices x " if cfg["slices"] > 1 else ""
+    lines = [f"{slices}{cfg['hosts']} hosts x {cfg['devices_per_host']} devices ({report['platform']}), "
              f"{cfg['model']} model, {cfg['parallel']}, {cfg['optimizer']} lr={cfg['lr']:g}, "
              f"{cfg['steps']} steps on {report['normal_equation']['points']} points"
              + (f", ensemble of {cfg['ensemble']}" if cfg["ensemble"] else ""), ""]

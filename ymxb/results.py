@@ -81,6 +81,8 @@ def trial_config(spec: SliceSpec, trial: TrialSpec) -> dict:
 def trial_id(spec: SliceSpec, trial: TrialSpec) -> str:
     """A hash of everything that decides what a trial computes, slice shape included."""
     settings = {k: v for k, v in trial_config(spec, trial).items() if k not in NOT_IN_ID}
+    if settings["slices"] == 1:
+        del settings["slices"]  # so the ids of one-slice trials are those made before --slices
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -89,17 +91,17 @@ def judge(run, id_spec: SliceSpec) -> List[TrialRecord]:
     the slice as the trials were asked for: their ids are made from it."""
     program, hosts = run.program, run.hosts
     spec, cfg = program.slice, program.trial
-    x, y = data.global_dataset(cfg, spec.hosts)
+    x, y = data.global_dataset(cfg, spec.processes)
     solution = verify.normal_equation(x, y)
     optimal = float(np.mean((solution[0] * x.astype(np.float64) + solution[1] - y) ** 2))
-    participation = verify.check_participation(hosts, spec.hosts, spec.devices_per_host)
+    participation = verify.check_participation(hosts, spec)
     rows = {k: np.concatenate([h[k] for h in hosts]) for k in ("entry", "device", "m", "b", "init_m", "init_b")}
     rows["host"] = np.concatenate([np.full(len(h["entry"]), h["process_index"]) for h in hosts])
     losses = {}  # entry -> its loss histories: one per host holding it (one-model: every host)
     for h in hosts:
         for entry, history in zip(h["loss_entry"], h["losses"]):
             losses.setdefault(int(entry), []).append(history)
-    shape = f"{spec.hosts}x{spec.devices_per_host} {run.platform}"
+    shape = f"{spec.label()} {run.platform}"
     trials = program.trials()
     group = trial_id(id_spec, trials[0])
     # The rows of each trial, found once (a program may hold thousands of trials).

@@ -5,10 +5,14 @@ squared error, `vmap`ped over the program's leading model axis (one entry per tr
 trial and ensemble member; each entry has its own learning rate in its optimiser state), and
 `lax.scan`ned so that many steps run in one compiled call (one dispatch, not one per step).
 
+The devices form a grid of two axes, (slices, devices of a slice) (config.SliceSpec.mesh_shape;
+one slice: (1, D)), in process order. pmap keeps the tutorial's one axis over all D devices,
+slice by slice; the sharding mode's Mesh has both axes, and splits over both at once.
+
 Layouts, with D global devices and a program of T trials (config.Program):
 - one-model trials (ensemble 0): the data is split over all D devices, the T trials' params
   are replicated on every device, and each trial's gradient is averaged over every device of
-  every host (the tutorial's data-parallel step, with a trial axis vmapped inside);
+  every host of every slice (the tutorial's data-parallel step, with a trial axis vmapped inside);
 - ensembles of E members: the T x E models are split over all D devices (padded to a multiple
   of D), every device sees the whole global batch (gathered once), and no collective runs
   inside the step.
@@ -31,8 +35,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ymxb.config import Program
 from ymxb.models import Model
 
-# The one axis of both wrappings; it spans every device of every host.
+# pmap's one axis: it spans every device of every host of every slice.
 AXIS = "devices"
+# The sharding mode's Mesh: slices (GPU: nodes), then the devices of each.
+MESH_AXES = ("slices", "devices")
 
 
 class TrainState(NamedTuple):
@@ -142,8 +148,9 @@ class Trainer(abc.ABC):
         share of the entries for ensembles (padding included)."""
 
     @abc.abstractmethod
-    def collective_devices(self) -> int:
-        """How many devices a sum over AXIS counts: proves the axis spans every host."""
+    def collective_counts(self) -> Tuple[int, int, int]:
+        """What sums of ones over the devices count: over the slices axis, over the devices
+        axis (within a slice), and over both. Proves every slice, host and device takes part."""
 
     def compiled(self, n_steps: int) -> Callable:
         """The wrapped function running `n_steps` fused steps; made once per n."""
@@ -230,9 +237,18 @@ class PmapTrainer(Trainer):
     def _place(self, whole, like):
         return jax.device_put(np.stack([whole[entries] for entries in self.local_entries]), like.sharding)
 
-    def collective_devices(self):
-        count = jax.pmap(lambda _: lax.psum(1, AXIS), axis_name=AXIS)(jnp.arange(self.k))
-        return int(count[0])
+    def collective_counts(self):
+        # The mesh's two axes as groups of pmap's one: a device's position is slice-major.
+        slices, per_slice = self.program.slice.mesh_shape
+        grid = np.arange(slices * per_slice).reshape(slices, per_slice)
+
+        def counts(one):
+            return (lax.psum(one, AXIS, axis_index_groups=grid.T.tolist()),  # across the slices
+                    lax.psum(one, AXIS, axis_index_groups=grid.tolist()),  # within a slice
+                    lax.psum(one, AXIS))
+
+        # Ones as arrays: a psum of a Python constant is worked out without any collective.
+        return tuple(int(c[0]) for c in jax.pmap(counts, axis_name=AXIS)(jnp.ones(self.k, jnp.int32)))
 
 
 def _pmean_as_one(tree):
@@ -249,8 +265,9 @@ class ShardingTrainer(Trainer):
 
     def __init__(self, model: Model, program: Program):
         super().__init__(model, program)
-        self.mesh = Mesh(np.array(jax.devices()), (AXIS,))
-        self.split = NamedSharding(self.mesh, P(AXIS))
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))  # slice-major
+        self.mesh = Mesh(np.array(devices).reshape(program.slice.mesh_shape), MESH_AXES)
+        self.split = NamedSharding(self.mesh, P(MESH_AXES))  # the leading axis over both
         self.replicated = NamedSharding(self.mesh, P())
         # One model: params replicated, batch split. Ensemble: members split, batch everywhere.
         self.state_sharding = self.split if self.ensemble else self.replicated
@@ -274,7 +291,7 @@ class ShardingTrainer(Trainer):
                        out_shardings=(self.state_sharding, self.state_sharding))
 
     def local(self, tree):
-        devices = list(self.mesh.devices.flat)
+        devices = list(self.mesh.devices.flat)  # global device index: position on the mesh
         leaves, treedef = jax.tree.flatten(tree)
         out = []
         for pieces in zip(*(leaf.addressable_shards for leaf in leaves)):
@@ -290,10 +307,12 @@ class ShardingTrainer(Trainer):
     def _place(self, whole, like):
         return jax.make_array_from_callback(whole.shape, like.sharding, lambda index: whole[index])
 
-    def collective_devices(self):
+    def collective_counts(self):
         ones = jax.make_array_from_process_local_data(
             self.split, np.ones(self.program.slice.devices_per_host, np.int32))
-        return int(jax.jit(jnp.sum, out_shardings=self.replicated)(ones).addressable_data(0))
+        count = jax.shard_map(lambda one: tuple(lax.psum(one, axes) for axes in (*MESH_AXES, MESH_AXES)),
+                              mesh=self.mesh, in_specs=P(MESH_AXES), out_specs=P(MESH_AXES))
+        return tuple(int(c.addressable_data(0)[0]) for c in jax.jit(count)(ones))
 
 
 TRAINERS = {"pmap": PmapTrainer, "sharding": ShardingTrainer}

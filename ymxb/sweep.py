@@ -9,7 +9,7 @@ underscores:
     grid: {optimizer: [sgd, adam], lr: [0.01, 0.1, 1.0], seed: [0, 1]}   # every combination
     trials: [{optimizer: adagrad, lr: 0.5}]  # extra trials, each merged over base
 
-`hosts` and `devices_per_host` may also be set in base, grid or trials: each slice shape is its
+`slices`, `hosts` and `devices_per_host` may also be set in base, grid or trials: each shape is its
 own warm slice. Trials that differ only in lr and seed become one program (config.Program).
 """
 
@@ -27,7 +27,8 @@ from ymxb.errors import UsageError
 
 TOP_KEYS = ("name", "slice", "base", "grid", "trials")
 SLICE_KEYS = tuple(k for k in SliceSpec.fields() if k != "address")  # the cluster is --address
-TRIAL_KEYS = TrialSpec.fields() + ("hosts", "devices_per_host")  # a shape may vary per trial
+SHAPE_KEYS = ("slices", "hosts", "devices_per_host")  # a shape may vary per trial
+TRIAL_KEYS = TrialSpec.fields() + SHAPE_KEYS
 FLOATS = ("true_m", "true_b", "noise", "lr", "tol", "timeout")
 
 Trial = Tuple[SliceSpec, TrialSpec]
@@ -109,7 +110,7 @@ def programs(trials: List[Trial]) -> List[Tuple[SliceSpec, List[TrialSpec]]]:
 
 def _make(defaults: SliceSpec, slice_settings: dict, values: dict, fail, label: str) -> Trial:
     values = {k: _number(k, v) for k, v in values.items()}
-    slice_values = {**slice_settings, **{k: values.pop(k) for k in ("hosts", "devices_per_host") if k in values}}
+    slice_values = {**slice_settings, **{k: values.pop(k) for k in SHAPE_KEYS if k in values}}
     try:
         spec = defaults.replace(**{k: _number(k, v) for k, v in slice_values.items()})
         trial = TrialSpec(**values)

@@ -50,7 +50,7 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
     if resume:
         state = trainer.restore(state, resume["leaves"])
     batch = trainer.put_data(x, y)
-    collective_devices = trainer.collective_devices()
+    collective = trainer.collective_counts()
 
     chunks, first_call_s, calls, unsent = [], 0.0, 0, 0
     while done < cfg.steps:
@@ -76,7 +76,8 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
         **rows,
         "loss_entry": loss_entry[keep],
         "losses": np.concatenate(history + [losses for _, losses in chunks], axis=1)[keep],
-        "collective_devices": collective_devices,
+        "collective_axes": list(collective[:2]),  # over slices, over devices (within a slice)
+        "collective_devices": collective[2],
         "train_s": time.perf_counter() - started,
         "first_call_s": first_call_s,
     }}

@@ -56,23 +56,41 @@ def _why_not_within(solution: Tuple[float, float], tol: float) -> str:
     return "not converged yet: more --steps, or another --lr"
 
 
-def check_participation(identities: List[dict], hosts: int, devices_per_host: int) -> Check:
-    """Every process index once, each with its local devices, and a collective that saw them all."""
-    want = hosts * devices_per_host
+def check_participation(identities: List[dict], spec) -> Check:
+    """Every process index once, each with its local devices; sums over each axis of the mesh
+    (config.SliceSpec.mesh_shape) that counted every slice and device; and, with several
+    slices, each host's multislice environment naming its own slice and host 0's address."""
+    processes, local, want = spec.processes, spec.devices_per_host, spec.global_devices
+    axes = list(spec.mesh_shape)
     indices = sorted(i["process_index"] for i in identities)
     problems = []
-    if indices != list(range(hosts)):
-        problems.append(f"process indices {indices}, expected 0..{hosts - 1}")
+    if indices != list(range(processes)):
+        problems.append(f"process indices {indices}, expected 0..{processes - 1}")
+    coordinator = next((i["node_ip"] for i in identities if i["process_index"] == 0), None)
     for ident in identities:
-        got = (ident["local_devices"], ident["global_devices"], ident["collective_devices"])
-        if got != (devices_per_host, want, want):
-            problems.append(
-                f"host {ident['process_index']} saw local/global/collective devices {got}, "
-                f"expected ({devices_per_host}, {want}, {want})")
+        host = ident["process_index"]
+        got = (ident["local_devices"], ident["global_devices"], ident["collective_devices"],
+               list(ident["collective_axes"]))
+        if got != (local, want, want, axes):
+            problems.append(f"host {host} saw local/global/collective devices and per-axis counts "
+                            f"{got}, expected {(local, want, want, axes)}")
+        env = _multislice(spec.slices, host // spec.hosts, coordinator) if spec.slices > 1 else {}
+        if ident["megascale"] != env:
+            problems.append(f"host {host} ran with {ident['megascale'] or 'no MEGASCALE_*'}, expected "
+                            f"{env or 'none (one slice)'}")
     if problems:
         return Check("all hosts and devices took part", False, "; ".join(problems))
+    slices = f"{spec.slices} slices x " if spec.slices > 1 else ""
     return Check("all hosts and devices took part", True,
-                 f"{hosts} hosts, {want} devices; a psum over the axis counted {want}")
+                 f"{slices}{spec.hosts} hosts, {want} devices; psums over the mesh's axes counted "
+                 f"{axes[0]} x {axes[1]}, over both {want}"
+                 + ("; each host's MEGASCALE_SLICE_ID was its slice" if slices else ""))
+
+
+def _multislice(slices: int, slice_id: int, coordinator: Optional[str]) -> dict:
+    from ray.util.tpu import get_tpu_coordinator_env_vars
+
+    return get_tpu_coordinator_env_vars(coordinator, slices, slice_id)
 
 
 def param_error(m: float, b: float, solution: Tuple[float, float]) -> float:
