@@ -123,10 +123,12 @@ def test_busy_slice_fails_within_the_timeout(cluster, cpu_devices):
 
 
 def test_gpu_run_spreads_one_host_per_gpu_node(cluster, cpu_devices):
-    run, rep = run_one(platform="gpu", **SMALL)
+    run, rep = run_one(platform="gpu", parallel="sharding", **SMALL)
     assert run.platform == "gpu" and run.program.slice.hosts == 2
     assert sorted(h["node_id"] for h in run.hosts) == sorted([cluster[("gpu", 0)], cluster[("gpu", 1)]])
     assert rep["verified"]
+    # The mesh is nodes x GPUs: sums over its axes count the 2 nodes, then a node's 2 devices.
+    assert [h["collective_axes"] for h in run.hosts] == [[2, 2], [2, 2]]
 
 
 def test_more_gpu_hosts_than_nodes_fails_naming_what_exists(cluster):
