@@ -189,3 +189,12 @@ def test_training_resumed_from_a_written_checkpoint_is_bit_identical(tmp_path, p
     *_, last = train_stream(program, resume=checkpoint.read(path).to_host())
     for key in ("entry", "m", "b", "init_m", "init_b", "loss_entry", "losses"):
         np.testing.assert_array_equal(last["result"][key], whole[key], err_msg=key)
+
+
+def test_removing_a_checkpoint_takes_the_temporary_file_a_killed_writer_left(tmp_path):
+    path = str(tmp_path / "p.ckpt.npz")
+    checkpoint.write(path, checkpoint.Checkpoint(100, [np.zeros(2)], np.zeros((1, 100)), {}))
+    (tmp_path / "p.ckpt.npz.4242.tmp").write_bytes(b"half a checkpoint")  # its writer was killed
+    (tmp_path / "other.ckpt.npz").write_bytes(b"")  # another program's: kept
+    checkpoint.remove(path)
+    assert os.listdir(tmp_path) == ["other.ckpt.npz"]

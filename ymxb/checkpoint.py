@@ -12,6 +12,7 @@ with the program's model axis first (every entry, padding included), plus the lo
 so far. The hosts keep the tree's structure; the driver never imports JAX.
 """
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -73,6 +74,13 @@ def write(path: str, ckpt: Checkpoint) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def remove(path: str) -> None:
+    """Delete the checkpoint at `path`, and any temporary file a killed writer left beside it."""
+    for leftover in [path, *glob.glob(glob.escape(path) + ".*.tmp")]:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
 
 
 def read(path: str) -> Optional[Checkpoint]:

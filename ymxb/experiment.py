@@ -105,8 +105,8 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
                 records = results.judge(outcome.last_run, spec)
                 if store:
                     store.append(records)
-                if path and os.path.exists(path):
-                    os.remove(path)  # its records are in: nothing to resume
+                if path:
+                    checkpoint.remove(path)  # its records are in: nothing to resume
                 done.update((r.trial_id, r) for r in records)
                 progress.finish(program)
         outcome.restarts += supervisor.restarts
