@@ -56,16 +56,17 @@ def ray_cluster(address: Optional[str], log=lambda line: None):
 
     Yields a dict that gets the seconds taken to bring Ray up and connect ("ray_start") and,
     once the block is left, to disconnect and bring it down ("ray_stop").
-    An embedded run that ends in an exception other than an interrupt (a host failed) keeps
-    its Ray folder, and `log` gets where its logs are.
+    A joined run tells `log` the GCS address it joined (so a Ray job's log shows it ran on
+    the cluster, not on an embedded Ray). An embedded run that ends in an exception other
+    than an interrupt (a host failed) keeps its Ray folder, and `log` gets where its logs are.
     """
     phases: Dict[str, float] = {}
-    with _joined(address, phases) if address else _embedded(log, phases):
+    with _joined(address, log, phases) if address else _embedded(log, phases):
         yield phases
 
 
 @contextlib.contextmanager
-def _joined(address: str, phases: Dict[str, float]):
+def _joined(address: str, log, phases: Dict[str, float]):
     started = time.perf_counter()
     auth = probe(address)
     if auth == "token" and "ray" not in sys.modules:
@@ -79,6 +80,7 @@ def _joined(address: str, phases: Dict[str, float]):
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
         raise HostFailure(f"could not join the Ray cluster at {address}: {_first_line(err)}") from None
     phases["ray_start"] = time.perf_counter() - started
+    log(f"launch.py: joined the Ray cluster at {ray.get_runtime_context().gcs_address}")
     try:
         yield
     finally:
