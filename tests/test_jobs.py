@@ -52,7 +52,11 @@ def head():
     # finds it on the head's PATH); token auth, as on a real cluster.
     client_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     client_env.update(PATH=bin_dir + os.pathsep + client_env.get("PATH", ""), RAY_AUTH_MODE="token")
+    os.makedirs(f"{temp}/tmp")
     head_env = {**client_env, MARKER: temp,
+                # What the head's processes leave in $TMPDIR (multiprocessing's pymp-* folders
+                # when killed, a stopped run's checkpoint) goes with the head.
+                "TMPDIR": f"{temp}/tmp",
                 # Loopback only: Ray keeps the node address 127.0.0.1 (and binds its servers
                 # there) only with multi-node clusters off (see ymxb/ray_cluster.py).
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -146,9 +150,7 @@ def test_a_failed_run_fails_the_job_with_our_one_line_error(head):
 
 
 def test_stopping_the_job_stops_every_host(head):
-    checkpoints = os.path.join(head.temp, "checkpoints")  # kept when stopped: removed with the head
-    long_run = submit_args("ymxb-stopped", "--hosts", 2, "--devices-per-host", 2, "--steps", 10**7,
-                           "--checkpoint-dir", checkpoints)
+    long_run = submit_args("ymxb-stopped", "--hosts", 2, "--devices-per-host", 2, "--steps", 10**7)
     submitted = subprocess.Popen(_job_command(head, *long_run), cwd=ROOT, env=head.env, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
