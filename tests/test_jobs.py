@@ -4,9 +4,10 @@ running head with its job server, as a user submits to a cluster.
 The job's driver finds the cluster through RAY_ADDRESS (the job supervisor sets it to the GCS);
 `ray job logs` show the run's lines and summary; `ray job submit` exits 0 for a job that
 succeeded (or was stopped) and 1 for one that failed, and the driver's own exit code is the
-job's `driver_exit_code`. `ray job stop` sends SIGTERM to the driver (the job's process tree,
-which the hosts are not part of: they are the raylet's workers), and our driver then stops
-every host.
+job's `driver_exit_code`. `ray job stop` sends SIGTERM to the driver's process tree (which the
+hosts are not part of: they are the raylet's workers) and our driver stops every host; a driver
+still running RAY_JOB_STOP_WAIT_TIME_S (3) seconds later is SIGKILLed, and Ray then kills the
+hosts itself, as actors of a driver that died.
 
 The head is a real `ray start --head` on free ports, loopback only, with its own temp dir;
 only its own processes are stopped afterwards (never `ray stop`: it kills every Ray here).
@@ -59,11 +60,7 @@ def head():
                 "TMPDIR": f"{temp}/tmp",
                 # Loopback only: Ray keeps the node address 127.0.0.1 (and binds its servers
                 # there) only with multi-node clusters off (see ymxb/ray_cluster.py).
-                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                # Ray SIGKILLs a driver still running 3 s after `ray job stop`'s SIGTERM; on this
-                # busy machine ours may take longer to stop its hosts, and the stop test is about
-                # that path (a SIGKILLed driver's hosts are killed by Ray as their owner died).
-                "RAY_JOB_STOP_WAIT_TIME_S": "30"}
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     try:
         # The clients' token (and so the head's); on a machine that never ran Ray there is none
         # yet, and `ray start` does not make one.
@@ -101,9 +98,12 @@ def _job_command(cluster, *args):
     return [cluster.ray, "job", *args[:cut], "--address", cluster.url, *args[cut:]]
 
 
-def submit_args(job_id, *flags):
-    """`ray job submit`'s arguments for `python launch.py FLAGS` from this repository."""
-    return ["submit", "--submission-id", job_id, "--working-dir", ROOT, "--", "python", "launch.py", *flags]
+def submit_args(job_id, *flags, env=None):
+    """`ray job submit`'s arguments for `python launch.py FLAGS` from this repository (`env`: the
+    job's environment variables, its supervisor's too)."""
+    runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
+    return ["submit", "--submission-id", job_id, "--working-dir", ROOT, *runtime_env, "--", "python", "launch.py",
+            *flags]
 
 
 def job_info(cluster, job_id) -> dict:
@@ -149,8 +149,27 @@ def test_a_failed_run_fails_the_job_with_our_one_line_error(head):
     assert "Traceback" not in logs
 
 
+# How long Ray's job supervisor waits, after `ray job stop`'s SIGTERM, before it SIGKILLs the driver
+# (seconds; Ray's default 3). A job's own env_vars reach its supervisor.
+STOP_WAIT = "RAY_JOB_STOP_WAIT_TIME_S"
+
+
 def test_stopping_the_job_stops_every_host(head):
-    long_run = submit_args("ymxb-stopped", "--hosts", 2, "--devices-per-host", 2, "--steps", 10**7)
+    # Time enough for our driver's SIGTERM path on this busy machine: that path is tested here.
+    _, logs = _stop_while_training(head, "ymxb-stopped", {STOP_WAIT: "30"})
+    assert "launch.py: terminated; all hosts stopped\n" in logs, logs[-3000:]
+
+
+def test_a_driver_killed_at_once_by_the_stop_leaves_no_host(head):
+    # A driver SIGKILLed right after the SIGTERM (as Ray does to one still running after 3 s):
+    # Ray kills the actors of a driver that died, the hosts among them.
+    _stop_while_training(head, "ymxb-killed", {STOP_WAIT: "0"}, devices_per_host=1)
+
+
+def _stop_while_training(head, job_id, env, devices_per_host=2):
+    """Submit a long run of 2 hosts, `ray job stop` it once they are up; check that the job is
+    STOPPED and every host gone. Returns their pids and the job's log, as the submit tailed it."""
+    long_run = submit_args(job_id, "--hosts", 2, "--devices-per-host", devices_per_host, "--steps", 10**7, env=env)
     submitted = subprocess.Popen(_job_command(head, *long_run), cwd=ROOT, env=head.env, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -167,18 +186,16 @@ def test_stopping_the_job_stops_every_host(head):
             found = re.match(r"host [01]/2: .* pid (\d+)$", line.strip())
             pids += [int(found.group(1))] if found else []
         assert not any(gone(pid) for pid in pids)
-        stopped = ray_job(head, "stop", "ymxb-stopped", timeout=90)  # waits for the job to end
+        stopped = ray_job(head, "stop", job_id, timeout=90)  # waits for the job to end
         assert stopped.returncode == 0, stopped.stdout[-3000:]
         _wait(lambda: all(gone(pid) for pid in pids), 30, f"hosts {pids} still running after the job stopped")
-        assert job_info(head, "ymxb-stopped")["status"] == "STOPPED"
+        assert job_info(head, job_id)["status"] == "STOPPED"
         # Ray 2.60: `ray job submit` exits 1 only for a FAILED job; a stopped one gives 0.
         assert submitted.wait(timeout=60) == 0
     finally:
         if submitted.poll() is None:
             submitted.kill()
-    logs = "".join(seen) + "".join(iter(lambda: lines.get(timeout=10), None))  # as the submit tailed it
-    # Our driver's SIGTERM path stopped the hosts, not Ray's SIGKILL after it.
-    assert "launch.py: terminated; all hosts stopped\n" in logs, logs[-3000:]
+    return pids, "".join(seen) + "".join(iter(lambda: lines.get(timeout=10), None))
 
 
 def _lines_of(process) -> "queue.Queue":
