@@ -16,6 +16,7 @@ BAD_INPUT = [
     (["--hosts", "two"], "argument --hosts: invalid int value"),
     (["--devices-per-host", "0"], "--devices-per-host must be a positive integer"),
     (["--slices", "0"], "--slices must be a positive integer"),
+    (["--address", "http://127.0.0.1:8265"], "is a dashboard's URL, not a cluster's GCS"),
     (["--samples-per-host", "0"], "--samples-per-host must be a positive integer"),
     (["--steps", "-1"], "--steps must be a positive integer"),
     (["--lr", "0"], "--lr must be a positive finite number"),

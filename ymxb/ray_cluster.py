@@ -182,6 +182,10 @@ def probe(address: str) -> Optional[str]:
         return None
     import grpc
 
+    if address.startswith(("http://", "https://")):
+        raise UsageError(f"the Ray address {address} (--address or $RAY_ADDRESS) is a dashboard's "
+                         f"URL, not a cluster's GCS (host:port, e.g. 10.0.0.2:6379); for `ray job` "
+                         f"commands put the URL in $RAY_API_SERVER_ADDRESS instead")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--address {address!r} is not host:port (the GCS of a Ray cluster, e.g. "
