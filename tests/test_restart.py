@@ -20,8 +20,9 @@ from ymxb import checkpoint
 from ymxb.errors import HostFailure, UsageError
 from ymxb.host import FAULT_ENV, FAULT_ONCE_ENV
 
-# 40 compiled calls of 100 steps at 2 x 2: long enough to strike mid-training, twice.
-FLAGS = ("--hosts", 2, "--devices-per-host", 2, "--steps", 4000, "--json")
+# 20 compiled calls of 100 steps at 2 x 2, a checkpoint after each: each kill below follows a
+# checkpoint (found by polling every 0.1 s) by well under the 1800+ steps still to go.
+FLAGS = ("--hosts", 2, "--devices-per-host", 2, "--steps", 2000, "--json")
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_a_driver_killed_mid_run_is_finished_by_resume(clean, tmp_path):
         f"launch.py: error: --resume {tmp_path}: its checkpoint is of another run; give the flags "
         f"that wrote it (lr: 0.1 there, 0.2 here)")
     other = launch(*FLAGS, "--steps", 5000, "--seed", 3, "--resume", tmp_path)
-    assert other.returncode == 2 and "(seed: 0 there, 3 here; steps: 4000 there, 5000 here)" in other.stderr
+    assert other.returncode == 2 and "(seed: 0 there, 3 here; steps: 2000 there, 5000 here)" in other.stderr
 
     result = launch(*FLAGS, "--resume", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
