@@ -194,10 +194,12 @@ def test_a_run_longer_than_the_timeout_trains_on_while_it_progresses():
 
 
 def test_a_call_slower_than_the_timeout_says_the_run_is_slow(tmpdir_env):
+    # One call of 4000 steps over 4M points a host: well over 5 s (1000 steps have finished
+    # within the timeout and the progress poll's slack here), and the run is stopped ~5 s in.
     result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 1 << 22,
-                    "--steps", 1000, "--steps-per-call", 1000, "--timeout", 5, env={"TMPDIR": tmpdir_env})
+                    "--steps", 4000, "--steps-per-call", 4000, "--timeout", 5, env={"TMPDIR": tmpdir_env})
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "the run is slow, not hung; raise --timeout or lower --steps-per-call (now 1000)" in result.stderr
+    assert "the run is slow, not hung; raise --timeout or lower --steps-per-call (now 4000)" in result.stderr
 
 
 def test_a_failed_run_keeps_rays_logs_and_says_where(tmpdir_env):
