@@ -43,15 +43,15 @@ def gone(pid: int) -> bool:
         return True
 
 
-def run_one(log=lambda line: None, **settings):
+def run_one(log=lambda line: None, checkpoints=None, **settings):
     """One trial on a slice of its own, on the connected Ray, as `launch.py` runs it (settings
-    named as the flags; checkpoints in memory; the run's lines to `log`). Returns
-    (launcher.ProgramRun, the report a single run prints)."""
+    named as the flags; checkpoints in memory, or written to the folder `checkpoints`; the run's
+    lines to `log`). Returns (launcher.ProgramRun, the report a single run prints)."""
     from ymxb import experiment, report
     from ymxb.config import Recovery, SliceSpec, TrialSpec
 
     spec = SliceSpec(**{k: settings.pop(k) for k in SliceSpec.fields() if k in settings})
     recovery = Recovery(**{k: settings.pop(k) for k in Recovery.fields() if k in settings})
     outcome = experiment.run(experiment.plan([(spec, TrialSpec(**settings))], None), None, log,
-                             recovery=recovery)
+                             recovery=recovery, checkpoints=checkpoints)
     return outcome.last_run, report.build(outcome.records[0], outcome.last_run, 0.0, restarts=outcome.restarts)

@@ -196,26 +196,31 @@ def test_gpu_nodes_take_no_slices(cluster):
         run_one(platform="gpu", slices=2, **SMALL)
 
 
-def test_a_preempted_host_waits_for_its_node_and_the_run_goes_on(pretend, cpu_devices):
+def test_a_preempted_host_waits_for_its_node_and_the_run_goes_on(pretend, cpu_devices, tmp_path):
     """Last in this module: it replaces a node of slice-b."""
+    from ymxb import checkpoint
+
     said, outcome = [], {}
 
     def train():  # in a thread: nodes can only be added from the main one
         try:
-            outcome["run"] = run_one(platform="tpu", tpu_type="v4-16", log=said.append,
-                                     **{**SMALL, "steps": 6000, "timeout": 30})
+            outcome["run"] = run_one(platform="tpu", tpu_type="v4-16", log=said.append, checkpoints=str(tmp_path),
+                                     **{**SMALL, "steps": 3000, "timeout": 30})
         except BaseException as err:
             outcome["error"] = err
 
+    def wait_for(seen) -> None:
+        deadline = time.monotonic() + 120
+        while not seen() and trainer.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     trainer = threading.Thread(target=train, daemon=True)
     trainer.start()
-    deadline = time.monotonic() + 120
-    while not any(line.startswith("host 1/2") for line in said) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(3)  # training under way
+    # Training under way: its first checkpoint (100 steps of 3000) is written.
+    wait_for(lambda: checkpoint.files(str(tmp_path)))
     pretend.cluster.remove_node(pretend.nodes[("slice-b", 1)])
-    time.sleep(3)  # then the autoscaler brings a VM back
-    _add_tpu_host(pretend, "slice-b", 1)
+    wait_for(lambda: any("; restarting the slice" in line for line in said))  # it waits for a whole slice
+    _add_tpu_host(pretend, "slice-b", 1)  # then the autoscaler brings a VM back
     trainer.join(timeout=240)
     assert "error" not in outcome, (outcome.get("error"), said)
     run, rep = outcome["run"]

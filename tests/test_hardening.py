@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import pytest
 
@@ -46,6 +47,14 @@ def _wait_for_hosts(run, hosts: int) -> str:
         assert line, f"launch.py ended before its hosts started: {lines}"
         lines += line
     return lines
+
+
+def _until_first_checkpoint(tmpdir: str, within_s: float = 60) -> None:
+    """Wait until the run with $TMPDIR `tmpdir` has written its first checkpoint (a compiled
+    call done on every host: training under way, gloo's sockets open)."""
+    deadline = time.monotonic() + within_s
+    while not glob.glob(f"{tmpdir}/ymxb-ckpt-*/*.ckpt.npz") and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _descendants(root: int):
@@ -96,15 +105,29 @@ def _loopback(address) -> bool:
     return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
 
 
-def test_an_embedded_run_listens_on_loopback_only():
-    run = _start("--hosts", 2, "--devices-per-host", 2, "--steps", 100000)
+@pytest.fixture(scope="module")
+def training():
+    """One embedded run (2 x 2, far from done) with a $TMPDIR of its own, as seen once training
+    is under way: the hosts' identity lines, the run's processes and the sockets they listen
+    on. The tests below look at it, and one stops it with SIGTERM."""
+    tmpdir = tempfile.mkdtemp(prefix="t-", dir="/tmp")  # short: Ray's socket paths live under it
+    run = _start("--hosts", 2, "--devices-per-host", 2, "--steps", 100000, env={"TMPDIR": tmpdir})
     try:
         identities = _wait_for_hosts(run, 2)
-        time.sleep(2)  # training under way: gloo's sockets are open too
-        sockets = _listening([run.pid] + [p for p, _ in _descendants(run.pid)])
+        _until_first_checkpoint(tmpdir)
+        started = _descendants(run.pid)
+        sockets = _listening([run.pid] + [p for p, _ in started])
+        yield types.SimpleNamespace(run=run, tmpdir=tmpdir, identities=identities, started=started,
+                                    sockets=sockets)
     finally:
-        run.send_signal(signal.SIGTERM)
-        run.communicate(timeout=60)
+        if run.returncode is None:  # not stopped by a test
+            run.send_signal(signal.SIGTERM)
+            run.communicate(timeout=60)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def test_an_embedded_run_listens_on_loopback_only(training):
+    sockets, identities = training.sockets, training.identities
     hosts = [int(p) for p in re.findall(r"pid (\d+)", identities)]
     assert {pid for _, pid in sockets} >= set(hosts)  # the coordinator, gloo: each host listens
     assert len(sockets) >= 6  # and GCS, raylet, agents, workers
@@ -112,25 +135,20 @@ def test_an_embedded_run_listens_on_loopback_only():
     assert "(127.0.0.1) pid" in identities  # Ray's node address: loopback
 
 
-def test_sigterm_stops_every_host_like_ctrl_c(tmpdir_env):
-    run = _start("--hosts", 2, "--devices-per-host", 1, "--steps", 100000, env={"TMPDIR": tmpdir_env})
-    identities = _wait_for_hosts(run, 2)
-    started = _descendants(run.pid)
-    deadline = time.monotonic() + 60
-    while not glob.glob(f"{tmpdir_env}/ymxb-ckpt-*/*.ckpt.npz") and time.monotonic() < deadline:
-        time.sleep(0.1)  # until the first checkpoint
+def test_sigterm_stops_every_host_like_ctrl_c(training):
+    run = training.run
     run.send_signal(signal.SIGTERM)
     out, err = run.communicate(timeout=60)
     assert run.returncode == 143, err
     assert err.strip().splitlines()[-2] == "launch.py: terminated; all hosts stopped", err
     assert "SIGTERM received" not in err  # no C++ stack dump from Ray
     assert out == ""
-    pids = [int(p) for p in re.findall(r"pid (\d+)", identities)]
+    pids = [int(p) for p in re.findall(r"pid (\d+)", training.identities)]
     assert len(pids) == 2 and all(gone(p) for p in pids)
-    assert _all_gone(started, within_s=10) == []
+    assert _all_gone(training.started, within_s=10) == []
     # Interrupted, not failed: its Ray folder is removed; its checkpoint is kept, and named.
-    [kept] = os.listdir(tmpdir_env)
-    assert kept.startswith("ymxb-ckpt-") and f"--resume {os.path.join(tmpdir_env, kept)}" in err
+    [kept] = os.listdir(training.tmpdir)
+    assert kept.startswith("ymxb-ckpt-") and f"--resume {os.path.join(training.tmpdir, kept)}" in err
 
 
 def test_nothing_outlives_a_driver_killed_with_sigkill(tmpdir_env):
@@ -150,7 +168,7 @@ def test_a_stopped_host_is_named_as_the_one_not_answering(tmpdir_env):
                  env={"TMPDIR": tmpdir_env})  # a failure: its Ray folder is kept, in the test's own
     identities = _wait_for_hosts(run, 3)
     stopped = int(re.search(r"host 1/3: .* pid (\d+)", identities).group(1))
-    time.sleep(2)  # training under way
+    _until_first_checkpoint(tmpdir_env)  # training under way
     os.kill(stopped, signal.SIGSTOP)
     started = time.monotonic()
     try:
@@ -176,10 +194,12 @@ def test_a_run_longer_than_the_timeout_trains_on_while_it_progresses():
 
 
 def test_a_call_slower_than_the_timeout_says_the_run_is_slow(tmpdir_env):
+    # One call of 4000 steps over 4M points a host: well over 5 s (1000 steps have finished
+    # within the timeout and the progress poll's slack here), and the run is stopped ~5 s in.
     result = launch("--hosts", 2, "--devices-per-host", 1, "--samples-per-host", 1 << 22,
-                    "--steps", 1000, "--steps-per-call", 1000, "--timeout", 5, env={"TMPDIR": tmpdir_env})
+                    "--steps", 4000, "--steps-per-call", 4000, "--timeout", 5, env={"TMPDIR": tmpdir_env})
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "the run is slow, not hung; raise --timeout or lower --steps-per-call (now 1000)" in result.stderr
+    assert "the run is slow, not hung; raise --timeout or lower --steps-per-call (now 4000)" in result.stderr
 
 
 def test_a_failed_run_keeps_rays_logs_and_says_where(tmpdir_env):

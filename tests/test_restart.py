@@ -20,16 +20,38 @@ from ymxb import checkpoint
 from ymxb.errors import HostFailure, UsageError
 from ymxb.host import FAULT_ENV, FAULT_ONCE_ENV
 
-# 40 compiled calls of 100 steps at 2 x 2: long enough to strike mid-training, twice.
-FLAGS = ("--hosts", 2, "--devices-per-host", 2, "--steps", 4000, "--json")
+# 20 compiled calls of 100 steps at 2 x 2, a checkpoint after each: each kill below follows a
+# checkpoint (found by polling every 0.1 s) by well under the 1800+ steps still to go.
+FLAGS = ("--hosts", 2, "--devices-per-host", 2, "--steps", 2000, "--json")
 
 
 @pytest.fixture(scope="module")
 def clean():
-    """The uninterrupted run every interrupted one must match, bit for bit."""
-    result = launch(*FLAGS)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    """The uninterrupted run every interrupted one must match, bit for bit (once per module):
+    `clean.start()` sets it going in the background, `clean.report()` waits for its report
+    (starting it first if need be)."""
+    run = Clean()
+    yield run
+    if run.run is not None and run.run.proc.poll() is None:  # a test failed before reading it
+        run.run.proc.kill()
+        run.run.finish()
+
+
+class Clean:
+    def __init__(self):
+        self.run, self.rep = None, None
+
+    def start(self) -> None:
+        if self.run is None:
+            self.run = Run(*FLAGS)
+
+    def report(self) -> dict:
+        if self.rep is None:
+            self.start()
+            code, out, err = self.run.finish()
+            assert code == 0, err[-3000:]
+            self.rep = json.loads(out)
+        return self.rep
 
 
 class Run:
@@ -92,10 +114,11 @@ def test_the_coordinator_killed_then_a_host_stopped_the_run_restarts_twice_and_m
     _, stopped = run.host_pids(2)
     second = _checkpoint_past(tmp_path, first)
     os.kill(stopped, signal.SIGSTOP)  # alive but stuck: found by the progress check
+    clean.start()  # meanwhile: finding the stopped host is ~13 s of waiting (--timeout, then a reply)
     code, out, err = run.finish()
     assert code == 0, err
     rep = json.loads(out)
-    _same_params(rep, clean)
+    _same_params(rep, clean.report())
     restarts = rep["restarts"]
     assert [(r["host"], r["pid"], r["cause"], r["phase"]) for r in restarts] == [
         (0, coordinator, "died", "training"), (1, stopped, "hung", "training")]
@@ -117,7 +140,7 @@ def test_a_host_dying_in_initialize_then_another_killed_the_run_matches(clean, t
     code, out, err = run.finish()
     assert code == 0, err
     rep = json.loads(out)
-    _same_params(rep, clean)
+    _same_params(rep, clean.report())
     assert [(r["host"], r["cause"], r["phase"]) for r in rep["restarts"]] == [
         (1, "died", "jax.distributed.initialize"), (0, "died", "training")]
     assert rep["restarts"][0]["resumed_step"] == 0
@@ -136,11 +159,11 @@ def test_a_driver_killed_mid_run_is_finished_by_resume(clean, tmp_path):
         f"launch.py: error: --resume {tmp_path}: its checkpoint is of another run; give the flags "
         f"that wrote it (lr: 0.1 there, 0.2 here)")
     other = launch(*FLAGS, "--steps", 5000, "--seed", 3, "--resume", tmp_path)
-    assert other.returncode == 2 and "(seed: 0 there, 3 here; steps: 4000 there, 5000 here)" in other.stderr
+    assert other.returncode == 2 and "(seed: 0 there, 3 here; steps: 2000 there, 5000 here)" in other.stderr
 
     result = launch(*FLAGS, "--resume", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    _same_params(json.loads(result.stdout), clean)
+    _same_params(json.loads(result.stdout), clean.report())
     resumed = int(re.search(r"going on from the checkpoint at step (\d+)", result.stderr).group(1))
     assert resumed >= step > 0
     assert os.listdir(tmp_path) == []

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import ROOT, gone
-from ymxb import testbed
+from ymxb import checkpoint, testbed
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def _hosts(result):
 
 
 def test_a_pretend_tpu_slice_trains_across_four_addresses(big_bed):
-    rep, ips = _hosts(_launch(big_bed, "--platform", "tpu", "--json"))
+    rep, ips = _hosts(_launch(big_bed, "--platform", "tpu", "--steps", 200, "--json"))
     slice_hosts = [n.ip for n in big_bed.nodes if n.labels.get("ray.io/tpu-worker-id")]
     assert ips == slice_hosts  # one host per TPU VM, in tpu-worker-id order
     assert rep["coordinator"].rsplit(":", 1)[0] == ips[0]  # on host 0's node, not loopback
@@ -72,13 +72,14 @@ def test_a_pretend_tpu_slice_trains_across_four_addresses(big_bed):
 
 
 def test_gpu_nodes_get_one_host_each(big_bed):
-    _, ips = _hosts(_launch(big_bed, "--platform", "gpu", "--json"))
+    _, ips = _hosts(_launch(big_bed, "--platform", "gpu", "--steps", 200, "--json"))
     gpu_nodes = {n.ip for n in big_bed.nodes if n.num_gpus}
     assert len(ips) == 2 and set(ips) == gpu_nodes
 
 
 def test_cpu_sim_spreads_one_host_per_node(big_bed):
-    rep, ips = _hosts(_launch(big_bed, "--platform", "cpu-sim", "--hosts", 3, "--devices-per-host", 1, "--json"))
+    rep, ips = _hosts(_launch(big_bed, "--platform", "cpu-sim", "--hosts", 3, "--devices-per-host", 1, "--steps", 200,
+                              "--json"))
     assert len(set(ips)) == 3 and rep["coordinator"].rsplit(":", 1)[0] == ips[0]
 
 
@@ -87,7 +88,7 @@ def test_testbed_run_passes_on_the_exit_code_and_leaves_nothing():
     # --tol no float32 run can meet: launch.py trains, reports, and exits 1 (not verified).
     run = subprocess.run([sys.executable, "-m", "ymxb.testbed", "run", "--cpu", "1", "--id", bed_id, "--",
                           sys.executable, "launch.py", "--platform", "cpu-sim", "--hosts", "3",
-                          "--devices-per-host", "1", "--tol", "1e-12", "--json"],
+                          "--devices-per-host", "1", "--steps", "200", "--tol", "1e-12", "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "cpu-sim: 3 hosts on 2 nodes, so some nodes run several hosts" in run.stderr
@@ -95,11 +96,12 @@ def test_testbed_run_passes_on_the_exit_code_and_leaves_nothing():
     assert testbed.leftovers(testbed.plan(cpu=1, bed_id=bed_id)) == []
 
 
-def _start_training(bed, hosts):
+def _start_training(bed, hosts, checkpoints):
     run = subprocess.Popen(["ip", "netns", "exec", bed.netns(0), sys.executable, str(ROOT / "launch.py"),
                             "--platform", "cpu-sim", "--hosts", str(hosts), "--devices-per-host", "1",
                             "--steps", "100000", "--timeout", "6", "--max-restarts", "0",
-                            "--max-preemptions", "0"],  # the failure itself is what is judged
+                            "--max-preemptions", "0",  # the failure itself is what is judged
+                            "--checkpoint-dir", str(checkpoints)],
                            cwd=ROOT, env={**os.environ, **bed.env()}, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines = ""
@@ -107,7 +109,9 @@ def _start_training(bed, hosts):
         line = run.stderr.readline()
         assert line, f"launch.py ended before its hosts started: {lines}"
         lines += line
-    time.sleep(2)  # training under way
+    deadline = time.monotonic() + 60
+    while not checkpoint.files(str(checkpoints)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the first checkpoint: training under way
     return run, lines
 
 
@@ -115,9 +119,9 @@ def _host_on(identities: str, ip: str) -> int:
     return int(re.search(rf"host (\d+)/\d+: .* \({re.escape(ip)}\) pid", identities).group(1))
 
 
-def test_a_partitioned_host_is_named_within_the_timeout(make_bed):
+def test_a_partitioned_host_is_named_within_the_timeout(make_bed, tmp_path):
     bed = make_bed(cpu=1)
-    run, identities = _start_training(bed, 2)
+    run, identities = _start_training(bed, 2, tmp_path)
     cut = bed.nodes[1]
     subprocess.run(["ip", "link", "set", bed.link(cut.index), "down"], check=True)
     started = time.monotonic()
@@ -138,9 +142,9 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def test_a_lost_node_is_named_with_its_host(make_bed):
+def test_a_lost_node_is_named_with_its_host(make_bed, tmp_path):
     bed = make_bed(cpu=1)
-    run, identities = _start_training(bed, 2)
+    run, identities = _start_training(bed, 2, tmp_path)
     lost = bed.nodes[1]
     raylets = [p for p in bed.pids(lost.index) if "raylet" in _cmdline(p)]
     assert raylets
