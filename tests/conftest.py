@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A real local Ray for this module's runs (2 CPUs, like this machine); stopped after."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """A real local Ray for this module's runs (2 CPUs, like this machine); stopped after. A Ray
+    of its own: with no address, ray.init joins the cluster /tmp/ray/ray_current_cluster names
+    (the last one `ray start` or cluster_utils started on this machine) and fails on num_cpus."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
