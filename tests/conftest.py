@@ -1,6 +1,9 @@
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # In-process tests see this many CPU devices (set before anything imports JAX); the hosts of
@@ -57,3 +60,36 @@ def run_one(log=lambda line: None, checkpoints=None, **settings):
     outcome = experiment.run(experiment.plan([(spec, TrialSpec(**settings))], None), None, log,
                              recovery=recovery, checkpoints=checkpoints)
     return outcome.last_run, report.build(outcome.records[0], outcome.last_run, 0.0, restarts=outcome.restarts)
+
+
+def pids_of(temp: str, marker: str):
+    """Processes with `marker`=`temp` in their environment or a file open under `temp`, the
+    folder of a Ray cluster a test started (Ray's agents and workers rewrite their command line
+    over their environment, but keep their logs open there)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"{marker}={temp}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+                continue
+            if any(os.readlink(fd).startswith(temp + "/") for fd in (proc / "fd").iterdir()):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return [p for p in found if p != os.getpid()]
+
+
+def stop_processes_of(temp: str, marker: str) -> None:
+    """Kill every process of the cluster a test started in `temp` (`pids_of`), and see them
+    gone (never `ray stop`: it kills every Ray on the machine)."""
+    deadline = time.monotonic() + 30
+    while True:
+        pids = [p for p in pids_of(temp, marker) if not gone(p)]
+        if not pids or time.monotonic() > deadline:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    assert not pids, f"processes of the test's Ray cluster in {temp} left running: {pids}"
+

@@ -11,12 +11,10 @@ and inherit its environment, which is what the per-node checks below look at.
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,7 +26,7 @@ from ray._private.authentication.authentication_constants import (
 from ray.autoscaler._private.command_runner import _with_interactive
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, node_manager_pb2, node_manager_pb2_grpc
 
-from conftest import ROOT
+from conftest import ROOT, pids_of, stop_processes_of
 from ymxb.clusterconfig import load, script
 from ymxb.platforms import TEST_CPU_DEVICES_ENV
 
@@ -87,7 +85,7 @@ def fake_tpu_cluster():
         yield SimpleNamespace(address=address, home=home, temp=temp, env=env,
                               token=(home / ".ray" / "auth_token").read_text().strip())
     finally:
-        _stop_processes_of(temp)
+        stop_processes_of(temp, "YMXB_FAKE_CLUSTER")
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -108,7 +106,7 @@ def ray_exec(cluster, command: str, env=None, timeout=300):
 
 
 def test_every_node_runs_with_token_auth_from_the_venv(fake_tpu_cluster, nodes):
-    raylets = [p for p in _pids_of(fake_tpu_cluster.temp) if _cmdline(p)[0].endswith("raylet")]
+    raylets = [p for p in pids_of(fake_tpu_cluster.temp, "YMXB_FAKE_CLUSTER") if _cmdline(p)[0].endswith("raylet")]
     assert len(raylets) == len(nodes) == HOSTS + 1  # the head and one per TPU host
     venv_python = str(fake_tpu_cluster.home / "venv" / "bin" / "python")
     for pid in raylets:
@@ -151,37 +149,6 @@ def test_launch_on_the_fake_tpu_cluster(fake_tpu_cluster, nodes):
     workers = {n["worker"]: n["id"] for n in nodes}
     assert [h["node_id"] for h in rep["hosts"]] == [workers["0"], workers["1"]]
     assert {h["global_devices"] for h in rep["hosts"]} == {8}
-
-
-def _stop_processes_of(temp: str) -> None:
-    """Kill every process started for this cluster (never `ray stop`: it kills all of them)."""
-    deadline = time.monotonic() + 30
-    while True:
-        pids = _pids_of(temp)
-        if not pids or time.monotonic() > deadline:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    assert not pids, f"processes of the fake cluster left running: {pids}"
-
-
-def _pids_of(temp: str):
-    """Processes with our marker in their environment or a file open under our temp dir."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if f"YMXB_FAKE_CLUSTER={temp}".encode() in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-                continue
-            if any(os.readlink(fd).startswith(temp + "/") for fd in (proc / "fd").iterdir()):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return [p for p in found if p != os.getpid()]
 
 
 def _environ(pid: int) -> dict:

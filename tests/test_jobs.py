@@ -18,7 +18,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import pytest
 from ray._private.authentication.authentication_constants import (
     AUTHORIZATION_BEARER_PREFIX, AUTHORIZATION_HEADER_NAME)
 
-from conftest import ROOT, gone
+from conftest import ROOT, gone, stop_processes_of
 
 MARKER = "YMXB_JOBS_TEST"  # in the environment of the head's processes: which ones are ours
 SMALL_RUN = ("--hosts", 2, "--devices-per-host", 2, "--steps", 200, "--samples-per-host", 256)
@@ -81,7 +80,7 @@ def head():
         _wait_for_job_server(cluster, timeout=60)
         yield cluster
     finally:
-        _stop_processes_of(temp)
+        stop_processes_of(temp, MARKER)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -242,36 +241,3 @@ def _wait(condition, timeout: float, message: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, message
         time.sleep(0.2)
-
-
-def _stop_processes_of(temp: str) -> None:
-    """Kill every process of this head (never `ray stop`: it kills every Ray on the machine)."""
-    deadline = time.monotonic() + 30
-    while True:
-        pids = [p for p in _pids_of(temp) if not gone(p)]
-        if not pids or time.monotonic() > deadline:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    assert not pids, f"processes of the test's Ray head left running: {pids}"
-
-
-def _pids_of(temp: str):
-    """Processes with our marker in their environment or a file open under our temp dir (Ray's
-    agents and workers rewrite their command line over their environment, but keep their logs
-    open there)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if f"{MARKER}={temp}".encode() in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-                continue
-            if any(os.readlink(fd).startswith(temp + "/") for fd in (proc / "fd").iterdir()):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return [p for p in found if p != os.getpid()]
