@@ -10,14 +10,19 @@ jax.distributed.initialize themselves: no Ray, no actors, no verification. launc
 this script starts with ray.init's defaults, on loopback, before the attached rounds and stops
 after them). Rounds alternate between the baseline and launch.py so both see the same machine
 noise; prints medians, their ratio, and the median of each phase: launch.py's (its --json
-`phases_s`) and the baseline's (process 0's).
+`phases_s`) and the baseline's (process 0's). And the CPU seconds of every process a run
+started (user + system, counted as each is reaped; this script adopts orphans to reap them),
+with the cores they kept busy on average (CPU / wall): where a run takes more CPU, it is
+working, not waiting. Attached runs' hosts are the cluster's processes: not counted.
 """
 
 import argparse
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -49,7 +54,8 @@ if pid == 0:
                       "train": trained - joined, "shutdown": time.perf_counter() - trained}))
 """
 
-Run = Tuple[float, Dict[str, float]]  # wall seconds, phases
+Run = Tuple[float, Dict[str, float], float]  # wall seconds, phases, CPU seconds
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 def bare(hosts: int, devices: int) -> Run:
@@ -58,7 +64,7 @@ def bare(hosts: int, devices: int) -> Run:
         addr = f"127.0.0.1:{s.getsockname()[1]}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    started = time.perf_counter()
+    cpu, started = reaped_cpu_s(), time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(hosts), str(devices), addr],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for i in range(hosts)]
@@ -67,19 +73,35 @@ def bare(hosts: int, devices: int) -> Run:
     codes = [p.returncode for p in procs]
     if any(codes):
         sys.exit(f"bare baseline failed: exit codes {codes}")
-    return wall, json.loads(outs[0].splitlines()[-1])  # its last line: gloo prints before it
+    return wall, json.loads(outs[0].splitlines()[-1]), reaped_cpu_s() - cpu  # last line: gloo prints first
 
 
 def launched(hosts: int, devices: int, address: str = None) -> Run:
     args = ["--hosts", str(hosts), "--devices-per-host", str(devices), "--json"]
-    started = time.perf_counter()
+    cpu, started = reaped_cpu_s(), time.perf_counter()
     run = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args,
                           *(["--address", address] if address else [])],
                          capture_output=True, text=True)
     wall = time.perf_counter() - started
     if run.returncode:
         sys.exit(f"launch.py {' '.join(args)} failed ({run.returncode}): {run.stderr[-2000:]}")
-    return wall, json.loads(run.stdout)["phases_s"]
+    return wall, json.loads(run.stdout)["phases_s"], reaped_cpu_s() - cpu
+
+
+def adopt_orphans() -> None:
+    """Become the parent of this script's orphaned descendants (Ray's agents and workers are
+    the raylet's children, and may outlive it by moments), so that their CPU time is counted."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+
+
+def reaped_cpu_s() -> float:
+    """CPU seconds of every descendant reaped so far, once those that have ended are reaped."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @contextlib.contextmanager
@@ -112,16 +134,22 @@ def compare(hosts: int, devices: int, rounds: int, address: str = None) -> Tuple
 
 
 def _phases(runs: List[Run]) -> str:
-    keys = list(dict.fromkeys(k for _, phases in runs for k in phases))
-    return " ".join(f"{k} {statistics.median(p.get(k, 0.0) for _, p in runs):.2f}" for k in keys)
+    keys = list(dict.fromkeys(k for _, phases, _ in runs for k in phases))
+    return " ".join(f"{k} {statistics.median(p.get(k, 0.0) for _, p, _ in runs):.2f}" for k in keys)
+
+
+def _cpu(runs: List[Run]) -> str:
+    cpu = statistics.median(c for _, _, c in runs)
+    return f"{cpu:5.1f} CPU s ({statistics.median(c / w for w, _, c in runs):.2f} cores busy)"
 
 
 def report(shape: str, mode: str, base: List[Run], ours: List[Run]) -> str:
-    b, o = statistics.median(w for w, _ in base), statistics.median(w for w, _ in ours)
+    b, o = statistics.median(w for w, _, _ in base), statistics.median(w for w, _, _ in ours)
+    ours_cpu = _cpu(ours) if mode == "cold" else "hosts not counted (the cluster's processes)"
     return "\n".join([
         f"{shape:<5} {mode:<8}  bare {b:6.2f} s  launch.py {o:6.2f} s  {o / b:.2f}x bare",
-        "      bare:      " + " ".join(f"{w:.2f}" for w, _ in base),
-        "      launch.py: " + " ".join(f"{w:.2f}" for w, _ in ours),
+        "      bare:      " + " ".join(f"{w:.2f}" for w, _, _ in base) + "   " + _cpu(base),
+        "      launch.py: " + " ".join(f"{w:.2f}" for w, _, _ in ours) + "   " + ours_cpu,
         f"      phases (median s), bare: {_phases(base)}",
         f"      phases (median s), launch.py: {_phases(ours)}"])
 
@@ -134,6 +162,7 @@ def main():
     args = p.parse_args()
     shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
     modes = args.modes.split(",")
+    adopt_orphans()
     print(f"default training, {args.rounds} alternating rounds per line, medians", flush=True)
     if "cold" in modes:  # first: an attached run's cluster would share the machine with them
         for hosts, devices in shapes:
