@@ -7,9 +7,15 @@
     python launch.py --help
 """
 
+import os
 import sys
 
 from ymxb.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written and every process of the run is gone: skip the interpreter's
+    # teardown of Ray's and gRPC's modules (0.2-0.3 s at the end of every run).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

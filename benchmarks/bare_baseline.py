@@ -10,11 +10,16 @@ jax.distributed.initialize themselves: no Ray, no actors, no verification. launc
 this script starts with ray.init's defaults, on loopback, before the attached rounds and stops
 after them). Rounds alternate between the baseline and launch.py so both see the same machine
 noise; prints medians, their ratio, and the median of each phase: launch.py's (its --json
-`phases_s`) and the baseline's (process 0's).
+`phases_s`) and the baseline's (process 0's). And the CPU seconds (user + system) this
+script's descendants took during each run, sampled from /proc every SAMPLE_S (each process's
+last moments before it exits are missed), with the cores they kept busy on average (CPU /
+wall): a run that takes more CPU is working, not waiting. Attached runs count the cluster's
+processes too (the hosts are its workers), idle ones included.
 """
 
 import argparse
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -24,11 +29,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from ymxb.reaper import descendants  # noqa: E402
 
 # Process 0 prints where its time went, as launch.py's phases do.
 WORKER = """
@@ -49,7 +57,9 @@ if pid == 0:
                       "train": trained - joined, "shutdown": time.perf_counter() - trained}))
 """
 
-Run = Tuple[float, Dict[str, float]]  # wall seconds, phases
+Run = Tuple[float, Dict[str, float], float]  # wall seconds, phases, CPU seconds
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+SAMPLE_S = 0.05
 
 
 def bare(hosts: int, devices: int) -> Run:
@@ -58,28 +68,72 @@ def bare(hosts: int, devices: int) -> Run:
         addr = f"127.0.0.1:{s.getsockname()[1]}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    started = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(hosts), str(devices), addr],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for i in range(hosts)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    wall = time.perf_counter() - started
+    with TreeCpu() as cpu:
+        started = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(hosts), str(devices), addr],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for i in range(hosts)]
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        wall = time.perf_counter() - started
     codes = [p.returncode for p in procs]
     if any(codes):
         sys.exit(f"bare baseline failed: exit codes {codes}")
-    return wall, json.loads(outs[0].splitlines()[-1])  # its last line: gloo prints before it
+    return wall, json.loads(outs[0].splitlines()[-1]), cpu.seconds  # its last line: gloo prints first
 
 
 def launched(hosts: int, devices: int, address: str = None) -> Run:
     args = ["--hosts", str(hosts), "--devices-per-host", str(devices), "--json"]
-    started = time.perf_counter()
-    run = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args,
-                          *(["--address", address] if address else [])],
-                         capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    with TreeCpu() as cpu:
+        started = time.perf_counter()
+        run = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args,
+                              *(["--address", address] if address else [])],
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - started
     if run.returncode:
         sys.exit(f"launch.py {' '.join(args)} failed ({run.returncode}): {run.stderr[-2000:]}")
-    return wall, json.loads(run.stdout)["phases_s"]
+    return wall, json.loads(run.stdout)["phases_s"], cpu.seconds
+
+
+class TreeCpu:
+    """CPU seconds this script's descendants take while the block runs, sampled from /proc."""
+
+    def __enter__(self):
+        self.before = _cpu_of(descendants(os.getpid()))
+        self.last = dict(self.before)
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        return self
+
+    def _sample(self):
+        while not self._done.wait(SAMPLE_S):
+            self.last.update(_cpu_of(descendants(os.getpid())))
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._sampler.join()
+        self.seconds = sum(cpu - self.before.get(proc, 0.0) for proc, cpu in self.last.items())
+        with contextlib.suppress(ChildProcessError):  # orphans adopted (below) that ended
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+
+def _cpu_of(procs) -> Dict[tuple, float]:
+    cpu = {}
+    for pid, start in procs:
+        with contextlib.suppress(OSError, IndexError):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if fields[19] == start:  # still the process noted (utime, stime: fields 14, 15)
+                cpu[(pid, start)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu
+
+
+def adopt_orphans() -> None:
+    """Become the parent of this script's orphaned descendants (Ray's agents and workers may
+    outlive their raylet by moments), so that they are still found among its descendants."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
 
 
 @contextlib.contextmanager
@@ -112,16 +166,21 @@ def compare(hosts: int, devices: int, rounds: int, address: str = None) -> Tuple
 
 
 def _phases(runs: List[Run]) -> str:
-    keys = list(dict.fromkeys(k for _, phases in runs for k in phases))
-    return " ".join(f"{k} {statistics.median(p.get(k, 0.0) for _, p in runs):.2f}" for k in keys)
+    keys = list(dict.fromkeys(k for _, phases, _ in runs for k in phases))
+    return " ".join(f"{k} {statistics.median(p.get(k, 0.0) for _, p, _ in runs):.2f}" for k in keys)
+
+
+def _cpu(runs: List[Run]) -> str:
+    cpu = statistics.median(c for _, _, c in runs)
+    return f"{cpu:5.1f} CPU s ({statistics.median(c / w for w, _, c in runs):.2f} cores busy)"
 
 
 def report(shape: str, mode: str, base: List[Run], ours: List[Run]) -> str:
-    b, o = statistics.median(w for w, _ in base), statistics.median(w for w, _ in ours)
+    b, o = statistics.median(w for w, _, _ in base), statistics.median(w for w, _, _ in ours)
     return "\n".join([
         f"{shape:<5} {mode:<8}  bare {b:6.2f} s  launch.py {o:6.2f} s  {o / b:.2f}x bare",
-        "      bare:      " + " ".join(f"{w:.2f}" for w, _ in base),
-        "      launch.py: " + " ".join(f"{w:.2f}" for w, _ in ours),
+        "      bare:      " + " ".join(f"{w:.2f}" for w, _, _ in base) + "   " + _cpu(base),
+        "      launch.py: " + " ".join(f"{w:.2f}" for w, _, _ in ours) + "   " + _cpu(ours),
         f"      phases (median s), bare: {_phases(base)}",
         f"      phases (median s), launch.py: {_phases(ours)}"])
 
@@ -134,6 +193,7 @@ def main():
     args = p.parse_args()
     shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
     modes = args.modes.split(",")
+    adopt_orphans()
     print(f"default training, {args.rounds} alternating rounds per line, medians", flush=True)
     if "cold" in modes:  # first: an attached run's cluster would share the machine with them
         for hosts, devices in shapes:

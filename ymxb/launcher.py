@@ -24,7 +24,9 @@ from ymxb.errors import HostFailure
 from ymxb.host import FAULT_ENV, FAULT_ONCE_ENV, PLATFORM_ENV, Host
 from ymxb.reaper import wait_gone
 
-# After the first host fails, how long to wait for the others to report before naming names.
+# After the first host fails, how long to wait for the others to report before naming names
+# (not at all once a host's process or node is known gone, before its peers would give up on
+# their own: that host is the one to name; JAX aborts the processes that give up).
 SETTLE_S = 3.0
 # How long host processes get to go after ray.kill, before the driver SIGKILLs the ones on its
 # own machine itself; and how long killed processes may take to disappear.
@@ -221,6 +223,8 @@ def _gather(hosts: List, refs: List, phase: str, timeout: float,
                 first_failure_s = time.monotonic() - started
                 deadline = min(deadline, time.monotonic() + SETTLE_S)
             failures.append((index[ref], _reason(err), _cause(err)))
+            if failures[-1][2] in ("died", "preempted") and first_failure_s < peers_give_up_s:
+                break  # a host that went is the cause: what its peers report later are symptoms
             continue
         if stream and "checkpoint" in item:
             on_piece(index[ref], item["checkpoint"])

@@ -17,6 +17,7 @@ for one, logs "Get dashboard http address failed" once a second in its log: expe
 """
 
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -46,8 +47,15 @@ EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 # agent retries for 3.5 s, and the raylet waits for the agent before the node comes up.
 HEAD_PARAMS = {"no_monitor": True, "include_log_monitor": False, "dashboard_agent_listen_port": 0}
 # Ray starts its workers at nice 15, below every other process on the machine; the hosts are
-# the work of a simulation, so they run at 0, as the processes of a bare run do.
-HEAD_CONFIG = {"worker_niceness": 0}
+# the work of a simulation, so they run at 0, as the processes of a bare run do. And it starts
+# a worker per CPU for the first driver, whose ray.init() waits for them (0.6-0.8 s here): the
+# hosts' actors start the workers they need anyway, while the driver reserves the slice.
+HEAD_CONFIG = {"worker_niceness": 0, "prestart_worker_first_driver": False}
+# What Ray's check for the dashboard's dependencies imports (ray/dashboard/optional_deps.py).
+DASHBOARD_DEPS = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry",
+                  "prometheus_client", "pydantic")
+# How often to ask the GCS whether the new head's raylet has registered.
+NODE_POLL_S = 0.05
 
 
 @contextlib.contextmanager
@@ -135,6 +143,8 @@ def _embedded(log, phases: Dict[str, float]):
 def _start_head(temp_dir: str):
     """Start a Ray head node on this machine, as ray.init() starts a cluster of its own (token
     auth on by default, the token made if missing), with HEAD_PARAMS and HEAD_CONFIG."""
+    from ray._private import ray_constants
+    from ray._private import utils as ray_utils
     from ray._private.authentication import authentication_token_setup as auth
     from ray._private.node import Node
     from ray._private.parameter import RayParams
@@ -147,7 +157,35 @@ def _start_head(temp_dir: str):
         def start_api_server(self, **options):
             """Not started (see the module's docstring)."""
 
+        def start_raylet(self, *args, **kwargs):
+            # Ray imports the dashboard's dependencies here (0.4 s, before the raylet starts)
+            # only to learn whether they are installed, for the agent's --minimal flag.
+            check = ray_utils.get_dashboard_dependency_error
+            ray_utils.get_dashboard_dependency_error = _dashboard_dependency_error
+            try:
+                super().start_raylet(*args, **kwargs)
+            finally:
+                ray_utils.get_dashboard_dependency_error = check
+
+        def start_ray_processes(self):
+            super().start_ray_processes()
+            # Node then waits for the raylet to register, asking the GCS once a second (0.5 s
+            # lost on average): ask every NODE_POLL_S first, so that its first question finds it.
+            raylet = self.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+            deadline = time.monotonic() + 30  # then Node's own wait says what went wrong
+            gcs = self.get_gcs_client()
+            while (self._node_id not in {n.hex() for n in gcs.get_all_node_info(timeout=5)}
+                   and raylet.poll() is None and time.monotonic() < deadline):
+                time.sleep(NODE_POLL_S)
+
     return Head(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+
+
+def _dashboard_dependency_error() -> Optional[ImportError]:
+    """Ray's check that the dashboard's dependencies are installed, by finding them, not
+    importing them."""
+    missing = [name for name in DASHBOARD_DEPS if importlib.util.find_spec(name) is None]
+    return ImportError(f"No module named {missing[0]!r}") if missing else None
 
 
 @contextlib.contextmanager

@@ -79,10 +79,11 @@ def alive(pid: int) -> bool:
 def wait_gone(pids: List[int], within_s: float) -> List[int]:
     """Those of `pids` still alive after waiting up to `within_s` for them to go."""
     deadline = time.monotonic() + within_s
-    while pids and time.monotonic() < deadline:
+    while True:
         pids = [p for p in pids if alive(p)]
-        time.sleep(0.1)
-    return [p for p in pids if alive(p)]
+        if not pids or time.monotonic() >= deadline:
+            return pids
+        time.sleep(0.02)
 
 
 def _pids():
