@@ -48,6 +48,16 @@ def gone(pid: int) -> bool:
         return True
 
 
+def wait_until(condition, within_s: float) -> bool:
+    """Poll `condition` every 0.1 s until it holds or `within_s` pass; whether it held."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def run_one(log=lambda line: None, checkpoints=None, **settings):
     """One trial on a slice of its own, on the connected Ray, as `launch.py` runs it (settings
     named as the flags; checkpoints in memory, or written to the folder `checkpoints`; the run's

@@ -17,7 +17,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from conftest import launch, run_one
+from conftest import launch, run_one, wait_until
 from ymxb import platforms
 from ymxb.errors import HostFailure, UsageError
 
@@ -210,9 +210,7 @@ def test_a_preempted_host_waits_for_its_node_and_the_run_goes_on(pretend, cpu_de
             outcome["error"] = err
 
     def wait_for(seen) -> None:
-        deadline = time.monotonic() + 120
-        while not seen() and trainer.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: seen() or not trainer.is_alive(), 120)
 
     trainer = threading.Thread(target=train, daemon=True)
     trainer.start()

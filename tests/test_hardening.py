@@ -17,7 +17,7 @@ import types
 
 import pytest
 
-from conftest import ROOT, gone, launch
+from conftest import ROOT, gone, launch, wait_until
 from ymxb.host import FAULT_ENV
 
 
@@ -52,9 +52,7 @@ def _wait_for_hosts(run, hosts: int) -> str:
 def _until_first_checkpoint(tmpdir: str, within_s: float = 60) -> None:
     """Wait until the run with $TMPDIR `tmpdir` has written its first checkpoint (a compiled
     call done on every host: training under way, gloo's sockets open)."""
-    deadline = time.monotonic() + within_s
-    while not glob.glob(f"{tmpdir}/ymxb-ckpt-*/*.ckpt.npz") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: glob.glob(f"{tmpdir}/ymxb-ckpt-*/*.ckpt.npz"), within_s)
 
 
 def _descendants(root: int):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, gone
+from conftest import ROOT, gone, wait_until
 from ymxb import checkpoint, testbed
 
 pytestmark = pytest.mark.slow
@@ -109,9 +109,7 @@ def _start_training(bed, hosts, checkpoints):
         line = run.stderr.readline()
         assert line, f"launch.py ended before its hosts started: {lines}"
         lines += line
-    deadline = time.monotonic() + 60
-    while not checkpoint.files(str(checkpoints)) and time.monotonic() < deadline:
-        time.sleep(0.1)  # until the first checkpoint: training under way
+    wait_until(lambda: checkpoint.files(str(checkpoints)), 60)  # the first checkpoint: training under way
     return run, lines
 
 
