@@ -31,3 +31,28 @@ def test_a_run_too_big_names_what_to_lower_with_the_numbers(program, flag):
     assert f"lower {flag}, or run on a cluster" in message and "16.0 GiB available" in message
     need = sum(budget.needed(program).values())
     assert f"need about {need / GIB:.1f} GiB" in message
+
+
+def test_a_program_too_big_for_the_devices_is_refused_by_what_they_hold():
+    # As TPU hosts report at initialize: 16 GiB of device memory each (JAX's bytes_limit).
+    tpu = [{"node_id": f"n{i}", "memory_available": 300 * GIB, "device_memory": 16 * GIB} for i in range(2)]
+    spec = SliceSpec(hosts=2, devices_per_host=4, platform="tpu")
+    budget.check_slice(_program(spec, ensemble=64), tpu)
+    big = _program(spec, ensemble=4096, samples_per_host=1 << 21)  # 512 members a device, on 4M points each
+    with pytest.raises(UsageError) as refused:
+        budget.check_slice(big, tpu)
+    need = budget.per_device(big)
+    assert str(refused.value) == (f"this run would need about {sum(need.values()) / GIB:.1f} GiB (--ensemble: "
+                                  f"{need['--ensemble'] / GIB:.1f} GiB) per device, but the slice's devices "
+                                  f"hold 16.0 GiB each: lower --ensemble")
+
+
+def test_cpu_devices_are_judged_by_the_memory_of_the_node_their_hosts_share():
+    spec = SliceSpec(hosts=4, devices_per_host=1, platform="cpu-sim")
+    program = _program(spec, samples_per_host=1 << 26)  # 3 GiB a host
+    apart = [{"node_id": f"n{i}", "memory_available": 8 * GIB, "device_memory": None} for i in range(4)]
+    budget.check_slice(program, apart)
+    together = [{**h, "node_id": "n0"} for h in apart]
+    with pytest.raises(UsageError, match=r"on the node of 4 of its hosts, which has 8.0 GiB available: "
+                                         r"lower --samples-per-host"):
+        budget.check_slice(program, together)

@@ -143,6 +143,7 @@ def test_launch_py_on_the_two_slice_cluster(cluster, cluster_address):
     rep = json.loads(result.stdout)
     assert rep["verified"] and [h["node_id"] for h in rep["hosts"]] == [cluster[("slice-b", w)] for w in range(2)]
 
+    # None of a v6e slice up, on a cluster started by hand (nothing would make one): no waiting.
     started = time.monotonic()
     result = launch("--address", cluster_address, "--platform", "tpu", "--tpu-type", "v6e", "--timeout", 10)
     assert time.monotonic() - started < 30
@@ -194,6 +195,51 @@ def test_fewer_whole_slices_than_asked_is_refused_naming_what_exists(cluster, se
 def test_gpu_nodes_take_no_slices(cluster):
     with pytest.raises(UsageError, match=r"--slices 2 is for TPU slices .*the mesh is nodes x GPUs"):
         run_one(platform="gpu", slices=2, **SMALL)
+
+
+def test_a_joined_run_waits_for_hosts_that_join_late(pretend, cluster_address, cpu_devices):
+    """A slice with a host missing (as while the autoscaler sets it up): the run says what it
+    waits for and goes on once the host joins. This cluster was started by hand (its autoscaler
+    read-only), so nothing but the test adds the host."""
+    said, outcome = [], {}
+    pretend.cluster.remove_node(pretend.nodes[("slice-b", 1)])
+    try:
+        assert wait_until(lambda: _workers_up("slice-b") == [0], 60)
+
+        def train():  # in a thread: nodes can only be added from the main one
+            try:
+                outcome["run"] = run_one(platform="tpu", tpu_type="v4-16", address=cluster_address, wait=120,
+                                         log=said.append, **SMALL)
+            except BaseException as err:
+                outcome["error"] = err
+
+        trainer = threading.Thread(target=train, daemon=True)
+        trainer.start()
+        waiting = ("launch.py: waiting for a whole TPU slice (--tpu-type v4-16): slice-b has 1 of 2 hosts up; "
+                   "the autoscaler: none that makes nodes (the cluster was started by hand) (")
+        wait_until(lambda: any(line.startswith(waiting) for line in said) or not trainer.is_alive(), 60)
+        assert any(line.startswith(waiting) for line in said), (said, outcome)
+    finally:
+        _add_tpu_host(pretend, "slice-b", 1)
+    trainer.join(timeout=180)
+    assert "error" not in outcome, (outcome.get("error"), said)
+    run, rep = outcome["run"]
+    assert rep["verified"] and [h["node_id"] for h in run.hosts] == [pretend.ids[("slice-b", w)] for w in range(2)]
+
+
+def test_a_joined_run_whose_slice_never_comes_fails_after_its_wait(cluster_address):
+    result = launch("--address", cluster_address, "--platform", "tpu", "--tpu-type", "v5litepod-16", "--wait", 3)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert any(re.fullmatch(r"launch.py: waiting for a whole TPU slice \(--tpu-type v5litepod-16\): slice-c has 1 of 4 "
+                            r"hosts up; the autoscaler: none that makes nodes \(the cluster was started by hand\) "
+                            r"\(\d+ s left of --wait 3\)", line) for line in lines), lines
+    assert lines[-1] == (f"launch.py: error: no whole TPU slice matches --tpu-type v5litepod-16: {EXISTS}; wait for "
+                         f"the missing hosts (ray status) or replace the slice (waited 3 s for it: --wait)")
+
+
+def _workers_up(name: str) -> list:
+    return sorted(w for s in platforms.tpu_slices(ray.nodes()) if s.name == name for w in s.workers)
 
 
 def test_a_preempted_host_waits_for_its_node_and_the_run_goes_on(pretend, cpu_devices, tmp_path):

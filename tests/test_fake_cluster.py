@@ -1,20 +1,26 @@
 """cluster/local-fake-tpu.yaml brought up through the set-up a real node does: the token shipped
 as its file_mounts say into a folder that stands in for the node's home, then its setup and
-start commands run as Ray's SSH command runner runs them (`clusterconfig.script`). Then: every
-node runs with token auth from the venv, refuses calls without the token, and `launch.py`, run
-as `ray exec` runs it, trains on the slice.
+start commands run as Ray's SSH command runner runs them (`clusterconfig.script`), the head's
+start command with the prefix `ray up` puts before it (autoscaler v2 on). Then: the head runs
+autoscaler v1 all the same, every node runs with token auth from the venv, refuses calls
+without the token, and `launch.py`, run as `ray exec` runs it, trains on the slice, waits for
+a host the autoscaler brings back, and gives up on a slice that never comes.
 
 The fake provider runs no commands on its workers: they are processes of the head's autoscaler
 and inherit its environment, which is what the per-node checks below look at.
 """
 
+import copy
 import json
 import os
+import re
 import shutil
+import site
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,9 +30,11 @@ import yaml
 from ray._private.authentication.authentication_constants import (
     AUTHORIZATION_BEARER_PREFIX, AUTHORIZATION_HEADER_NAME)
 from ray.autoscaler._private.command_runner import _with_interactive
+from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+from ray.autoscaler._private.util import with_envs
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, node_manager_pb2, node_manager_pb2_grpc
 
-from conftest import ROOT, pids_of, stop_processes_of
+from conftest import ROOT, pids_of, stop_processes_of, wait_until
 from ymxb.clusterconfig import load, script
 from ymxb.platforms import TEST_CPU_DEVICES_ENV
 
@@ -46,6 +54,11 @@ while time.monotonic() < deadline:
     time.sleep(1)
 sys.exit("the fake TPU hosts did not come up in 90 s")
 """
+# What `ray up` (2.60, autoscaler/_private/commands.py) puts before each of the head's start
+# commands, unless RAY_UP_enable_autoscaler_v2=0 is set where it runs.
+RAY_UP_PREFIX = {"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
+                 "RAY_NODE_TYPE_NAME": "ray.head.default"}
+MONITOR_V1, MONITOR_V2 = "autoscaler/_private/monitor.py", "autoscaler/v2/monitor.py"
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +82,8 @@ def fake_tpu_cluster():
     # The node's environment: none of this machine's Ray settings; the config must supply them.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), YMXB_BASE_PYTHON=sys.executable, YMXB_FAKE_CLUSTER=temp)
+    if sys.prefix != sys.base_prefix:  # run from a venv: a venv made over its Python sees the base's
+        env["PYTHONPATH"] = os.pathsep.join(site.getsitepackages())  # packages, not this one's
     try:
         # On a machine that never ran Ray there is no token yet: `ray get-auth-token --generate`.
         ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
@@ -78,7 +93,9 @@ def fake_tpu_cluster():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(os.path.expanduser(local), target)
         up = Path(temp) / "up.sh"
-        up.write_text(script(cfg, "head"))
+        as_ray_up = copy.deepcopy(cfg)
+        as_ray_up["head_start_ray_commands"] = with_envs(cfg["head_start_ray_commands"], RAY_UP_PREFIX)
+        up.write_text(script(as_ray_up, "head"))
         started = subprocess.run(["bash", str(up)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                  capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stderr[-3000:]
@@ -92,11 +109,7 @@ def fake_tpu_cluster():
 @pytest.fixture(scope="module")
 def nodes(fake_tpu_cluster):
     """The cluster's alive nodes, once both TPU hosts are up (a client with the user's token)."""
-    waited = subprocess.run([sys.executable, "-c", WAIT_FOR_HOSTS, fake_tpu_cluster.address, str(HOSTS)],
-                            capture_output=True, text=True, timeout=150,
-                            env={**os.environ, "RAY_AUTH_MODE": "token"})
-    assert waited.returncode == 0, waited.stderr[-2000:]
-    return json.loads(waited.stdout.strip().splitlines()[-1])
+    return _wait_for_tpu_hosts(fake_tpu_cluster, HOSTS)
 
 
 def ray_exec(cluster, command: str, env=None, timeout=300):
@@ -140,6 +153,37 @@ def test_ray_exec_shells_use_the_venv_and_token_auth(fake_tpu_cluster):
     assert shell.stdout.split() == [str(fake_tpu_cluster.home / "venv"), "token"]
 
 
+def test_the_head_runs_autoscaler_v1_though_ray_up_turns_v2_on(fake_tpu_cluster, nodes, tmp_path):
+    """The config's inline RAY_enable_autoscaler_v2=0 reaches the monitor: it runs v1's code. The
+    same prefix without it (a bare head, in a folder of its own) runs v2's: the check can fail."""
+    assert "export RAY_enable_autoscaler_v2=1; " in (Path(fake_tpu_cluster.temp) / "up.sh").read_text()
+    assert _monitors(fake_tpu_cluster.temp) == [MONITOR_V1]
+    control = tempfile.mkdtemp(prefix="ymxb-v2-", dir="/tmp")
+    try:
+        head = (f"{sys.executable} -m ray.scripts.scripts start --head --port={_free_port()} --temp-dir={control}/ray "
+                "--include-dashboard=false --disable-usage-stats")
+        started = subprocess.run(["bash", "-c", with_envs([f"export RAY_AUTH_MODE=token; {head}"], RAY_UP_PREFIX)[0]],
+                                 env={**fake_tpu_cluster.env, "YMXB_FAKE_CLUSTER": control}, stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert wait_until(lambda: _monitors(control), 30) and _monitors(control) == [MONITOR_V2]
+    finally:
+        stop_processes_of(control, "YMXB_FAKE_CLUSTER")
+        shutil.rmtree(control, ignore_errors=True)
+
+
+def _monitors(temp: str) -> list:
+    """Which autoscaler monitor each monitor process of the cluster in temp runs (its script)."""
+    scripts = [next((a for a in _cmdline(p) if a.endswith("monitor.py")), "") for p in pids_of(temp, "YMXB_FAKE_CLUSTER")]
+    return [m for script in scripts for m in (MONITOR_V1, MONITOR_V2) if script.endswith(m)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def test_launch_on_the_fake_tpu_cluster(fake_tpu_cluster, nodes):
     result = ray_exec(fake_tpu_cluster, f"python launch.py --address {fake_tpu_cluster.address} --platform tpu --json",
                       env={TEST_CPU_DEVICES_ENV: "4"})
@@ -149,6 +193,65 @@ def test_launch_on_the_fake_tpu_cluster(fake_tpu_cluster, nodes):
     workers = {n["worker"]: n["id"] for n in nodes}
     assert [h["node_id"] for h in rep["hosts"]] == [workers["0"], workers["1"]]
     assert {h["global_devices"] for h in rep["hosts"]} == {8}
+
+
+def test_a_slice_that_never_comes_is_waited_for_then_named(fake_tpu_cluster, nodes):
+    result = ray_exec(fake_tpu_cluster, f"python launch.py --address {fake_tpu_cluster.address} --platform tpu "
+                                        "--tpu-type v6e --wait 5")
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    # The autoscaler of this cluster makes nodes (no read-only one): the run waits, and says what it has.
+    assert any(re.fullmatch(r"launch.py: waiting for a whole TPU slice \(--tpu-type v6e\): no TPU host is up yet; "
+                            r"the autoscaler: nothing launching, nothing failed \(\d+ s left of --wait 5\)", line)
+               for line in lines), lines
+    assert lines[-1] == ("launch.py: error: no TPU slice matches --tpu-type v6e; the cluster has: fake-v4-16 (v4-16, "
+                         "2x2x2, 2 hosts) (waited 5 s for it: --wait)")
+
+
+def test_a_run_waits_for_the_host_the_autoscaler_adds_late(fake_tpu_cluster, nodes):
+    """Last in this module: it replaces host 1. The autoscaler (v1, which reads its config file
+    again on every update) takes host 1 away when told it may have none, then makes it again
+    when told it must have one: meanwhile launch.py waits for the whole slice, saying what the
+    cluster has, and trains once the host is up."""
+    config = Path(fake_tpu_cluster.temp) / "fake.yaml"
+    whole = config.read_text()
+    cfg = yaml.safe_load(whole)
+    cfg["available_node_types"]["tpu_host_1"].update(min_workers=0, max_workers=0)
+    config.write_text(yaml.safe_dump(cfg))
+    try:
+        _wait_for_tpu_hosts(fake_tpu_cluster, HOSTS - 1)
+        command = (f"python launch.py --address {fake_tpu_cluster.address} --platform tpu --wait 240 --steps 200 "
+                   "--samples-per-host 256 --json")
+        run = subprocess.Popen(" ".join(_with_interactive(command)), shell=True, cwd=ROOT, stdin=subprocess.DEVNULL,
+                               env={**fake_tpu_cluster.env, TEST_CPU_DEVICES_ENV: "4"}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = [], []  # each pipe read by a thread: neither fills up
+        readers = [threading.Thread(target=lambda pipe=pipe, kept=kept: kept.extend(pipe), daemon=True)
+                   for pipe, kept in ((run.stdout, out), (run.stderr, err))]
+        for reader in readers:
+            reader.start()
+        waiting = "launch.py: waiting for a whole TPU slice: fake-v4-16 has 1 of 2 hosts up; the autoscaler: "
+        wait_until(lambda: any(line.startswith(waiting) for line in err) or run.poll() is not None, 120)
+        assert any(line.startswith(waiting) for line in err), "".join(err)[-3000:]
+    finally:
+        config.write_text(whole)  # host 1 again: the autoscaler launches it
+    run.wait(timeout=400)
+    for reader in readers:
+        reader.join(timeout=10)
+    assert run.returncode == 0, "".join(err)[-3000:]
+    print("".join(line for line in err if line.startswith("launch.py: waiting")))
+    rep = json.loads("".join(out))
+    assert rep["verified"] and len(rep["hosts"]) == HOSTS
+    [before] = [n["id"] for n in nodes if n["worker"] == "1"]
+    assert rep["hosts"][1]["node_id"] != before  # host 1 on the node the autoscaler made anew
+
+
+def _wait_for_tpu_hosts(cluster, count: int) -> list:
+    """The cluster's alive nodes once exactly `count` TPU hosts are up."""
+    waited = subprocess.run([sys.executable, "-c", WAIT_FOR_HOSTS, cluster.address, str(count)],
+                            capture_output=True, text=True, timeout=150, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    assert waited.returncode == 0, waited.stderr[-2000:]
+    return json.loads(waited.stdout.strip().splitlines()[-1])
 
 
 def _environ(pid: int) -> dict:

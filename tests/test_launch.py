@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, gone, launch
+from ymxb.host import FAULT_ENV
 
 
 def _pids_using(folder: str):
@@ -62,7 +63,9 @@ def test_ctrl_c_stops_every_host_and_the_embedded_ray():
     ray_tmp = tempfile.mkdtemp(prefix="t-", dir="/tmp")
     run = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--steps", "100000"], cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "TMPDIR": ray_tmp},
+                           # Each compiled call starts 0.05 s late (a test fault): a minute of
+                           # training at least, on any machine.
+                           env={**os.environ, "TMPDIR": ray_tmp, FAULT_ENV: "slow:all:train:0.05"},
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     identities = ""
     while "host 3/4" not in identities:  # all four hosts have joined: training begins

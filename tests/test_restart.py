@@ -20,9 +20,11 @@ from ymxb import checkpoint
 from ymxb.errors import HostFailure, UsageError
 from ymxb.host import FAULT_ENV, FAULT_ONCE_ENV
 
-# 20 compiled calls of 100 steps at 2 x 2, a checkpoint after each: each kill below follows a
-# checkpoint (found by polling every 0.1 s) by well under the 1800+ steps still to go.
+# 20 compiled calls of 100 steps at 2 x 2, a checkpoint after each. The runs below are
+# interrupted after a checkpoint (found by polling every 0.1 s): each of their calls starts
+# 0.3 s late (a test fault), so 5 s of training or more are still to go then, on any machine.
 FLAGS = ("--hosts", 2, "--devices-per-host", 2, "--steps", 2000, "--json")
+SLOW = "slow:all:train:0.3"
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def _same_params(run: dict, clean: dict) -> None:
 
 
 def test_the_coordinator_killed_then_a_host_stopped_the_run_restarts_twice_and_matches(clean, tmp_path):
-    run = Run(*FLAGS, "--timeout", 8, "--checkpoint-dir", tmp_path)
+    run = Run(*FLAGS, "--timeout", 8, "--checkpoint-dir", tmp_path, env={FAULT_ENV: SLOW})
     coordinator, _ = run.host_pids(1)
     first = _checkpoint_past(tmp_path, 0)
     os.kill(coordinator, signal.SIGKILL)  # host 0: the JAX coordinator
@@ -132,7 +134,7 @@ def test_the_coordinator_killed_then_a_host_stopped_the_run_restarts_twice_and_m
 def test_a_host_dying_in_initialize_then_another_killed_the_run_matches(clean, tmp_path):
     once = tmp_path / "fault-struck"
     folder = tmp_path / "checkpoints"
-    run = Run(*FLAGS, "--checkpoint-dir", folder, env={FAULT_ENV: "die:1:initialize", FAULT_ONCE_ENV: once})
+    run = Run(*FLAGS, "--checkpoint-dir", folder, env={FAULT_ENV: f"die:1:initialize,{SLOW}", FAULT_ONCE_ENV: once})
     victim, _ = run.host_pids(1)  # hosts say who they are once initialised: the second slice
     assert os.path.exists(once)  # the first slice's host 1 died in initialize
     _checkpoint_past(folder, 0)
@@ -147,7 +149,7 @@ def test_a_host_dying_in_initialize_then_another_killed_the_run_matches(clean, t
 
 
 def test_a_driver_killed_mid_run_is_finished_by_resume(clean, tmp_path):
-    run = Run(*FLAGS, "--checkpoint-dir", tmp_path)
+    run = Run(*FLAGS, "--checkpoint-dir", tmp_path, env={FAULT_ENV: SLOW})
     run.host_pids(1)
     step = _checkpoint_past(tmp_path, 0)
     run.proc.kill()  # the driver: its reaper stops the rest

@@ -1,6 +1,6 @@
 """Runs on a real multi-node cluster on this machine (ymxb.testbed): each Ray node in its own
 network namespace with its own address, real jax.distributed over the bridge, and the
-failures only a network can make: a host cut off, a node lost for good."""
+failures only a network can make: a host cut off, a node lost for good, a host that joins late."""
 
 import json
 import os
@@ -156,3 +156,50 @@ def test_a_lost_node_is_named_with_its_host(make_bed, tmp_path):
     # Named as the cause, not among the peers whose collectives then failed.
     assert re.search(rf"failed: host {host} \({re.escape(lost.ip)} pid \d+\) failed first: its node is "
                      rf"gone|failed: host {host} \({re.escape(lost.ip)} pid \d+\) stopped answering", error), error
+
+
+ALIVE_TPU_HOSTS = """
+import sys, time, ray
+ray.init(log_to_driver=False)
+deadline = time.monotonic() + 90
+while sum(n["Alive"] and "ray.io/tpu-worker-id" in n["Labels"] for n in ray.nodes()) != int(sys.argv[1]):
+    if time.monotonic() > deadline:
+        sys.exit("the TPU hosts alive never became " + sys.argv[1])
+    time.sleep(0.5)
+"""
+
+
+def test_a_run_waits_for_a_host_that_joins_late_and_names_one_that_never_does(make_bed):
+    """A pretend v4-16 slice with host 1's node down, as while it is still being set up: a run
+    waits for it (--wait), saying what the slice has; one whose wait runs out fails naming the
+    slice; one that waits long enough trains once the node joins, at its own address."""
+    bed = make_bed(tpu=["v4-16"])
+    late = bed.nodes[2]  # tpu-worker-id 1
+    testbed._kill(bed.pids(late.index))
+    waited = bed.exec(0, [sys.executable, "-c", ALIVE_TPU_HOSTS, "1"], capture_output=True, text=True, timeout=150)
+    assert waited.returncode == 0, waited.stderr[-2000:]
+    waiting = re.compile(r"launch.py: waiting for a whole TPU slice: \S+ has 1 of 2 hosts up; the autoscaler: none that "
+                         r"makes nodes \(the cluster was started by hand\) \(\d+ s left of --wait (\d+)\)")
+
+    never = _launch(bed, "--platform", "tpu", "--wait", 5, timeout=120)
+    assert never.returncode == 2, never.stderr[-3000:]
+    lines = never.stderr.strip().splitlines()
+    assert any(waiting.fullmatch(line) for line in lines), lines
+    assert re.fullmatch(r"launch.py: error: no whole TPU slice matches --platform tpu: \S+ \(v4-16, 2x2x2, 2 hosts, "
+                        r"only 1 up\); wait for the missing hosts \(ray status\) or replace the slice \(waited 5 s for "
+                        r"it: --wait\)", lines[-1]), lines[-1]
+
+    run = subprocess.Popen(["ip", "netns", "exec", bed.netns(0), sys.executable, str(ROOT / "launch.py"),
+                            "--platform", "tpu", "--wait", "300", "--steps", "200", "--json"],
+                           cwd=ROOT, env={**os.environ, **bed.env()}, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    said = ""
+    while not any(waiting.fullmatch(line) for line in said.splitlines()):
+        line = run.stderr.readline()
+        assert line, f"launch.py ended before it waited: {said}"
+        said += line
+    rejoined = testbed._start_node(bed, late, testbed._ray_cli(), [f"--address={bed.address}"])
+    testbed._wait(rejoined, 120, f"node {late.index} ({late.ip}) again")
+    out, err = run.communicate(timeout=300)
+    rep, ips = _hosts(subprocess.CompletedProcess(run.args, run.returncode, out, said + err))
+    assert ips == [n.ip for n in bed.nodes[1:]]  # host 1 on the node that joined late, at its address

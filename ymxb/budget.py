@@ -1,12 +1,18 @@
-"""Whether an embedded simulation fits this machine: every host is a process here, so a run
-that cannot fit is refused before it starts, with the memory it would need and what is free,
-instead of swapping or being killed half-way.
+"""Whether a program fits where it runs, refused with the memory it would need and what is
+there, instead of swapping, running out of device memory or being killed half-way:
+
+- an embedded simulation, before anything starts: every host is a process on this machine
+  (`check_fits`);
+- a slice on a cluster, once its hosts are up and have said what they hold (`check_slice`):
+  per device where JAX reports the devices' memory (TPU, GPU), else per node (CPU devices
+  live in the node's memory, which the hosts on it share).
 
 The estimate is deliberately rough and on the high side: bytes per array, times the copies
 the run makes of it (generation in float64, float32, the devices' copies, Ray's transfer).
 """
 
-from typing import Dict, Optional
+from collections import Counter
+from typing import Dict, List, Optional
 
 from ymxb.config import Program
 from ymxb.errors import UsageError
@@ -34,6 +40,54 @@ def needed(program: Program) -> Dict[str, int]:
     key = "--ensemble" if program.count == 1 else "the group's trials x members"
     return {"--hosts": n * HOST_BASE + RAY_BASE, "--samples-per-host": data, key: models,
             "--steps": losses}
+
+
+def per_device(program: Program) -> Dict[str, int]:
+    """Bytes one device holds for a program: the data it sees, and each model's temporaries."""
+    cfg, k = program.trial, program.slice.devices_per_host
+    if cfg.ensemble:  # the whole global batch on every device, its share of the members
+        seen, models = cfg.global_samples(program.slice.processes), program.entries_per_device
+    else:  # its slice of the host's shard, every trial's replica
+        seen, models = cfg.samples_per_host // k, program.count
+    key = "--ensemble" if program.count == 1 else "the group's trials x members"
+    return {"--samples-per-host": seen * 2 * F32, key: models * seen * 3 * F32,
+            "--steps-per-call": models * cfg.steps_per_call * F32}
+
+
+def per_host(program: Program) -> Dict[str, int]:
+    """Bytes one host process needs for a program beyond an idle one, its devices' arrays in
+    its own memory (CPU devices): `needed` of one host, less the driver's share."""
+    cfg, n, k = program.trial, program.slice.processes, program.slice.devices_per_host
+    s, g, e = cfg.samples_per_host, cfg.global_samples(n), program.padded_entries
+    data = s * (4 * F64 + 4 * F32) + (k * g * 2 * F32 * 2 if cfg.ensemble else 0)
+    models = e * g * 3 * F32 // n
+    losses = (e // n if cfg.ensemble else e) * cfg.steps * F32 * 5
+    key = "--ensemble" if program.count == 1 else "the group's trials x members"
+    return {"--samples-per-host": data, key: models, "--steps": losses}
+
+
+def check_slice(program: Program, hosts: List[dict], what: str = "this run") -> None:
+    """UsageError, with the numbers and a way out, when `program` cannot fit on the slice as
+    its `hosts` reported it at initialize (`memory_available`: their node's, `device_memory`:
+    the least any local device holds, None where JAX does not say)."""
+    devices = [h["device_memory"] for h in hosts if h.get("device_memory")]
+    if devices:
+        need, have = per_device(program), min(devices)
+        where = f"per device, but the slice's devices hold {_gib(have)} each"
+    else:  # CPU devices: the hosts on a node share its memory
+        on_node = Counter(h["node_id"] for h in hosts)
+        free = {h["node_id"]: h.get("memory_available") for h in hosts}
+        node = max(on_node, key=lambda n: on_node[n] / (free[n] or float("inf")))
+        if free[node] is None:
+            return
+        need = {k: v * on_node[node] for k, v in per_host(program).items()}
+        have = free[node]
+        where = f"on the node of {on_node[node]} of its hosts, which has {_gib(have)} available"
+    if sum(need.values()) > have:
+        parts = ", ".join(f"{flag}: {_gib(b)}" for flag, b in sorted(need.items(), key=lambda kv: -kv[1])
+                          if b >= 2**30 / 20)
+        raise UsageError(f"{what} would need about {_gib(sum(need.values()))} ({parts}) {where}: "
+                         f"lower {max(need, key=need.get)}")
 
 
 def available() -> Optional[int]:

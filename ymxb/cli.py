@@ -119,6 +119,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="seconds placement and jax.distributed.initialize may take, and training "
                         "between two completed compiled calls, before the run fails naming the "
                         "host that died or hung")
+    g.add_argument("--wait", type=float, metavar="SECONDS", default=d.wait,
+                   help="joined to a cluster (--address): seconds to wait for the slice to be whole, "
+                        "as the cluster's autoscaler makes it (saying on stderr what it waits for); "
+                        "0: fail at once")
     g.add_argument("--tol", type=float, metavar="TOL", default=t.tol,
                    help="max |param - normal-equation solution| for the run to verify")
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -177,6 +181,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
                    "default: $RAY_ADDRESS, else an embedded local Ray")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="as for a single run; default: the "
                    f"file's slice timeout, else {SLICE.timeout:g}")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="joined to a cluster, as for a single run; "
+                   f"default: the file's slice wait, else {SLICE.wait:g}")
     _recovery_flags(p.add_argument_group(
         "surviving host loss (the running program's checkpoint is kept in the results folder's "
         "checkpoints/ until its records are in; a rerun continues from it)"))
@@ -266,37 +272,41 @@ def _sweep(argv: List[str]) -> int:
     args = _sweep_parser().parse_args(argv)
     address = _address(args.address)
     sweep = sweeps.load(args.file, SliceSpec(address=address))
-    if args.timeout is not None:  # the command line wins over the file
-        sweep = dataclasses.replace(sweep, trials=tuple((s.replace(timeout=args.timeout), t) for s, t in sweep.trials))
+    given = {k: getattr(args, k) for k in ("timeout", "wait") if getattr(args, k) is not None}
+    if given:  # the command line wins over the file
+        sweep = dataclasses.replace(sweep, trials=tuple((s.replace(**given), t) for s, t in sweep.trials))
     try:
         trials = experiment.prepare(sweep)
     except UsageError as err:
         raise UsageError(f"{args.file}: {sweeps.as_key(str(err))}") from None
     folder = args.out or os.path.join(RUNS, sweep.name)
     _check_folder(folder)
-    store = Store(folder)
-    if args.fresh:
-        store.clear()
-    shutil.copyfile(args.file, os.path.join(folder, "sweep.yaml"))
-    todo = experiment.plan(trials, store)
-    pending = len(todo.pending)
+    with Store(folder).locked() as store:  # one sweep at a time writes a store
+        if args.fresh:
+            store.clear()
+        todo = experiment.plan(trials, store)
+        pending = len(todo.pending)
+        # The file as it ran, beside its records (each version kept: the file may be this copy).
+        sweep_file = store.keep_sweep_file(args.file) if pending else None
 
-    def show(outcome, out, wall_s, phases):
-        _show_results(outcome.records, folder, args.json, out, outcome.restarts)
+        def show(outcome, out, wall_s, phases):
+            _show_results(outcome.records, folder, args.json, out, outcome.restarts)
 
-    log = lambda line: print(line, file=sys.stderr, flush=True)
-    if not pending:
-        log(f"launch.py: all {len(trials)} trials of {args.file} are recorded in {store.path}; "
-            f"nothing to run (--fresh runs them again)")
-    progress = experiment.Progress(len(trials), len(trials) - pending)
-    recovery = Recovery.of(args)
-    checkpoints = os.path.join(folder, "checkpoints")
-    os.makedirs(checkpoints, exist_ok=True)
-    try:
-        return _run(todo, address, store, progress, show, launch=bool(pending),
-                    run=dict(recovery=recovery, checkpoints=checkpoints))
-    finally:
-        progress.close()
+        if not pending:
+            _log(f"launch.py: all {len(trials)} trials of {args.file} are recorded in {store.path}; "
+                 f"nothing to run (--fresh runs them again)")
+        progress = experiment.Progress(len(trials), len(trials) - pending)
+        checkpoints = os.path.join(folder, "checkpoints")
+        os.makedirs(checkpoints, exist_ok=True)
+        try:
+            return _run(todo, address, store, progress, show, launch=bool(pending),
+                        run=dict(recovery=Recovery.of(args), checkpoints=checkpoints, sweep_file=sweep_file))
+        finally:
+            progress.close()
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _results(argv: List[str]) -> int:
@@ -329,7 +339,7 @@ def _run(todo, address, store, progress, show, launch: bool = True, run: Optiona
     """Run the plan `todo` (`launch`: on a Ray cluster, else none is needed; `run`: more of
     experiment.run's arguments), then `show(outcome, stdout, wall_s, phases)` (phases: seconds
     the driver took to get here, and Ray to come up and to go); return the exit code."""
-    log = progress.log if progress else lambda line: print(line, file=sys.stderr, flush=True)
+    log = progress.log if progress else _log
     started = time.perf_counter()
     phases = {"driver": _process_age_s()}
     with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:

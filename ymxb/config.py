@@ -59,6 +59,9 @@ class SliceSpec(_Spec):
     tpu_topology: Optional[str] = None  # which slice: chip topology ("2x2x4")
     address: Optional[str] = None  # the Ray cluster; None: $RAY_ADDRESS, else an embedded one
     timeout: float = 120.0  # seconds placement or initialize may take; training between calls
+    # Seconds a run joined to a cluster waits for its slice to be whole: after `ray up` the
+    # autoscaler makes the TPU slice or GPU nodes in minutes (0: fail at once, as an embedded run).
+    wait: float = 900.0
 
     def __post_init__(self):
         for name in ("hosts", "devices_per_host"):
@@ -66,13 +69,21 @@ class SliceSpec(_Spec):
                 _check_positive_int(name, getattr(self, name))
         _check_positive_int("slices", self.slices)
         _check_positive_float("timeout", self.timeout)
+        if isinstance(self.wait, bool) or not isinstance(self.wait, (int, float)) or not 0 <= self.wait < math.inf:
+            raise UsageError(f"--wait must be 0 (fail at once) or more seconds, got {self.wait!r}")
         if self.platform is not None:
             _check_choice("platform", self.platform, PLATFORMS)
+        _as_floats(self, ("timeout", "wait"))
 
     @property
     def shaped(self) -> bool:
         """Whether the slice shape is known (the platform fills it in otherwise)."""
         return self.hosts is not None and self.devices_per_host is not None
+
+    @property
+    def settled(self) -> bool:
+        """Whether the slice is known as it will run: shaped, on a known platform."""
+        return self.shaped and self.platform is not None
 
     @property
     def processes(self) -> int:
@@ -143,6 +154,7 @@ class TrialSpec(_Spec):
         _check_choice("model", self.model, MODELS)
         _check_choice("parallel", self.parallel, PARALLEL_MODES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _as_floats(self, ("true_m", "true_b", "noise", "lr", "tol"))
 
     @property
     def members(self) -> int:
@@ -236,6 +248,14 @@ class Program:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _as_floats(spec, names) -> None:
+    """Numbers as floats, however they were written (`lr: 1` in YAML is an int): equal
+    settings are equal values, and a trial's id (results.trial_id) does not depend on the
+    spelling."""
+    for name in names:
+        object.__setattr__(spec, name, float(getattr(spec, name)))
 
 
 def _check_positive_int(name: str, value) -> None:

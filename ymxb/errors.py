@@ -1,5 +1,7 @@
-"""The two ways a run fails before a verdict; both end with exit code 2 and one line."""
+"""The two ways a run fails before a verdict (both end with exit code 2 and one line), and what
+a host failure's cause is."""
 
+import enum
 from typing import Optional
 
 
@@ -7,17 +9,29 @@ class UsageError(ValueError):
     """Bad input: the message says what was wrong and how to fix it."""
 
 
+class Cause(enum.Enum):
+    """Why a slice failed, as the supervisor's budgets switch on it."""
+
+    DIED = "died"  # a host's process exited (crashed, killed, aborted by JAX)
+    HUNG = "hung"  # alive but not progressing, or never arrived
+    PREEMPTED = "preempted"  # its node was taken away, or left the cluster
+    CRASHED = "crashed"  # JAX's runtime raised (a collective whose peer went)
+    FINAL = "final"  # no host's loss (no room for the slice, a slow run, a bad setting)
+
+    @property
+    def restarts(self) -> bool:
+        """Whether a restart of the slice may mend it."""
+        return self is not Cause.FINAL
+
+
 class HostFailure(RuntimeError):
     """A host died or hung, or the cluster cannot hold the request; the message names which.
 
-    `host` (its process index) and `cause` say who and what, where a host is to blame:
-    "died" (its process exited), "hung" (alive but not progressing, or never arrived),
-    "preempted" (its node was taken away or left the cluster), or "crashed" (JAX's runtime
-    raised, e.g. a collective whose peer went). A cause of None is no host's loss (the
-    cluster cannot hold the slice, the run is slow, a bad setting): retrying would not help.
+    `host` (its process index, where one is to blame), `cause` (what happened; FINAL: retrying
+    would not help) and `phase` (start, jax.distributed.initialize, training, ...).
     """
 
-    def __init__(self, message: str, host: Optional[int] = None, cause: Optional[str] = None,
+    def __init__(self, message: str, host: Optional[int] = None, cause=None,
                  phase: Optional[str] = None):
         super().__init__(message)
         self.host, self.cause, self.phase = host, cause, phase

@@ -23,15 +23,17 @@ PLAIN_PROGRESS_S = 10.0
 
 @dataclasses.dataclass
 class Plan:
-    """A sweep's trials (slice settled), their ids, and the records its store already has."""
+    """A sweep's trials (slice settled as far as known before launching), their ids, and the
+    records its store already has. A trial whose slice the cluster shapes (TPU, GPU, or a
+    platform to detect) has no id until then: it counts as pending until the slice is up."""
 
     trials: List[Tuple[SliceSpec, TrialSpec]]
-    ids: List[str]
+    ids: List[Optional[str]]
     done: Dict[str, TrialRecord]
 
     @property
     def pending(self) -> List[Tuple[SliceSpec, TrialSpec]]:
-        return [t for t, tid in zip(self.trials, self.ids) if tid not in self.done]
+        return [t for t, tid in zip(self.trials, self.ids) if tid is None or tid not in self.done]
 
 
 @dataclasses.dataclass
@@ -42,9 +44,10 @@ class Outcome:
 
 
 def settle(spec: SliceSpec) -> SliceSpec:
-    """The slice as far as it is known before launching: an embedded cluster can only
-    simulate, so its shape is settled here (the CPU simulation's defaults)."""
-    if spec.address is None and spec.platform in (None, "cpu-sim"):
+    """The slice as far as it is known before launching: the CPU simulation's shape follows
+    from the settings alone, and an embedded cluster can only simulate. A TPU or GPU slice
+    (or a platform left to detect on a cluster) is shaped once the cluster is joined."""
+    if spec.platform == "cpu-sim" or (spec.address is None and spec.platform is None):
         from ymxb.platforms import CpuSim
 
         return CpuSim(spec).shape()
@@ -72,20 +75,22 @@ def prepare(sweep: sweeps.Sweep) -> List[Tuple[SliceSpec, TrialSpec]]:
 
 def plan(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store]) -> Plan:
     """What is to run: the trials (from `prepare`) whose records the store lacks."""
-    ids = [results.trial_id(spec, trial) for spec, trial in trials]
+    ids = [results.trial_id(spec, trial) if spec.settled else None for spec, trial in trials]
     return Plan(trials, ids, store.load() if store else {})
 
 
 def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
         progress: Optional["Progress"] = None, recovery: Recovery = Recovery(),
-        checkpoints: Optional[str] = None, resume: bool = False) -> Outcome:
+        checkpoints: Optional[str] = None, resume: bool = False,
+        sweep_file: Optional[str] = None) -> Outcome:
     """Run the plan's pending trials on the connected cluster, each program's records added
-    to `store` as it finishes. Each program is checkpointed to the folder `checkpoints` (None:
-    kept in memory only) until its records are in, and continues from its checkpoint there if
-    it has one (`resume`: it must have one)."""
+    to `store` as it finishes (saying they ran from `sweep_file`). Each program is
+    checkpointed to the folder `checkpoints` (None: kept in memory only) until its records are
+    in, and continues from its checkpoint there if it has one (`resume`: it must have one)."""
     from ymxb.supervisor import Supervisor
 
     done = dict(todo.done)
+    ids = dict(zip(todo.trials, todo.ids))  # the unsettled ones' ids, once their slice is up
     progress = progress or Progress(0, quiet=True)
     outcome = Outcome([])
     began = time.time()
@@ -93,16 +98,26 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
         with Supervisor(spec, recovery, log, began) as supervisor:
             for group in groups:
                 shaped = supervisor.up()
-                for trial in group:  # a slice the platform shaped: first known now
+                for trial in group:  # a slice the platform shaped: its id, first known now
+                    ids[spec, trial] = results.trial_id(shaped, trial)
+                recorded = [t for t in group if ids[spec, t] in done]
+                progress.skip(len(recorded))
+                group = [t for t in group if ids[spec, t] not in done]
+                if not group:
+                    continue
+                for trial in group:
                     trial.check_fits(shaped)
                 program = Program.of(shaped, group)
+                if shaped.address is not None:  # an embedded run was checked before it started
+                    what = "this run" if len(todo.trials) == 1 else f"a program of {len(group)} trials"
+                    budget.check_slice(program, supervisor.hosts, what)
                 path = os.path.join(checkpoints, checkpoint.name_of(program)) if checkpoints else None
                 start = resume_point(checkpoints, program, resume) if checkpoints else None
                 if start:
                     log(f"launch.py: going on from the checkpoint at step {start.step} in {path}")
                 progress.start(program)
                 outcome.last_run = supervisor.run(program, path, start, on_steps=progress.steps)
-                records = results.judge(outcome.last_run, spec)
+                records = results.judge(outcome.last_run, sweep_file)
                 if store:
                     store.append(records)
                 if path:
@@ -110,7 +125,7 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
                 done.update((r.trial_id, r) for r in records)
                 progress.finish(program)
         outcome.restarts += supervisor.restarts
-    outcome.records = [done[tid] for tid in todo.ids]
+    outcome.records = [done[ids[trial]] for trial in todo.trials]
     return outcome
 
 
@@ -167,6 +182,13 @@ class Progress:
         elif time.monotonic() - self.said >= PLAIN_PROGRESS_S:
             self.said = time.monotonic()
             self._say(f"program at step {steps}/{self.program.trial.steps}")
+
+    def skip(self, trials: int) -> None:
+        """Trials found recorded once their slice was up (its shape first known then)."""
+        if trials:
+            self.done += trials
+            if self.bar is not None:
+                self.bar.update(trials)
 
     def finish(self, program: Program) -> None:
         self.done += program.count

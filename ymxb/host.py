@@ -17,11 +17,14 @@ import threading
 import time
 from typing import Dict, Iterable, List, Optional
 
+from ymxb import budget
 from ymxb.config import Program
 from ymxb.platforms import MEGASCALE_PREFIX
 
-# Test-only fault injection, "<die|hang>:<host index>:<phase>", forwarded to the actors by the
-# launcher: lets the tests make a real host really die or hang. Unset in normal runs.
+# Test-only fault injection, forwarded to the actors by the launcher: faults separated by
+# commas, each "<kind>:<host index, or all>:<phase>[:<seconds>]". "die" and "hang" make a real
+# host really die or hang; "slow:all:train:S" starts each compiled call S seconds late (a run
+# as slow as a test needs, on any machine). Unset in normal runs.
 FAULT_ENV = "YMXB_TEST_FAULT"
 # With it, a path: the fault strikes once, in the first process to create that file.
 FAULT_ONCE_ENV = "YMXB_TEST_FAULT_ONCE"
@@ -96,7 +99,10 @@ class Host:
         return {"process_index": jax.process_index(), "process_count": jax.process_count(),
                 "local_devices": len(devices), "global_devices": jax.device_count(),
                 "platform": devices[0].platform, "device_kind": devices[0].device_kind,
-                "megascale": {n: v for n, v in os.environ.items() if n.startswith(MEGASCALE_PREFIX)}}
+                "megascale": {n: v for n, v in os.environ.items() if n.startswith(MEGASCALE_PREFIX)},
+                # What a program may use here (budget.check_slice): the node's free memory, and
+                # the least any local device holds where JAX says (TPU, GPU; not CPU devices).
+                "memory_available": budget.available(), "device_memory": _device_memory(devices)}
 
     def train(self, program: Program, resume: Optional[dict] = None, checkpoint_every: int = 0):
         """train.train_stream's items: this host's checkpoint pieces, then its result (called
@@ -105,7 +111,13 @@ class Host:
 
         self._set_progress(None)
         self._maybe_fault("train")
-        yield from train_stream(program, self._set_progress, resume, checkpoint_every)
+        slow = self._slowness("train")
+
+        def late(steps: int) -> None:  # test-only: each compiled call starts `slow` seconds late
+            self._set_progress(steps)
+            time.sleep(slow)
+
+        yield from train_stream(program, late if slow else self._set_progress, resume, checkpoint_every)
 
     def progress(self):
         """Steps done (by the compiled calls completed so far), None before training starts.
@@ -124,9 +136,22 @@ class Host:
         with self._lock:
             self._steps_started = steps
 
+    def _faults(self, phase: str) -> List[tuple]:
+        """(kind, argument) of each test fault that strikes this host in `phase`."""
+        found = []
+        for fault in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+            kind, host, where, *argument = fault.split(":")
+            if where == phase and host in (str(self.host_index), "all"):
+                found.append((kind, argument[0] if argument else None))
+        return found
+
+    def _slowness(self, phase: str) -> float:
+        """Seconds each compiled call of `phase` is delayed by a "slow" fault on this host."""
+        return sum(float(seconds) for kind, seconds in self._faults(phase) if kind == "slow")
+
     def _maybe_fault(self, phase: str) -> None:
-        kind, _, where = os.environ.get(FAULT_ENV, "").partition(":")
-        if where != f"{self.host_index}:{phase}":
+        kind = next((kind for kind, _ in self._faults(phase) if kind in ("die", "hang")), None)
+        if kind is None:
             return
         once = os.environ.get(FAULT_ONCE_ENV)
         if once:  # the first process to get here takes the fault; later ones run normally
@@ -139,6 +164,13 @@ class Host:
             os._exit(17)
         if kind == "hang":
             time.sleep(3600)
+
+
+def _device_memory(devices) -> Optional[int]:
+    """Bytes the emptiest-handed local device can hold (JAX's bytes_limit); None where JAX does
+    not report it (CPU devices: their arrays are in the node's memory)."""
+    limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+    return min(limits) if limits and None not in limits else None
 
 
 def _gloo_listens_on(host: str) -> None:

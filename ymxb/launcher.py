@@ -148,18 +148,18 @@ class WarmSlice:
 
     def _reserve(self) -> SliceSpec:
         """Shape and reserve the slice; where it is not whole (or not free), try again for up
-        to `wait_whole_s`. The shaped spec."""
-        deadline = time.monotonic() + self.wait_whole_s
+        to `wait_whole_s`, or a joined cluster's --wait where longer (its autoscaler may still
+        be making the slice), saying what it waits for. The shaped spec."""
+        wait = _SliceWait(self.spec, self.wait_whole_s, self.log)
         while True:
             self.platform = platforms.resolve(self.spec, ray.cluster_resources())
             try:
                 spec = self.platform.shape()
                 self.platform.reserve(spec.timeout)
                 return spec
-            except HostFailure:
+            except HostFailure as failure:
                 self.platform.release()
-                if time.monotonic() >= deadline:
-                    raise
+                wait.went_on(failure, self.platform)  # raises once the wait is over
             time.sleep(1.0)
 
     def _stop(self) -> None:
@@ -167,6 +167,59 @@ class WarmSlice:
             start = time.perf_counter()
             _stop(self.hosts, self.platform, self.identities)
             self.phases["stop"] = time.perf_counter() - start
+
+
+class _SliceWait:
+    """Waiting for a slice to be whole: a joined cluster's --wait (its autoscaler makes nodes
+    in minutes, or never), or a restart's wait (`wait_whole_s`). While it waits for --wait it
+    says, on a change and every SAY_EVERY_S, what it waits for, what the cluster has of it and
+    what Ray's autoscaler reports; when --wait is over it fails naming the autoscaler's last
+    error, where it reported one. It does not wait where none of the slice is up and the
+    cluster's autoscaler is read-only (started by hand): nothing would come."""
+
+    SAY_EVERY_S = 30.0
+
+    def __init__(self, spec: SliceSpec, wait_whole_s: float, log: Callable[[str], None]):
+        joined = spec.wait if spec.address else 0.0
+        self.announced = joined >= wait_whole_s and joined > 0  # else a restart's wait, as before
+        self.wait_s, self.log = max(joined, wait_whole_s), log
+        self.deadline = time.monotonic() + self.wait_s
+        self.restart_deadline = time.monotonic() + wait_whole_s  # a restart waits this long anyway
+        self.said, self.said_at = None, -math.inf
+
+    def went_on(self, failure: HostFailure, platform: platforms.Platform) -> None:
+        """After a try that failed: return to try again, or raise once the wait is over."""
+        now = time.monotonic()
+        if not self.announced:
+            if now >= self.deadline:
+                raise failure
+            return
+        autoscaler = _autoscaler_state()
+        nothing_comes = getattr(autoscaler, "makes_nodes", True) is False and not platform.some_up()
+        if nothing_comes and now >= self.restart_deadline:
+            raise failure  # none of it up, and nothing on this cluster makes nodes: no use waiting
+        if now >= self.deadline:
+            last = autoscaler.last_error if not isinstance(autoscaler, str) and autoscaler else None
+            said = f"; the autoscaler's last error: {last}" if last else ""
+            raise HostFailure(f"{failure} (waited {self.wait_s:g} s for it: --wait){said}",
+                              failure.host, failure.cause, failure.phase) from None
+        reported = autoscaler if isinstance(autoscaler, str) else (
+            autoscaler.describe() if autoscaler else "no report yet")
+        line = f"{platform.waiting_for()}; the autoscaler: {reported}"
+        if line != self.said or now - self.said_at >= self.SAY_EVERY_S:
+            self.log(f"launch.py: waiting for {line} ({self.deadline - now:.0f} s left of --wait {self.wait_s:g})")
+            self.said, self.said_at = line, now
+
+
+def _autoscaler_state():
+    """The connected cluster's autoscaler state (autoscaler_state.AutoscalerState, or None
+    where none reports), or what went wrong reading it (a str: the wait goes on)."""
+    from ymxb import autoscaler_state
+
+    try:
+        return autoscaler_state.read(ray.get_runtime_context().gcs_address)
+    except (ray.exceptions.RayError, ConnectionError, ValueError) as err:  # ValueError: a report that is not JSON
+        return f"its report could not be read ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})"
 
 
 def _start_hosts(platform: platforms.Platform, spec: SliceSpec) -> List:

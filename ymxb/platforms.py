@@ -85,6 +85,14 @@ class Platform:
         """Reserve every host (one bundle each) and wait for it; HostFailure if it can't."""
         raise NotImplementedError
 
+    def waiting_for(self) -> str:
+        """What a run waiting for the slice waits for, and what the cluster has of it now."""
+        raise NotImplementedError
+
+    def some_up(self) -> bool:
+        """Whether some of what the slice needs is up (the rest may be joining)."""
+        return False
+
     def host_env(self) -> Dict[str, str]:
         """Environment each host's process needs before JAX is imported."""
         return cpu_device_env(self.test_cpu_devices) if self.test_cpu_devices else {}
@@ -162,11 +170,7 @@ class Tpu(Platform):
 
     def shape(self):
         cfg, slices = self.cfg, tpu_slices(ray.nodes())
-        wanted = [s for s in slices
-                  if cfg.tpu_type in (None, s.pod_type, s.version)
-                  and cfg.tpu_topology in (None, s.topology)]
-        asked = " ".join(f"--{k} {v}" for k, v in (("tpu-type", cfg.tpu_type),
-                                                    ("tpu-topology", cfg.tpu_topology)) if v)
+        wanted, asked = self._matching(slices), self._asked()
         exists = "; ".join(s.describe() for s in slices)
         if not slices:
             raise HostFailure("--platform tpu, but the cluster has no TPU slices (no node has "
@@ -193,6 +197,27 @@ class Tpu(Platform):
                               f"for more (ray status), or ask for fewer")
         self.cfg = cfg.replace(platform=self.name, hosts=hosts, devices_per_host=devices)
         return self.cfg
+
+    def waiting_for(self):
+        count = self.cfg.slices
+        what = f"{count} whole TPU slices" if count > 1 else "a whole TPU slice"
+        what += f" ({self._asked()})" if self._asked() else ""
+        slices = self._matching(tpu_slices(ray.nodes()))
+        if not slices:
+            return f"{what}: no TPU host is up yet"
+        return f"{what}: " + ", ".join(f"{s.name} has {len(s.workers)} of {s.hosts} hosts up" for s in slices)
+
+    def some_up(self):
+        return bool(self._matching(tpu_slices(ray.nodes())))
+
+    def _matching(self, slices: List[TpuSlice]) -> List[TpuSlice]:
+        """The slices of the kind asked for (--tpu-type, --tpu-topology)."""
+        return [s for s in slices if self.cfg.tpu_type in (None, s.pod_type, s.version)
+                and self.cfg.tpu_topology in (None, s.topology)]
+
+    def _asked(self) -> str:
+        return " ".join(f"--{k} {v}" for k, v in (("tpu-type", self.cfg.tpu_type),
+                                                   ("tpu-topology", self.cfg.tpu_topology)) if v)
 
     def reserve(self, timeout):
         from ray.util.tpu import slice_placement_group
@@ -260,6 +285,13 @@ class Gpu(Platform):
                                devices_per_host=self.test_cpu_devices or self.gpus)
         return self.cfg
 
+    def waiting_for(self):
+        up = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0)
+        return f"{self.cfg.hosts or 'the'} GPU node{'s' * (self.cfg.hosts != 1)}: {up} up"
+
+    def some_up(self):
+        return any(n["Alive"] and n["Resources"].get("GPU", 0) > 0 for n in ray.nodes())
+
     def reserve(self, timeout):
         # STRICT_SPREAD: every bundle on a different node, so one host per node.
         self.pg = placement_group([{"GPU": self.gpus}] * self.cfg.hosts, strategy="STRICT_SPREAD",
@@ -281,9 +313,8 @@ class CpuSim(Platform):
         return True  # any cluster can simulate
 
     def shape(self):
-        # The platform stays as asked (None: detected): an embedded run's trial ids are made
-        # from this shape (experiment.settle), and must not change with it.
-        self.cfg = self.cfg.replace(hosts=self.cfg.hosts or SIM_HOSTS,
+        # Known from the settings alone, on any cluster: experiment.settle shapes it up front.
+        self.cfg = self.cfg.replace(platform=self.name, hosts=self.cfg.hosts or SIM_HOSTS,
                                     devices_per_host=self.cfg.devices_per_host or SIM_DEVICES)
         return self.cfg
 
@@ -299,6 +330,9 @@ class CpuSim(Platform):
         self.pg = placement_group([{"CPU": SIM_HOST_CPUS}] * hosts, strategy=strategy, name="ymxb-cpu-sim")
         self._wait_ready(timeout, f"{hosts} simulated hosts ({SIM_HOST_CPUS} CPU each)")
         self.bundle_of_host = list(range(hosts))
+
+    def waiting_for(self):
+        return f"room for {self.cfg.processes} simulated hosts ({SIM_HOST_CPUS} CPU each)"
 
     def host_env(self):
         return cpu_device_env(self.cfg.devices_per_host)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ymxb import data
 from ymxb.config import TrialSpec
-from ymxb.results import TrialRecord, error_key, varying_settings
+from ymxb.results import TrialRecord, rank, varying_settings
 
 MAX_PANELS = 12  # programs drawn in loss.png; the rest are listed in its title
 LEGEND_LINES = 10  # a panel with more lines than this gets no legend
@@ -105,17 +105,16 @@ def _error_vs_lr(plt, records):
 
 
 def _fit(plt, records):
-    best = min(records, key=lambda r: (not r.verified, error_key(r)))
-    cfg = best.config
-    trial = TrialSpec(**{k: cfg[k] for k in TrialSpec.fields()})
-    x, y = data.global_dataset(trial, cfg["hosts"])
+    best = min(records, key=lambda r: (not r.verified, rank(r)))
+    x, y = _dataset(best.config)
     pick = np.random.default_rng(0).choice(len(x), min(DATA_POINTS, len(x)), replace=False)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.scatter(x[pick], y[pick], s=3, alpha=0.3, color="grey", label=f"data ({len(pick)} of {len(x)} points)")
     line = np.array([-1.0, 1.0])
-    for i, member in enumerate(best.members):
+    fitted = [m for m in best.members if m.m is not None and m.b is not None]  # diverged: none to draw
+    for i, member in enumerate(fitted):
         ax.plot(line, member.m * line + member.b, lw=1, alpha=0.6, color="tab:blue",
-                label=f"fitted ({len(best.members)} member{'s' if len(best.members) > 1 else ''})" if i == 0 else None)
+                label=f"fitted ({len(fitted)} member{'s' if len(fitted) > 1 else ''})" if i == 0 else None)
     solution = best.solution
     ax.plot(line, solution["m"] * line + solution["b"], "k--", lw=1.5,
             label=f"normal equation m={solution['m']:.4g} b={solution['b']:.4g}")
@@ -126,6 +125,12 @@ def _fit(plt, records):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _dataset(cfg: dict):
+    """The data a trial trained on: every host's shard, of every slice."""
+    trial = TrialSpec(**{k: cfg[k] for k in TrialSpec.fields()})
+    return data.global_dataset(trial, cfg.get("slices", 1) * cfg["hosts"])
 
 
 def _label(record: TrialRecord, keys) -> str:

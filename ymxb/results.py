@@ -4,38 +4,49 @@ the results store (`DIR/trials.jsonl`, one record per line); and the comparison 
 The store is append-only: each finished program's records are written in one `write`, then
 flushed and fsynced, so a crash, a dead host or Ctrl-C loses at most the program in flight.
 A torn last line (the machine died mid-write) is ignored on reading and cut off on the next
-append; every complete line is a record.
+append; every complete line is a record. One writer at a time: a sweep holds the store's lock
+while it runs (`Store.locked`).
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
 import os
+import socket
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from ymxb import data, verify
+from ymxb import __version__, data, verify
 from ymxb.config import Program, SliceSpec, TrialSpec
+from ymxb.errors import UsageError
 
 STORE = "trials.jsonl"
+SWEEP_FILE = "sweep.yaml"  # the sweep file as run; later versions sweep.1.yaml, sweep.2.yaml, ...
+LOCK = ".lock"  # held (flock) by the sweep writing the store; names it for a second one
+# The layout of a record: 1 before records said (ids as first made, the platform as asked),
+# 2 with the ymxb version, the sweep file it came from and the steps where members diverged.
+SCHEMA = 2
 # A member has converged at the first step whose loss is within this of the optimal loss (the
 # float64 loss of the normal-equation solution on the same data): relatively, or absolutely
 # where the optimum is (nearly) zero.
 CONVERGED_RTOL, CONVERGED_ATOL = 1e-3, 1e-10
 CURVE_POINTS = 200  # at most this many points of each loss curve are kept
 # Settings that never change what a trial computes: left out of its id.
-NOT_IN_ID = ("address", "timeout")
+NOT_IN_ID = ("address", "timeout", "wait")
 
 
 @dataclasses.dataclass
 class Member:
-    m: float
-    b: float
-    error: float  # max(|m - m*|, |b - b*|) against the normal-equation solution
-    final_loss: float
+    m: Optional[float]  # None (JSON null) where it went non-finite
+    b: Optional[float]
+    error: Optional[float]  # max(|m - m*|, |b - b*|) against the normal-equation solution
+    final_loss: Optional[float]
     converged_step: Optional[int]
+    diverged_step: Optional[int] = None  # the first step whose loss was non-finite
 
 
 @dataclasses.dataclass
@@ -53,6 +64,9 @@ class TrialRecord:
     slice: str  # "4x2 cpu-sim": the slice that ran it
     group_trials: int
     wall_s: float  # the program's training time, shared by its trials
+    sweep_file: Optional[str] = None  # the version of the sweep file it ran from (sweep.yaml, sweep.1.yaml, ...)
+    ymxb_version: Optional[str] = None
+    schema: int = 1  # SCHEMA when written; records without one are of the first layout
 
     def to_json(self) -> str:
         return json.dumps(jsonable(dataclasses.asdict(self)), allow_nan=False, separators=(",", ":"))
@@ -61,7 +75,7 @@ class TrialRecord:
     def from_dict(cls, d: dict) -> "TrialRecord":
         d = dict(d)
         d["members"] = [Member(**m) for m in d["members"]]
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
     def converged_step(self) -> Optional[float]:
         """The median of the members' converged steps (None if most never converged)."""
@@ -69,9 +83,23 @@ class TrialRecord:
         median = float(np.median(steps))
         return None if math.isinf(median) else median
 
+    def diverged_step(self) -> Optional[int]:
+        """The first step at which a member's loss was non-finite; None if none diverged."""
+        steps = [m.diverged_step for m in self.members if m.diverged_step is not None]
+        if steps:
+            return min(steps)
+        # A first-layout record does not say where: -1, a step before any.
+        return -1 if any(m.final_loss is None for m in self.members) else None
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_step() is not None
+
     @property
     def final_loss(self) -> float:
-        return float(np.mean([m.final_loss for m in self.members]))
+        """The members' mean final loss; NaN where one diverged."""
+        losses = [m.final_loss for m in self.members]
+        return math.nan if None in losses else float(np.mean(losses))
 
 
 def trial_config(spec: SliceSpec, trial: TrialSpec) -> dict:
@@ -79,16 +107,25 @@ def trial_config(spec: SliceSpec, trial: TrialSpec) -> dict:
 
 
 def trial_id(spec: SliceSpec, trial: TrialSpec) -> str:
-    """A hash of everything that decides what a trial computes, slice shape included."""
+    """A hash of what a trial computes: its settings (numbers as numbers: config.py makes
+    them floats), and the slice it runs on, shaped and with its platform (`spec.settled`)."""
+    if not spec.settled:
+        raise ValueError(f"a trial's id needs the slice it runs on, shaped, with its platform; got {spec}")
     settings = {k: v for k, v in trial_config(spec, trial).items() if k not in NOT_IN_ID}
+    # Laid out as ids were first made, so that stores written then stay valid: the simulation's
+    # platform null (it was left to detect), one slice left out (it came before --slices),
+    # and no TPU selector (how a slice was found, not what ran on it).
+    settings.update(tpu_type=None, tpu_topology=None)
+    if settings["platform"] == "cpu-sim":
+        settings["platform"] = None
     if settings["slices"] == 1:
-        del settings["slices"]  # so the ids of one-slice trials are those made before --slices
+        del settings["slices"]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def judge(run, id_spec: SliceSpec) -> List[TrialRecord]:
-    """The records of every trial of a finished program (launcher.ProgramRun). `id_spec` is
-    the slice as the trials were asked for: their ids are made from it."""
+def judge(run, sweep_file: Optional[str] = None) -> List[TrialRecord]:
+    """The records of every trial of a finished program (launcher.ProgramRun), their ids made
+    from the slice the program ran on; `sweep_file`: the version of the sweep file it ran from."""
     program, hosts = run.program, run.hosts
     spec, cfg = program.slice, program.trial
     x, y = data.global_dataset(cfg, spec.processes)
@@ -103,14 +140,17 @@ def judge(run, id_spec: SliceSpec) -> List[TrialRecord]:
             losses.setdefault(int(entry), []).append(history)
     shape = f"{spec.label()} {run.platform}"
     trials = program.trials()
-    group = trial_id(id_spec, trials[0])
+    group = trial_id(spec, trials[0])
     # The rows of each trial, found once (a program may hold thousands of trials).
     of_trial = rows["entry"] // cfg.members
     order = np.argsort(of_trial, kind="stable")
     mine = np.split(order, np.cumsum(np.bincount(of_trial, minlength=len(trials)))[:-1])
-    return [_record(program, t, trial, {k: v[mine[t]] for k, v in rows.items()}, losses, solution,
-                    optimal, participation, trial_id(id_spec, trial), group, shape, run.train_s)
-            for t, trial in enumerate(trials)]
+    records = [_record(program, t, trial, {k: v[mine[t]] for k, v in rows.items()}, losses, solution,
+                       optimal, participation, trial_id(spec, trial), group, shape, run.train_s)
+               for t, trial in enumerate(trials)]
+    for r in records:
+        r.sweep_file = sweep_file
+    return records
 
 
 def _record(program: Program, t: int, trial: TrialSpec, rows, losses, solution, optimal,
@@ -142,8 +182,8 @@ def _record(program: Program, t: int, trial: TrialSpec, rows, losses, solution, 
     for j in sorted(first):
         m, b = float(rows["m"][first[j]]), float(rows["b"][first[j]])
         history = histories[j][0]
-        kept.append(Member(m, b, verify.param_error(m, b, solution),
-                           float(history[-1]), _converged_step(history, optimal)))
+        kept.append(Member(m, b, verify.param_error(m, b, solution), float(history[-1]),
+                           _converged_step(history, optimal), _first_nonfinite(history)))
     curve = np.mean([histories[j][0] for j in sorted(histories)], axis=0)
     steps = np.unique(np.linspace(0, len(curve) - 1, min(CURVE_POINTS, len(curve))).round().astype(int))
     return TrialRecord(
@@ -152,7 +192,7 @@ def _record(program: Program, t: int, trial: TrialSpec, rows, losses, solution, 
         solution={"m": solution[0], "b": solution[1]}, optimal_loss=optimal, members=kept,
         loss_curve={"step": steps.tolist(), "loss": curve[steps].astype(float).tolist()},
         checks=[c._asdict() for c in checks], group=group, slice=shape,
-        group_trials=program.count, wall_s=wall_s)
+        group_trials=program.count, wall_s=wall_s, ymxb_version=__version__, schema=SCHEMA)
 
 
 def _first_nonfinite(losses: np.ndarray) -> Optional[int]:
@@ -184,9 +224,21 @@ class Store:
         self.path = os.path.join(directory, STORE)
 
     def load(self) -> Dict[str, TrialRecord]:
+        """Every record, by its id. UsageError naming the line where a line is not a record,
+        or where a newer ymxb wrote it."""
         records = {}
-        for line in self._lines():
-            record = TrialRecord.from_dict(json.loads(line))
+        for number, line in self._lines():
+            try:
+                record = TrialRecord.from_dict(json.loads(line))
+            except (ValueError, TypeError, KeyError) as err:
+                raise UsageError(f"{self.path}, line {number}: not a trial record ({_first_line(err)}); "
+                                 f"remove that line (its trial runs again) or restore it") from None
+            if record.schema > SCHEMA:
+                raise UsageError(f"{self.path}, line {number}: written by a newer ymxb (record layout "
+                                 f"{record.schema}; this one, {__version__}, reads up to {SCHEMA}): "
+                                 f"upgrade ymxb to read it")
+            if record.schema < SCHEMA:
+                record = _upgraded(record)
             records[record.trial_id] = record
         return records
 
@@ -203,14 +255,60 @@ class Store:
         if os.path.exists(self.path):
             os.remove(self.path)
 
-    def _lines(self) -> List[str]:
+    def keep_sweep_file(self, path: str) -> str:
+        """Keep a copy of the sweep file about to run, unless the store has this very text
+        already: sweep.yaml first, then sweep.1.yaml, sweep.2.yaml, ... one per version that
+        ran. Returns the copy's name (records say which version they ran from)."""
+        with open(path, "rb") as f:
+            text = f.read()
+        kept = self.sweep_files()
+        for name in kept:
+            with open(os.path.join(self.directory, name), "rb") as f:
+                if f.read() == text:
+                    return name
+        name = _sweep_version(len(kept))
+        temporary = os.path.join(self.directory, f".{name}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as f:
+            f.write(text)
+        os.replace(temporary, os.path.join(self.directory, name))
+        return name
+
+    def sweep_files(self) -> List[str]:
+        """The versions of the sweep file kept, oldest first."""
+        kept = []
+        while os.path.isfile(os.path.join(self.directory, _sweep_version(len(kept)))):
+            kept.append(_sweep_version(len(kept)))
+        return kept
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the store for writing while the block runs. A second writer (another sweep on
+        this folder) gets a UsageError naming the process that holds it; the lock goes with
+        its process, however that ends."""
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                raise UsageError(f"{self.directory} is in use by another sweep ({holder}): wait for it "
+                                 f"to end, or give this one another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # and with it the lock
+
+    def _lines(self) -> List[tuple]:
+        """(line number, text) of every complete, non-blank line."""
         try:
             with open(self.path) as f:
                 text = f.read()
         except FileNotFoundError:
             return []
         # A last line without its newline was torn by a crash mid-write: not a record.
-        return [line for line in text.split("\n")[:-1] if line.strip()]
+        return [(n, line) for n, line in enumerate(text.split("\n")[:-1], 1) if line.strip()]
 
     def _cut_torn_line(self) -> None:
         """Drop a torn last line. Only its last byte is read when the file ends whole."""
@@ -227,24 +325,48 @@ class Store:
             pass
 
 
+def _sweep_version(n: int) -> str:
+    return SWEEP_FILE if n == 0 else SWEEP_FILE.replace(".", f".{n}.", 1)
+
+
+def _upgraded(record: TrialRecord) -> TrialRecord:
+    """A first-layout record in today's terms: its platform the one it ran on (the last word
+    of `slice`), its id made again from its settings. Ids then were made from numbers as
+    written (`lr: 1` apart from `lr: 1.0`) and, on a slice the platform shaped, from the slice
+    before it was shaped; made again, they are the ids today's ymxb gives the same trials."""
+    config = dict(record.config)
+    if config.get("platform") is None:
+        config["platform"] = record.slice.rsplit(" ", 1)[-1]
+    spec = SliceSpec(**{k: config[k] for k in SliceSpec.fields() if k in config})
+    trial = TrialSpec(**{k: config[k] for k in TrialSpec.fields() if k in config})
+    return dataclasses.replace(record, config=trial_config(spec, trial), trial_id=trial_id(spec, trial))
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def table(records: Sequence[TrialRecord], limit: int = 100) -> str:
-    """One row per trial, showing only the settings that vary; grouped by program, the best of
-    each group (smallest max |error| among the verified) marked with *."""
+    """One row per trial, showing only the settings that vary; grouped by program (and the
+    sweep file each came from, where they differ), the best of each group (smallest max |error|
+    among the verified) marked with *, diverged trials last, with the step they diverged at."""
     if not records:
         return "no trials recorded"
     varying = varying_settings(records)
     head = ([f"{k:>12}" for k in varying] + [f"{'members':>7}", f"{'verified':>8}", f"{'max|error|':>10}",
-                                               f"{'converged':>9}", f"{'final loss':>10}"])
+                                               f"{'converged':>9}", f"{'final loss':>14}"])
     lines = ["  " + " ".join(head)]
-    groups: Dict[str, List[TrialRecord]] = {}
+    groups: Dict[tuple, List[TrialRecord]] = {}
     for r in records:
-        groups.setdefault(r.group, []).append(r)
+        groups.setdefault((r.group, r.sweep_file), []).append(r)
+    files = {r.sweep_file for r in records}
     shown = 0
-    for g, members in groups.items():
+    for (g, sweep_file), members in groups.items():
         verified = [r for r in members if r.verified]
         best = min(verified, key=error_key) if verified else None
-        lines.append(f"group {g} ({members[0].slice}, {len(members)} trials)")
-        for r in sorted(members, key=error_key):
+        origin = f", from {sweep_file or 'an unrecorded sweep file'}" if len(files) > 1 else ""
+        lines.append(f"group {g} ({members[0].slice}, {len(members)} trials{origin})")
+        for r in sorted(members, key=rank):
             if shown >= limit:
                 break
             shown += 1
@@ -252,12 +374,15 @@ def table(records: Sequence[TrialRecord], limit: int = 100) -> str:
             cells = [f"{_cell(r.config[k]):>12}" for k in varying] + [
                 f"{len(r.members):>7}", f"{'yes' if r.verified else 'no':>8}",
                 f"{_num(r.max_error):>10}", f"{'-' if step is None else f'{step:g}':>9}",
-                f"{_num(r.final_loss):>10}"]
+                f"{_final(r):>14}"]
             lines.append(("* " if r is best else "  ") + " ".join(cells))
     if shown < len(records):
         lines.append(f"... {len(records) - shown} more trials in {STORE} (or --json)")
     passed = sum(r.verified for r in records)
-    lines.append(f"{passed} of {len(records)} trials verified; * best of its group (smallest max |error|)")
+    diverged = sum(r.diverged for r in records)
+    lines.append(f"{passed} of {len(records)} trials verified"
+                 + (f", {diverged} diverged (loss non-finite)" if diverged else "")
+                 + "; * best of its group (smallest max |error|)")
     return "\n".join(lines)
 
 
@@ -271,6 +396,18 @@ def error_key(record: TrialRecord) -> float:
     """Its max |error| for sorting: a diverged trial's (NaN, stored as null) last."""
     error = record.max_error
     return error if error is not None and math.isfinite(error) else math.inf
+
+
+def rank(record: TrialRecord) -> tuple:
+    """The table's order: by max |error|, every diverged trial after every other."""
+    return record.diverged, error_key(record)
+
+
+def _final(record: TrialRecord) -> str:
+    step = record.diverged_step()
+    if step is None:
+        return _num(record.final_loss)
+    return "diverged" if step < 0 else f"diverged@{step}"
 
 
 def _cell(value) -> str:

@@ -65,6 +65,11 @@ class Supervisor:
         if warm is not None:
             warm.__exit__(kind, error, trace)
 
+    @property
+    def hosts(self) -> List[dict]:
+        """What each host of the up slice said of itself (identity and initialize), in order."""
+        return self.warm.identities if self.warm else []
+
     def up(self) -> SliceSpec:
         """Bring the slice up, if it is not (restarting it on host loss); its spec as the
         platform shaped it."""

@@ -1,0 +1,179 @@
+"""The results store on its own (no cluster): trial ids, records old and new, the lock, the
+kept sweep files, the table and the plots."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from conftest import launch
+from ymxb import experiment, plots, results, sweep
+from ymxb.config import SliceSpec, TrialSpec
+from ymxb.errors import UsageError
+from ymxb.results import Member, Store, TrialRecord
+
+SPEC = SliceSpec(hosts=1, devices_per_host=1, platform="cpu-sim")
+
+
+def _record(spec=SPEC, trial=TrialSpec(), **changes) -> TrialRecord:
+    """A record as judge writes one (by hand: what is tested here is what reads it)."""
+    tid = results.trial_id(spec, trial)
+    record = TrialRecord(
+        trial_id=tid, config=results.trial_config(spec, trial), verified=True, max_error=1e-6,
+        solution={"m": 2.0, "b": -1.0}, optimal_loss=0.01, members=[Member(2.0, -1.0, 1e-6, 0.01, 40)],
+        loss_curve={"step": [0, 1], "loss": [1.0, 0.5]}, checks=[], group=tid,
+        slice=f"{spec.label()} {spec.platform}", group_trials=1, wall_s=1.0,
+        ymxb_version="0.1.0", schema=results.SCHEMA)
+    return TrialRecord(**{**record.__dict__, **changes})
+
+
+def _sweep_file(tmp_path, doc, name="s.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
+def _ids(tmp_path, doc):
+    trials = experiment.prepare(sweep.load(_sweep_file(tmp_path, doc)))
+    return experiment.plan(trials, None).ids
+
+
+# Ids made by the ymxb of main 64ac210 (before ids were canonical), for trials whose values it
+# already wrote canonically: stores written then must stay valid.
+PINNED = [
+    (SliceSpec(), TrialSpec(), "7cb4e11126e7"),  # `python launch.py`
+    (SliceSpec(hosts=2, devices_per_host=2), TrialSpec(), "fd07fad9aef9"),
+    (SliceSpec(slices=2, hosts=2, devices_per_host=2), TrialSpec(), "c482eb27d70c"),
+    (SliceSpec(hosts=2, devices_per_host=1),
+     TrialSpec(samples_per_host=256, steps=200, optimizer="adam", lr=0.3, seed=1), "c2e56a1f4716"),
+    (SliceSpec(), TrialSpec(lr=1.0), "fb7dbbad7911"),
+]
+
+
+@pytest.mark.parametrize("spec,trial,tid", PINNED, ids=[p[2] for p in PINNED])
+def test_ids_of_stores_written_before_stay_valid(spec, trial, tid):
+    assert experiment.plan([(experiment.settle(spec), trial)], None).ids == [tid]
+
+
+def test_a_trial_id_does_not_depend_on_how_a_value_is_written(tmp_path):
+    base = {"slice": {"hosts": 1, "devices_per_host": 1}}
+    one = _ids(tmp_path, {**base, "base": {"lr": 1}})
+    assert one == _ids(tmp_path, {**base, "base": {"lr": 1.0}}) == _ids(tmp_path, {**base, "base": {"lr": "1e0"}})
+    assert one == [results.trial_id(SPEC, TrialSpec(lr=1.0))]  # as `--lr 1` (a float flag) makes it
+    # Defaults written out, or left out: the same trial.
+    assert _ids(tmp_path, {**base, "base": {"true_m": 2, "noise": 0.1}}) == _ids(tmp_path, base)
+    # The embedded simulation named, or detected: the same trial.
+    assert _ids(tmp_path, {"slice": {**base["slice"], "platform": "cpu-sim"}}) == _ids(tmp_path, base)
+    # And the duplicate check agrees with the ids: `lr: 1` and `lr: 1.0` are one trial.
+    assert len(sweep.load(_sweep_file(tmp_path, {**base, "grid": {"lr": [1, 1.0]}})).trials) == 1
+
+
+def test_a_slice_the_cluster_shapes_has_no_id_until_it_is_up():
+    # On TPU (or a platform to detect on a cluster) the shape comes from the cluster: an id made
+    # before would skip trials that never ran on a slice of another size.
+    todo = experiment.plan([(SliceSpec(address="auto", platform="tpu"), TrialSpec()),
+                            (experiment.settle(SliceSpec(address="auto", platform="cpu-sim")), TrialSpec())], None)
+    assert todo.ids[0] is None and todo.ids[1] == "7cb4e11126e7"
+    assert len(todo.pending) == 2
+    with pytest.raises(ValueError, match="needs the slice it runs on"):
+        results.trial_id(SliceSpec(platform="tpu"), TrialSpec())
+
+
+def test_records_of_the_first_layout_are_found_under_todays_ids(tmp_path):
+    store = Store(str(tmp_path))
+    new = _record(trial=TrialSpec(lr=0.5))
+    # As the first layout wrote them: `lr: 1` hashed as an int; a TPU trial's id made from its
+    # slice before the platform shaped it; no platform for the simulation; no version or schema.
+    old_int = {**json.loads(_record(trial=TrialSpec(lr=1.0)).to_json()), "trial_id": "cffdb89e7a18"}
+    old_int["config"] = {**old_int["config"], "lr": 1, "platform": None}
+    tpu = SliceSpec(hosts=2, devices_per_host=4, platform="tpu", address="auto")
+    old_tpu = {**json.loads(_record(tpu).to_json()), "trial_id": "bb6282aecea2", "slice": "2x4 tpu"}
+    for old in (old_int, old_tpu):
+        del old["schema"], old["ymxb_version"], old["sweep_file"]
+        for m in old["members"]:
+            del m["diverged_step"]
+    with open(store.path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in (old_int, old_tpu)))
+    store.append([new])
+    loaded = store.load()
+    assert set(loaded) == {results.trial_id(SPEC, TrialSpec(lr=1.0)), results.trial_id(tpu, TrialSpec()),
+                           new.trial_id}
+    assert {r.config["platform"] for r in loaded.values()} == {"cpu-sim", "tpu"}
+    assert loaded[new.trial_id].ymxb_version == "0.1.0" and loaded[new.trial_id].schema == results.SCHEMA
+
+
+def test_a_store_written_by_a_newer_ymxb_is_refused_in_one_line(tmp_path):
+    store = Store(str(tmp_path))
+    store.append([_record(schema=results.SCHEMA + 1)])
+    with pytest.raises(UsageError, match=r"trials.jsonl, line 1: written by a newer ymxb .*upgrade ymxb"):
+        store.load()
+
+
+def test_a_corrupt_line_is_named_with_its_file_and_line(tmp_path):
+    store = Store(str(tmp_path))
+    store.append([_record(trial=TrialSpec(lr=0.5))])
+    with open(store.path, "a") as f:
+        f.write('{"trial_id": "cut short by another wri\n')  # a complete line, not a record
+    store.append([_record(trial=TrialSpec(lr=0.25))])
+    result = launch("results", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"launch.py: error: {store.path}, line 2: not a trial record "
+                                     f"(Unterminated string starting at: line 1 column 14 (char 13)); "
+                                     f"remove that line (its trial runs again) or restore it")
+
+
+def test_a_second_sweep_on_one_store_is_refused_naming_the_holder(tmp_path):
+    path = _sweep_file(tmp_path, {"slice": {"hosts": 1, "devices_per_host": 1}})
+    out = tmp_path / "out"
+    with Store(str(out)).locked():  # this process writes the store, as a sweep would
+        result = launch("sweep", path, "--out", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"launch.py: error: {out} is in use by another sweep (pid {os.getpid()} "
+                                     f"on {os.uname().nodename}): wait for it to end, or give this one another --out")
+    with Store(str(out)).locked():  # the holder gone, the next one takes it
+        pass
+
+
+def test_rerunning_the_kept_sweep_file_works_and_each_version_is_kept(tmp_path):
+    doc = {"name": "kept", "slice": {"hosts": 1, "devices_per_host": 1}, "grid": {"lr": [0.1, 0.2]}}
+    store = Store(str(tmp_path / "out"))
+    os.makedirs(store.directory)
+    path = _sweep_file(tmp_path, doc)
+    assert store.keep_sweep_file(path) == "sweep.yaml"
+    assert store.keep_sweep_file(path) == "sweep.yaml"  # the same text: nothing new
+    kept = os.path.join(store.directory, "sweep.yaml")
+    assert store.keep_sweep_file(kept) == "sweep.yaml"  # the copy itself
+    store.append([_record(trial=TrialSpec(lr=lr), sweep_file="sweep.yaml") for lr in (0.1, 0.2)])
+    # Rerun the kept copy, as one would: everything is recorded, nothing runs.
+    again = launch("sweep", kept, "--out", store.directory)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to run" in again.stderr and "2 of 2 trials verified" in again.stdout
+    # An edited file is a new version; the one before stays as it was.
+    edited = _sweep_file(tmp_path, {**doc, "grid": {"lr": [0.1, 0.2, 0.4]}})
+    assert store.keep_sweep_file(edited) == "sweep.1.yaml"
+    assert store.sweep_files() == ["sweep.yaml", "sweep.1.yaml"]
+    assert yaml.safe_load(open(kept)) == doc
+
+
+def test_the_table_says_which_sweep_file_a_group_came_from_where_they_differ():
+    one = _record(trial=TrialSpec(lr=0.5), sweep_file="sweep.yaml")
+    two = _record(trial=TrialSpec(lr=0.5, steps=100), sweep_file="sweep.1.yaml")
+    text = results.table([one, two])
+    assert f"group {one.group} (1x1 cpu-sim, 1 trials, from sweep.yaml)" in text
+    assert f"group {two.group} (1x1 cpu-sim, 1 trials, from sweep.1.yaml)" in text
+    assert "from sweep" not in results.table([one])
+
+
+def test_fit_draws_the_data_of_every_slice():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = SliceSpec(slices=2, hosts=2, devices_per_host=1, platform="cpu-sim")
+    record = _record(spec, TrialSpec(samples_per_host=1000))
+    fig = plots._fit(plt, [record])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    assert "data (2000 of 4000 points)" in labels  # 2 slices x 2 hosts x 1000
