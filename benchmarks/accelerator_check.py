@@ -36,11 +36,11 @@ def main() -> int:
                 result = train_host(Program.of(SliceSpec(hosts=1, devices_per_host=k), [cfg]))
                 solution = verify.normal_equation(*data.global_dataset(cfg, 1))
                 params = [(str(e), m, b) for e, m, b in
-                          zip(result["entry"].tolist(), result["m"].tolist(), result["b"].tolist())]
+                          zip(result.entry.tolist(), result.m.tolist(), result.b.tolist())]
                 check, error = verify.check_solution(params, solution, cfg.tol)
                 failed += not check.ok
                 print(f"{model:<6} {parallel:<9} E={ensemble:<5} {'ok  ' if check.ok else 'FAIL'} "
-                      f"max |error| {error:.2e}  collective devices {result['collective_devices']}  "
+                      f"max |error| {error:.2e}  collective devices {result.collective_devices}  "
                       f"{time.perf_counter() - started:.1f} s", flush=True)
     jax.distributed.shutdown()
     return 1 if failed else 0

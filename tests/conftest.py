@@ -1,8 +1,12 @@
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +19,17 @@ os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={LOCAL_DEVICE
 # gRPC's fork support on (grpcio's default), ~1 child in 10 started with a preexec_fn dies of
 # SIGABRT before exec ("epoll_wait error: Bad file descriptor", grpc/grpc#43055).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+# Ctrl-C reaches the processes the tests start (launch.py runs interrupted by SIGINT) even when
+# this one was started with SIGINT ignored (a background job of a non-interactive shell): a
+# handled signal is reset to its default across exec, an ignored one stays ignored. So no
+# child needs a preexec_fn (which forks a process whose threads JAX may hold locks in).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import ray  # noqa: E402
+
+from ymxb.names import HOSTS_FILE_ENV  # noqa: E402
+from ymxb.reaper import alive  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,11 +53,7 @@ def launch(*args, timeout=300, env=None):
 
 def gone(pid: int) -> bool:
     """The process is gone (or a zombie: gone in all but name)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return not alive(pid)
 
 
 def wait_until(condition, within_s: float) -> bool:
@@ -58,17 +66,74 @@ def wait_until(condition, within_s: float) -> bool:
     return True
 
 
+class Background:
+    """`launch.py ARGS` started in the background as a user starts it (after `prefix`, e.g.
+    `ip netns exec NS`): both pipes read by threads as they fill (a full pipe blocks the run),
+    and the hosts of each slice it brings up read from the file the driver writes them to
+    (names.HOSTS_FILE_ENV), not from its human lines."""
+
+    def __init__(self, *args, env=None, prefix=()):
+        self.hosts_file = Path(tempfile.mkdtemp(prefix="ymxb-hosts-")) / "hosts.jsonl"
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, HOSTS_FILE_ENV: str(self.hosts_file), **(env or {})})
+        self.lines, self.out, self._slices = [], [], []
+        self.readers = [threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True),
+                        threading.Thread(target=lambda: self.out.append(self.proc.stdout.read()), daemon=True)]
+        for reader in self.readers:
+            reader.start()
+
+    @property
+    def stderr(self) -> str:
+        """What it wrote to stderr so far."""
+        return "".join(list(self.lines))
+
+    def slices(self) -> list:
+        """The hosts of each slice it brought up so far (dataclasses.asdict of a SliceHost each)."""
+        if self.hosts_file.exists():  # gone once finished: what it said is kept
+            self._slices = [json.loads(line) for line in self.hosts_file.read_text().splitlines()]
+        return self._slices
+
+    def hosts(self, attempt: int = 1, within_s: float = 120) -> list:
+        """The hosts of the `attempt`-th slice it brought up (1: the first), in process order,
+        once they are all up (jax.distributed initialised: training begins)."""
+        wait_until(lambda: len(self.slices()) >= attempt or self.proc.poll() is not None, within_s)
+        slices = self.slices()
+        assert len(slices) >= attempt, f"slice {attempt} did not come up: {self.stderr[-3000:]}"
+        return slices[attempt - 1]
+
+    def pids(self, attempt: int = 1) -> list:
+        """The host processes of the `attempt`-th slice, by process index."""
+        return [h["pid"] for h in self.hosts(attempt)]
+
+    def send_signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = 240):
+        """Wait for it to end (killed after `timeout`); (exit code, stdout, stderr)."""
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.proc.kill()
+            for reader in self.readers:
+                reader.join(timeout=30)
+            self.slices()
+            shutil.rmtree(self.hosts_file.parent, ignore_errors=True)
+        return self.proc.returncode, "".join(self.out), self.stderr
+
+
 def run_one(log=lambda line: None, checkpoints=None, **settings):
     """One trial on a slice of its own, on the connected Ray, as `launch.py` runs it (settings
     named as the flags; checkpoints in memory, or written to the folder `checkpoints`; the run's
-    lines to `log`). Returns (launcher.ProgramRun, the report a single run prints)."""
+    lines to `log`). Returns (protocol.ProgramRun, the report a single run prints)."""
     from ymxb import experiment, report
     from ymxb.config import Recovery, SliceSpec, TrialSpec
 
     spec = SliceSpec(**{k: settings.pop(k) for k in SliceSpec.fields() if k in settings})
     recovery = Recovery(**{k: settings.pop(k) for k in Recovery.fields() if k in settings})
     outcome = experiment.run(experiment.plan([(spec, TrialSpec(**settings))], None), None, log,
-                             recovery=recovery, checkpoints=checkpoints)
+                             options=experiment.Options(recovery, checkpoints))
     return outcome.last_run, report.build(outcome.records[0], outcome.last_run, 0.0, restarts=outcome.restarts)
 
 

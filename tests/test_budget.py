@@ -1,10 +1,13 @@
 """The memory check that refuses an embedded run (or a sweep's program) this machine cannot hold."""
 
+import dataclasses
+
 import pytest
 
 from ymxb import budget
 from ymxb.config import Program, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
+from ymxb.protocol import SliceHost
 
 GIB = 2**30
 SLICE = SliceSpec(hosts=4, devices_per_host=2)
@@ -33,9 +36,16 @@ def test_a_run_too_big_names_what_to_lower_with_the_numbers(program, flag):
     assert f"need about {need / GIB:.1f} GiB" in message
 
 
+def _host(node_id, memory_available, device_memory) -> SliceHost:
+    """A host as it reports itself at initialize (what the budget reads: its node and memory)."""
+    return SliceHost(host_index=0, hostname="vm", node_ip="10.0.0.1", pid=1, node_id=node_id, process_index=0,
+                     process_count=1, local_devices=4, global_devices=4, platform="tpu", device_kind="TPU v4",
+                     megascale={}, memory_available=memory_available, device_memory=device_memory, slice=0)
+
+
 def test_a_program_too_big_for_the_devices_is_refused_by_what_they_hold():
     # As TPU hosts report at initialize: 16 GiB of device memory each (JAX's bytes_limit).
-    tpu = [{"node_id": f"n{i}", "memory_available": 300 * GIB, "device_memory": 16 * GIB} for i in range(2)]
+    tpu = [_host(f"n{i}", 300 * GIB, 16 * GIB) for i in range(2)]
     spec = SliceSpec(hosts=2, devices_per_host=4, platform="tpu")
     budget.check_slice(_program(spec, ensemble=64), tpu)
     big = _program(spec, ensemble=4096, samples_per_host=1 << 21)  # 512 members a device, on 4M points each
@@ -50,9 +60,9 @@ def test_a_program_too_big_for_the_devices_is_refused_by_what_they_hold():
 def test_cpu_devices_are_judged_by_the_memory_of_the_node_their_hosts_share():
     spec = SliceSpec(hosts=4, devices_per_host=1, platform="cpu-sim")
     program = _program(spec, samples_per_host=1 << 26)  # 3 GiB a host
-    apart = [{"node_id": f"n{i}", "memory_available": 8 * GIB, "device_memory": None} for i in range(4)]
+    apart = [_host(f"n{i}", 8 * GIB, None) for i in range(4)]
     budget.check_slice(program, apart)
-    together = [{**h, "node_id": "n0"} for h in apart]
+    together = [dataclasses.replace(h, node_id="n0") for h in apart]
     with pytest.raises(UsageError, match=r"on the node of 4 of its hosts, which has 8.0 GiB available: "
                                          r"lower --samples-per-host"):
         budget.check_slice(program, together)

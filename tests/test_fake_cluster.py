@@ -36,7 +36,7 @@ from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, node_manag
 
 from conftest import ROOT, pids_of, stop_processes_of, wait_until
 from ymxb.clusterconfig import load, script
-from ymxb.platforms import TEST_CPU_DEVICES_ENV
+from ymxb.names import TEST_CPU_DEVICES_ENV
 
 pytestmark = pytest.mark.slow
 

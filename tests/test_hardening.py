@@ -9,16 +9,14 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import types
 
 import pytest
 
-from conftest import ROOT, gone, launch, wait_until
-from ymxb.host import FAULT_ENV
+from conftest import Background, gone, launch, wait_until
+from ymxb.names import FAULT_ENV
 
 
 # The runs the tests below stop or kill while they train: 1000 compiled calls, each starting
@@ -33,25 +31,6 @@ def tmpdir_env():
     path = tempfile.mkdtemp(prefix="t-", dir="/tmp")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _start(*args, env=None):
-    """`launch.py ARGS` in the background, SIGINT/SIGTERM at their defaults (a background job
-    of a non-interactive shell would ignore SIGINT)."""
-    return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _wait_for_hosts(run, hosts: int) -> str:
-    """Read stderr until every host has said who it is (training begins); return those lines."""
-    lines = ""
-    while f"host {hosts - 1}/{hosts}" not in lines:
-        line = run.stderr.readline()
-        assert line, f"launch.py ended before its hosts started: {lines}"
-        lines += line
-    return lines
 
 
 def _until_first_checkpoint(tmpdir: str, within_s: float = 60) -> None:
@@ -111,42 +90,40 @@ def _loopback(address) -> bool:
 @pytest.fixture(scope="module")
 def training():
     """One embedded run (2 x 2, far from done) with a $TMPDIR of its own, as seen once training
-    is under way: the hosts' identity lines, the run's processes and the sockets they listen
-    on. The tests below look at it, and one stops it with SIGTERM."""
+    is under way: its hosts, the run's processes and the sockets they listen on. The tests
+    below look at it, and one stops it with SIGTERM."""
     tmpdir = tempfile.mkdtemp(prefix="t-", dir="/tmp")  # short: Ray's socket paths live under it
-    run = _start("--hosts", 2, "--devices-per-host", 2, "--steps", 100000, env={"TMPDIR": tmpdir, **LONG})
+    run = Background("--hosts", 2, "--devices-per-host", 2, "--steps", 100000, env={"TMPDIR": tmpdir, **LONG})
     try:
-        identities = _wait_for_hosts(run, 2)
+        hosts = run.hosts()
         _until_first_checkpoint(tmpdir)
-        started = _descendants(run.pid)
-        sockets = _listening([run.pid] + [p for p, _ in started])
-        yield types.SimpleNamespace(run=run, tmpdir=tmpdir, identities=identities, started=started,
-                                    sockets=sockets)
+        started = _descendants(run.proc.pid)
+        sockets = _listening([run.proc.pid] + [p for p, _ in started])
+        yield types.SimpleNamespace(run=run, tmpdir=tmpdir, hosts=hosts, started=started, sockets=sockets)
     finally:
-        if run.returncode is None:  # not stopped by a test
+        if run.proc.poll() is None:  # not stopped by a test
             run.send_signal(signal.SIGTERM)
-            run.communicate(timeout=60)
+            run.finish(timeout=60)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def test_an_embedded_run_listens_on_loopback_only(training):
-    sockets, identities = training.sockets, training.identities
-    hosts = [int(p) for p in re.findall(r"pid (\d+)", identities)]
-    assert {pid for _, pid in sockets} >= set(hosts)  # the coordinator, gloo: each host listens
+    sockets = training.sockets
+    assert {pid for _, pid in sockets} >= {h["pid"] for h in training.hosts}  # the coordinator, gloo: each host listens
     assert len(sockets) >= 6  # and GCS, raylet, agents, workers
     assert [(str(a), pid) for a, pid in sockets if not _loopback(a)] == []
-    assert "(127.0.0.1) pid" in identities  # Ray's node address: loopback
+    assert {h["node_ip"] for h in training.hosts} == {"127.0.0.1"}  # Ray's node address: loopback
 
 
 def test_sigterm_stops_every_host_like_ctrl_c(training):
     run = training.run
     run.send_signal(signal.SIGTERM)
-    out, err = run.communicate(timeout=60)
-    assert run.returncode == 143, err
+    code, out, err = run.finish(timeout=60)
+    assert code == 143, err
     assert err.strip().splitlines()[-2] == "launch.py: terminated; all hosts stopped", err
     assert "SIGTERM received" not in err  # no C++ stack dump from Ray
     assert out == ""
-    pids = [int(p) for p in re.findall(r"pid (\d+)", training.identities)]
+    pids = [h["pid"] for h in training.hosts]
     assert len(pids) == 2 and all(gone(p) for p in pids)
     assert _all_gone(training.started, within_s=10) == []
     # Interrupted, not failed: its Ray folder is removed; its checkpoint is kept, and named.
@@ -155,30 +132,29 @@ def test_sigterm_stops_every_host_like_ctrl_c(training):
 
 
 def test_nothing_outlives_a_driver_killed_with_sigkill(tmpdir_env):
-    run = _start("--hosts", 2, "--devices-per-host", 1, "--steps", 100000, env={"TMPDIR": tmpdir_env, **LONG})
-    _wait_for_hosts(run, 2)
-    started = _descendants(run.pid)
+    run = Background("--hosts", 2, "--devices-per-host", 1, "--steps", 100000, env={"TMPDIR": tmpdir_env, **LONG})
+    run.hosts()
+    started = _descendants(run.proc.pid)
     names = {p: open(f"/proc/{p}/cmdline").read()[:60] for p, _ in started if os.path.exists(f"/proc/{p}")}
     assert any("DashboardAgent" in n for n in names.values()), names  # the ones that used to linger
-    run.kill()
-    run.communicate(timeout=30)
+    run.send_signal(signal.SIGKILL)
+    run.finish(timeout=30)
     left = _all_gone(started, within_s=10)
     assert left == [], [names.get(p) for p, _ in left]
 
 
 def test_a_stopped_host_is_named_as_the_one_not_answering(tmpdir_env):
-    run = _start("--hosts", 3, "--devices-per-host", 1, "--steps", 100000, "--timeout", 6, "--max-restarts", 0,
-                 env={"TMPDIR": tmpdir_env, **LONG})  # a failure: its Ray folder is kept, in the test's own
-    identities = _wait_for_hosts(run, 3)
-    stopped = int(re.search(r"host 1/3: .* pid (\d+)", identities).group(1))
+    run = Background("--hosts", 3, "--devices-per-host", 1, "--steps", 100000, "--timeout", 6, "--max-restarts", 0,
+                     env={"TMPDIR": tmpdir_env, **LONG})  # a failure: its Ray folder is kept, in the test's own
+    stopped = run.pids()[1]
     _until_first_checkpoint(tmpdir_env)  # training under way
     os.kill(stopped, signal.SIGSTOP)
     try:
-        _, err = run.communicate(timeout=120)  # bounded: --timeout, the poll, the kill
+        code, _, err = run.finish(timeout=120)  # bounded: --timeout, the poll, the kill
     finally:
         with pytest.raises(ProcessLookupError):  # the run killed it (SIGKILL works on stopped ones)
             os.kill(stopped, signal.SIGCONT)
-    assert run.returncode == 2, err
+    assert code == 2, err
     error = [line for line in err.splitlines() if line.startswith("launch.py: error:")]
     assert len(error) == 1, err
     assert re.search(rf"training stalled: host 1 \([\d.]+ pid {stopped}\) stopped answering", error[0]), error[0]

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -33,7 +32,8 @@ import pytest
 from ray._private.authentication.authentication_constants import (
     AUTHORIZATION_BEARER_PREFIX, AUTHORIZATION_HEADER_NAME)
 
-from conftest import ROOT, gone, stop_processes_of
+from conftest import ROOT, gone, stop_processes_of, wait_until
+from ymxb.names import HOSTS_FILE_ENV
 
 MARKER = "YMXB_JOBS_TEST"  # in the environment of the head's processes: which ones are ours
 SMALL_RUN = ("--hosts", 2, "--devices-per-host", 2, "--steps", 200, "--samples-per-host", 256)
@@ -168,33 +168,28 @@ def test_a_driver_killed_at_once_by_the_stop_leaves_no_host(head):
 def _stop_while_training(head, job_id, env, devices_per_host=2):
     """Submit a long run of 2 hosts, `ray job stop` it once they are up; check that the job is
     STOPPED and every host gone. Returns their pids and the job's log, as the submit tailed it."""
-    long_run = submit_args(job_id, "--hosts", 2, "--devices-per-host", devices_per_host, "--steps", 10**7, env=env)
+    hosts_file = Path(tempfile.mkdtemp(prefix="ymxb-hosts-")) / "hosts.jsonl"  # where the driver lists its hosts
+    long_run = submit_args(job_id, "--hosts", 2, "--devices-per-host", devices_per_host, "--steps", 10**7,
+                           env={**env, HOSTS_FILE_ENV: str(hosts_file)})
     submitted = subprocess.Popen(_job_command(head, *long_run), cwd=ROOT, env=head.env, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = _lines_of(submitted)
     try:
-        lines = _lines_of(submitted)
-        pids, seen = [], []
-        deadline = time.monotonic() + 180
-        while len(pids) < 2:  # the job's log, as `ray job submit` tails it
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"the hosts were not up in 180 s: {''.join(seen)[-3000:]}")
-            assert line is not None, "".join(seen)[-3000:]  # the submit ended early
-            seen.append(line)
-            found = re.match(r"host [01]/2: .* pid (\d+)$", line.strip())
-            pids += [int(found.group(1))] if found else []
+        up = lambda: hosts_file.exists() and hosts_file.read_text().strip()
+        assert wait_until(lambda: up() or submitted.poll() is not None, 180) and up(), "the hosts were not up"
+        pids = [h["pid"] for h in json.loads(hosts_file.read_text().splitlines()[0])]
         assert not any(gone(pid) for pid in pids)
         stopped = ray_job(head, "stop", job_id, timeout=90)  # waits for the job to end
         assert stopped.returncode == 0, stopped.stdout[-3000:]
-        _wait(lambda: all(gone(pid) for pid in pids), 30, f"hosts {pids} still running after the job stopped")
+        assert wait_until(lambda: all(gone(pid) for pid in pids), 30), f"hosts {pids} still running after the job stopped"
         assert job_info(head, job_id)["status"] == "STOPPED"
         # Ray 2.60: `ray job submit` exits 1 only for a FAILED job; a stopped one gives 0.
         assert submitted.wait(timeout=60) == 0
     finally:
         if submitted.poll() is None:
             submitted.kill()
-    return pids, "".join(seen) + "".join(iter(lambda: lines.get(timeout=10), None))
+        shutil.rmtree(hosts_file.parent, ignore_errors=True)
+    return pids, "".join(iter(lambda: lines.get(timeout=10), None))
 
 
 def _lines_of(process) -> "queue.Queue":
@@ -233,11 +228,4 @@ def _wait_for_job_server(cluster, timeout: float) -> None:
         except (OSError, urllib.error.URLError):
             return False
 
-    _wait(answers, timeout, f"the job server at {cluster.url} did not answer in {timeout:g} s")
-
-
-def _wait(condition, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.2)
+    assert wait_until(answers, timeout), f"the job server at {cluster.url} did not answer in {timeout:g} s"

@@ -2,18 +2,16 @@
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, gone, launch
-from ymxb.host import FAULT_ENV
+from conftest import Background, gone, launch
+from ymxb.names import FAULT_ENV
 
 
 def _pids_using(folder: str):
@@ -61,21 +59,12 @@ def test_diverging_run_exits_1_and_its_json_is_standard_json():
 
 def test_ctrl_c_stops_every_host_and_the_embedded_ray():
     ray_tmp = tempfile.mkdtemp(prefix="t-", dir="/tmp")
-    run = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--steps", "100000"], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           # Each compiled call starts 0.05 s late (a test fault): a minute of
-                           # training at least, on any machine.
-                           env={**os.environ, "TMPDIR": ray_tmp, FAULT_ENV: "slow:all:train:0.05"},
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    identities = ""
-    while "host 3/4" not in identities:  # all four hosts have joined: training begins
-        line = run.stderr.readline()
-        assert line, "launch.py ended before its hosts started"
-        identities += line
+    # Each compiled call starts 0.05 s late (a test fault): a minute of training at least, on any machine.
+    run = Background("--steps", 100000, env={"TMPDIR": ray_tmp, FAULT_ENV: "slow:all:train:0.05"})
+    pids = run.pids()  # all four hosts have joined: training begins
     run.send_signal(signal.SIGINT)
-    _, err = run.communicate(timeout=60)
-    assert run.returncode == 130 and "interrupted; all hosts stopped" in err
-    pids = [int(p) for p in re.findall(r"pid (\d+)", identities)]
+    code, _, err = run.finish(timeout=60)
+    assert code == 130 and "interrupted; all hosts stopped" in err
     assert len(pids) == 4 and all(gone(p) for p in pids)
     assert _pids_using(ray_tmp) == set()
     shutil.rmtree(ray_tmp)  # the checkpoint an interrupted run keeps

@@ -12,7 +12,7 @@ from conftest import gone, launch, run_one
 from ymxb import data, experiment, report, verify
 from ymxb.config import SliceSpec, TrialSpec
 from ymxb.results import Store
-from ymxb.host import FAULT_ENV
+from ymxb.names import FAULT_ENV
 from ymxb.errors import HostFailure
 
 SMALL = dict(samples_per_host=256, steps=300)
@@ -22,27 +22,27 @@ SMALL = dict(samples_per_host=256, steps=300)
 def test_slice_trains_to_the_normal_equation(local_ray, hosts, devices):
     run, rep = run_one(hosts=hosts, devices_per_host=devices, **SMALL)
     got = run.hosts
-    assert [h["process_index"] for h in got] == list(range(hosts))
-    assert len({h["pid"] for h in got}) == hosts  # one process per host
+    assert [h.host.process_index for h in got] == list(range(hosts))
+    assert len({h.host.pid for h in got}) == hosts  # one process per host
     for h in got:
-        assert (h["process_count"], h["local_devices"], h["global_devices"]) == (hosts, devices, hosts * devices)
+        assert (h.host.process_count, h.host.local_devices, h.host.global_devices) == (hosts, devices, hosts * devices)
         # A psum of ones over the pmap axis counts every device of every host.
-        assert h["collective_devices"] == hosts * devices
-        assert len(h["m"]) == devices
-    params = {(m, b) for h in got for m, b in zip(h["m"].tolist(), h["b"].tolist())}
+        assert h.result.collective_devices == hosts * devices
+        assert len(h.result.m) == devices
+    params = {(m, b) for h in got for m, b in zip(h.result.m.tolist(), h.result.b.tolist())}
     assert len(params) == 1  # all replicas on all hosts identical
     m, b = params.pop()
     ref = verify.normal_equation(*data.global_dataset(TrialSpec(**SMALL), hosts))
     assert abs(m - ref[0]) < 1e-4 and abs(b - ref[1]) < 1e-4
     assert rep["verified"], rep["checks"]
-    assert all(gone(h["pid"]) for h in got)  # no host process outlives the run
+    assert all(gone(h.host.pid) for h in got)  # no host process outlives the run
 
 
 def test_gradient_really_spans_hosts(local_ray):
     """Hosts with different data end with the same params: the mean is global, not per host."""
     run, rep = run_one(hosts=2, devices_per_host=1, **SMALL)
     per_host = [verify.normal_equation(*data.host_shard(TrialSpec(**SMALL), i)) for i in range(2)]
-    m = float(run.hosts[0]["m"][0])
+    m = float(run.hosts[0].result.m[0])
     assert abs(per_host[0][0] - per_host[1][0]) > 1e-3  # the shards disagree...
     assert min(abs(m - p[0]) for p in per_host) > 1e-4  # ...and neither host's own fit won
     assert rep["verified"]
@@ -117,7 +117,7 @@ def test_impossible_placement_fails_within_the_timeout(local_ray):
 def test_models_and_parallel_modes_across_hosts(local_ray, model, parallel):
     run, rep = run_one(hosts=2, devices_per_host=2, model=model, parallel=parallel, **SMALL)
     assert rep["verified"], rep["checks"]
-    assert {h["collective_devices"] for h in run.hosts} == {4}
+    assert {h.result.collective_devices for h in run.hosts} == {4}
 
 
 def test_ensemble_members_are_split_over_hosts_and_reassembled(local_ray):
@@ -127,7 +127,7 @@ def test_ensemble_members_are_split_over_hosts_and_reassembled(local_ray):
                            parallel=parallel, **{**SMALL, "steps": 600})
         assert rep["verified"], rep["checks"]
         # 6 members padded to 8 (2 a device); each host holds only its own, padding never reported.
-        assert [sorted(h["entry"].tolist()) for h in run.hosts] == [[0, 1, 2, 3], [4, 5]]
+        assert [sorted(h.result.entry.tolist()) for h in run.hosts] == [[0, 1, 2, 3], [4, 5]]
         assert [m["index"] for m in rep["members"]] == list(range(6))
         assert len({(m["init_m"], m["init_b"]) for m in rep["members"]}) == 6
         members[parallel] = np.array([(m["m"], m["b"]) for m in rep["members"]])

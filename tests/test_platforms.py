@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import ray._raylet
 
-from ymxb import config, platforms
-from ymxb.host import free_tpu
+from ymxb import config, names, platforms
+from ymxb.hostsetup import free_tpu
 
 
 def test_label_names_are_rays():
-    assert platforms.TPU_SLICE_LABEL == ray._raylet.RAY_NODE_TPU_SLICE_NAME_KEY
-    assert platforms.TPU_WORKER_LABEL == ray._raylet.RAY_NODE_TPU_WORKER_ID_KEY
-    assert platforms.TPU_POD_TYPE_LABEL == ray._raylet.RAY_NODE_TPU_POD_TYPE_KEY
-    assert platforms.TPU_TOPOLOGY_LABEL == ray._raylet.RAY_NODE_TPU_TOPOLOGY_KEY
-    assert platforms.ACCELERATOR_LABEL == ray._raylet.RAY_NODE_ACCELERATOR_TYPE_KEY
+    assert names.TPU_SLICE_LABEL == ray._raylet.RAY_NODE_TPU_SLICE_NAME_KEY
+    assert names.TPU_WORKER_LABEL == ray._raylet.RAY_NODE_TPU_WORKER_ID_KEY
+    assert names.TPU_POD_TYPE_LABEL == ray._raylet.RAY_NODE_TPU_POD_TYPE_KEY
+    assert names.TPU_TOPOLOGY_LABEL == ray._raylet.RAY_NODE_TPU_TOPOLOGY_KEY
+    assert names.ACCELERATOR_LABEL == ray._raylet.RAY_NODE_ACCELERATOR_TYPE_KEY
 
 
 def test_detection_order_is_tpu_gpu_cpu_sim():

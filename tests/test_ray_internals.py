@@ -4,14 +4,41 @@ upgrade that moves one fails here, in CI, not in a user's run. pyproject.toml bo
 types are fed through ymxb's readers.
 """
 
+import ast
 import dataclasses
+import importlib
 import inspect
 import re
 from pathlib import Path
 
 import ray
 
-from ymxb import autoscaler_state, ray_cluster
+from ymxb import autoscaler_state, ray_cluster, ray_internals
+
+PRIVATE = re.compile(r"^ray\.(_private|_raylet|autoscaler\._private|autoscaler\.v2|experimental)\b")
+
+
+def _ray_imports(path: Path):
+    """(module, name) of every `from ray... import name` in a source file."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ray"):
+            yield from ((node.module, alias.name) for alias in node.names)
+
+
+def test_every_private_name_of_ray_is_used_in_ray_internals_only():
+    package = Path(ray_internals.__file__).parent
+    elsewhere = [(path.name, module) for path in sorted(package.glob("*.py")) if path.name != "ray_internals.py"
+                 for module, _ in _ray_imports(path) if PRIVATE.match(module)]
+    elsewhere += [(path.name, "ray._private") for path in sorted(package.glob("*.py"))
+                  if path.name != "ray_internals.py" and "ray._private" in path.read_text()]
+    assert elsewhere == []
+
+
+def test_every_name_ray_internals_imports_is_still_there():
+    found = list(_ray_imports(Path(ray_internals.__file__)))
+    assert len(found) >= 12
+    for module, name in found:
+        assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
 
 
 def _params(fn) -> set:

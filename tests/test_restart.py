@@ -7,18 +7,15 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, gone, launch, run_one
+from conftest import Background, gone, launch, run_one
 from ymxb import checkpoint
-from ymxb.errors import HostFailure, UsageError
-from ymxb.host import FAULT_ENV, FAULT_ONCE_ENV
+from ymxb.errors import Cause, HostFailure, UsageError
+from ymxb.names import FAULT_ENV, FAULT_ONCE_ENV
 
 # 20 compiled calls of 100 steps at 2 x 2, a checkpoint after each. The runs below are
 # interrupted after a checkpoint (found by polling every 0.1 s): each of their calls starts
@@ -35,7 +32,7 @@ def clean():
     run = Clean()
     yield run
     if run.run is not None and run.run.proc.poll() is None:  # a test failed before reading it
-        run.run.proc.kill()
+        run.run.send_signal(signal.SIGKILL)
         run.run.finish()
 
 
@@ -45,7 +42,7 @@ class Clean:
 
     def start(self) -> None:
         if self.run is None:
-            self.run = Run(*FLAGS)
+            self.run = Background(*FLAGS)
 
     def report(self) -> dict:
         if self.rep is None:
@@ -54,40 +51,6 @@ class Clean:
             assert code == 0, err[-3000:]
             self.rep = json.loads(out)
         return self.rep
-
-
-class Run:
-    """`launch.py ARGS` in the background, its stderr collected line by line as it comes."""
-
-    def __init__(self, *args, env=None):
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
-        # Both pipes read as they fill, each by a thread of its own (a full pipe blocks the run).
-        self.lines, self.out = [], []
-        self.readers = [threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True),
-                        threading.Thread(target=lambda: self.out.append(self.proc.stdout.read()), daemon=True)]
-        for reader in self.readers:
-            reader.start()
-
-    def host_pids(self, attempt: int, hosts: int = 2, within_s: float = 120) -> list:
-        """The host pids of the `attempt`-th slice (1: the first), once all have said who they are."""
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            said = [line for line in list(self.lines) if re.match(r"host \d+/\d+: ", line)]
-            if len(said) >= attempt * hosts:
-                mine = said[(attempt - 1) * hosts:attempt * hosts]
-                return [int(re.search(r"pid (\d+)", line).group(1))
-                        for line in sorted(mine, key=lambda line: int(line.split("/")[0][5:]))]
-            assert self.proc.poll() is None, "".join(self.lines)
-            time.sleep(0.1)
-        raise AssertionError(f"slice {attempt} did not come up: {''.join(self.lines)}")
-
-    def finish(self, timeout: float = 240):
-        self.proc.wait(timeout=timeout)
-        for reader in self.readers:
-            reader.join(timeout=30)
-        return self.proc.returncode, "".join(self.out), "".join(self.lines)
 
 
 def _checkpoint_past(folder: str, step: int, within_s: float = 120) -> int:
@@ -109,11 +72,11 @@ def _same_params(run: dict, clean: dict) -> None:
 
 
 def test_the_coordinator_killed_then_a_host_stopped_the_run_restarts_twice_and_matches(clean, tmp_path):
-    run = Run(*FLAGS, "--timeout", 8, "--checkpoint-dir", tmp_path, env={FAULT_ENV: SLOW})
-    coordinator, _ = run.host_pids(1)
+    run = Background(*FLAGS, "--timeout", 8, "--checkpoint-dir", tmp_path, env={FAULT_ENV: SLOW})
+    coordinator, _ = run.pids(1)
     first = _checkpoint_past(tmp_path, 0)
     os.kill(coordinator, signal.SIGKILL)  # host 0: the JAX coordinator
-    _, stopped = run.host_pids(2)
+    _, stopped = run.pids(2)
     second = _checkpoint_past(tmp_path, first)
     os.kill(stopped, signal.SIGSTOP)  # alive but stuck: found by the progress check
     clean.start()  # meanwhile: finding the stopped host is ~13 s of waiting (--timeout, then a reply)
@@ -134,8 +97,9 @@ def test_the_coordinator_killed_then_a_host_stopped_the_run_restarts_twice_and_m
 def test_a_host_dying_in_initialize_then_another_killed_the_run_matches(clean, tmp_path):
     once = tmp_path / "fault-struck"
     folder = tmp_path / "checkpoints"
-    run = Run(*FLAGS, "--checkpoint-dir", folder, env={FAULT_ENV: f"die:1:initialize,{SLOW}", FAULT_ONCE_ENV: once})
-    victim, _ = run.host_pids(1)  # hosts say who they are once initialised: the second slice
+    run = Background(*FLAGS, "--checkpoint-dir", folder, env={FAULT_ENV: f"die:1:initialize,{SLOW}",
+                                                              FAULT_ONCE_ENV: once})
+    victim, _ = run.pids(1)  # a slice is listed once initialised: the second one started
     assert os.path.exists(once)  # the first slice's host 1 died in initialize
     _checkpoint_past(folder, 0)
     os.kill(victim, signal.SIGKILL)
@@ -149,10 +113,10 @@ def test_a_host_dying_in_initialize_then_another_killed_the_run_matches(clean, t
 
 
 def test_a_driver_killed_mid_run_is_finished_by_resume(clean, tmp_path):
-    run = Run(*FLAGS, "--checkpoint-dir", tmp_path, env={FAULT_ENV: SLOW})
-    run.host_pids(1)
+    run = Background(*FLAGS, "--checkpoint-dir", tmp_path, env={FAULT_ENV: SLOW})
+    run.pids(1)
     step = _checkpoint_past(tmp_path, 0)
-    run.proc.kill()  # the driver: its reaper stops the rest
+    run.send_signal(signal.SIGKILL)  # the driver: its reaper stops the rest
     run.finish()
 
     other = launch(*FLAGS, "--lr", 0.2, "--resume", tmp_path)
@@ -180,7 +144,7 @@ def test_faults_on_every_attempt_stop_after_exactly_the_budget(local_ray, monkey
         run_one(hosts=2, devices_per_host=1, timeout=20, steps=100, max_restarts=1)
     message = str(failure.value)
     assert message.endswith("(the budget is spent: --max-restarts 1)"), message
-    assert failure.value.host == 1 and failure.value.cause == "died"
+    assert failure.value.host == 1 and failure.value.cause is Cause.DIED
 
 
 def test_recovery_flags_are_checked_before_launch():
@@ -199,6 +163,7 @@ def test_training_resumed_from_a_written_checkpoint_is_bit_identical(tmp_path, p
     """In one process: the hosts' pieces assembled, written, read back and restored give
     exactly the run that never stopped (padded ensemble members included)."""
     from ymxb.config import Program, SliceSpec, TrialSpec
+    from ymxb.protocol import CheckpointPiece
     from ymxb.train import train_host, train_stream
 
     trials = [TrialSpec(parallel=parallel, ensemble=ensemble, optimizer=optimizer, model=model, lr=lr,
@@ -206,14 +171,14 @@ def test_training_resumed_from_a_written_checkpoint_is_bit_identical(tmp_path, p
     program = Program.of(SliceSpec(hosts=1, devices_per_host=4), trials)
     whole = train_host(program)
     pieces = checkpoint.Assembler(program, hosts=1)
-    taken = [pieces.add(0, item["checkpoint"]) for item in train_stream(program, checkpoint_every=2)
-             if "checkpoint" in item]
+    taken = [pieces.add(0, item) for item in train_stream(program, checkpoint_every=2)
+             if isinstance(item, CheckpointPiece)]
     assert [c.step for c in taken] == [100, 200]  # none after the last call
     path = str(tmp_path / checkpoint.name_of(program))
     checkpoint.write(path, taken[0])
-    *_, last = train_stream(program, resume=checkpoint.read(path).to_host())
+    *_, last = train_stream(program, resume=checkpoint.read(path))
     for key in ("entry", "m", "b", "init_m", "init_b", "loss_entry", "losses"):
-        np.testing.assert_array_equal(last["result"][key], whole[key], err_msg=key)
+        np.testing.assert_array_equal(getattr(last, key), getattr(whole, key), err_msg=key)
 
 
 def test_removing_a_checkpoint_takes_the_temporary_file_a_killed_writer_left(tmp_path):

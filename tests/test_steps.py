@@ -24,8 +24,8 @@ def _train(*trials, spec=ONE_HOST):
 
 def _params(result, entry=0):
     """The distinct (m, b) held for one entry of the program's axis (one per replica)."""
-    mine = result["entry"] == entry
-    return set(zip(result["m"][mine].tolist(), result["b"][mine].tolist()))
+    mine = result.entry == entry
+    return set(zip(result.m[mine].tolist(), result.b[mine].tolist()))
 
 
 def test_haiku_params_map_to_m_and_b():
@@ -80,9 +80,9 @@ def test_pmap_and_sharding_agree_on_the_same_data(model):
     for parallel in ("pmap", "sharding"):
         trial = TrialSpec(model=model, parallel=parallel, **SMALL)
         result = _train(trial)
-        assert result["collective_devices"] == LOCAL_DEVICES
+        assert result.collective_devices == LOCAL_DEVICES
         got[parallel] = _params(result)
-        assert len(got[parallel]) == 1 and len(result["m"]) == LOCAL_DEVICES  # replicas identical
+        assert len(got[parallel]) == 1 and len(result.m) == LOCAL_DEVICES  # replicas identical
     (pm, pb), (sm, sb) = got["pmap"].pop(), got["sharding"].pop()
     np.testing.assert_allclose([pm, pb], [sm, sb], rtol=0, atol=1e-6)  # float32 round-off
     solution = verify.normal_equation(*data.global_dataset(trial, 1))
@@ -93,19 +93,19 @@ def test_pmap_and_sharding_agree_on_the_same_data(model):
 def test_ensemble_members_are_distinct_at_init_and_all_converge(parallel):
     trial = TrialSpec(model="haiku", optimizer="adam", ensemble=8, parallel=parallel, **{**SMALL, "steps": 600})
     result = _train(trial)
-    assert sorted(result["entry"].tolist()) == list(range(8))
-    assert len(set(zip(result["init_m"].tolist(), result["init_b"].tolist()))) == 8
+    assert sorted(result.entry.tolist()) == list(range(8))
+    assert len(set(zip(result.init_m.tolist(), result.init_b.tolist()))) == 8
     solution = verify.normal_equation(*data.global_dataset(trial, 1))
-    np.testing.assert_allclose(result["m"], solution[0], atol=1e-4)
-    np.testing.assert_allclose(result["b"], solution[1], atol=1e-4)
+    np.testing.assert_allclose(result.m, solution[0], atol=1e-4)
+    np.testing.assert_allclose(result.b, solution[1], atol=1e-4)
 
 
 def test_member_j_is_the_same_member_in_both_modes():
     inits = {}
     for parallel in ("pmap", "sharding"):
         result = _train(TrialSpec(ensemble=8, parallel=parallel, **{**SMALL, "steps": 1}))
-        order = np.argsort(result["entry"])
-        inits[parallel] = np.stack([result["init_m"][order], result["init_b"][order]], 1)
+        order = np.argsort(result.entry)
+        inits[parallel] = np.stack([result.init_m[order], result.init_b[order]], 1)
     assert inits["pmap"].shape == (8, 2)
     np.testing.assert_array_equal(inits["pmap"], inits["sharding"])
 
@@ -119,15 +119,15 @@ def test_a_trial_trains_the_same_in_a_program_of_many_as_alone(parallel, ensembl
     trials = [base.replace(lr=lr, seed=seed) for lr, seed in ((0.03, 0), (0.1, 7), (0.3, 2**32 - 1))]
     together = _train(*trials)
     members = base.members
-    assert sorted(set(together["entry"].tolist())) == list(range(3 * members))  # padding dropped
+    assert sorted(set(together.entry.tolist())) == list(range(3 * members))  # padding dropped
     for t, trial in enumerate(trials):
         alone = _train(trial)
         for j in range(members):
             a, b = _params(together, t * members + j), _params(alone, j)
             assert len(a) == len(b) == 1
             np.testing.assert_allclose(list(a.pop()), list(b.pop()), rtol=0, atol=1e-6)
-        np.testing.assert_allclose(together["losses"][together["loss_entry"] // members == t],
-                                   alone["losses"], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(together.losses[together.loss_entry // members == t],
+                                   alone.losses, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adagrad", "rmsprop"])

@@ -4,16 +4,13 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import yaml
 
-from conftest import ROOT, launch
+from conftest import ROOT, Background, launch, wait_until
 from ymxb import results, sweep
-from ymxb.host import FAULT_ENV
+from ymxb.names import FAULT_ENV
 from ymxb.config import SliceSpec, TrialSpec
 from ymxb.results import Member, Store, TrialRecord
 
@@ -117,12 +114,6 @@ def test_the_store_survives_a_torn_last_line(tmp_path):
     assert all(json.loads(line) for line in open(store.path))
 
 
-def _sweep(*args, env=None):
-    return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "sweep", *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-
-
 def _records(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
@@ -131,23 +122,18 @@ def _records(path):
 def test_a_sweep_interrupted_resumes_with_only_the_rest_and_matches_single_runs(tmp_path):
     path, out = _write(tmp_path, SMALL_SWEEP), tmp_path / "out"
     store = out / results.STORE
-    run = _sweep(path, "--out", out, env={FAULT_ENV: "slow:all:train:0.5"})
-    try:  # Ctrl-C once the first program (sgd) is recorded (its next takes 2 s or more: calls start late)
-        deadline = time.monotonic() + 240
-        while not (store.exists() and store.read_text().count("\n") >= 4):
-            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-            time.sleep(0.2)
-        run.send_signal(signal.SIGINT)
-        _, err = run.communicate(timeout=60)
-    finally:
-        run.kill()
-    assert run.returncode == 130, err
+    run = Background("sweep", path, "--out", out, env={FAULT_ENV: "slow:all:train:0.5"})
+    # Ctrl-C once the first program (sgd) is recorded (the next takes 2 s or more: calls start late).
+    recorded = lambda: store.exists() and store.read_text().count("\n") >= 4
+    assert wait_until(lambda: recorded() or run.proc.poll() is not None, 240) and recorded(), run.stderr
+    run.send_signal(signal.SIGINT)
+    code, _, err = run.finish(timeout=60)
+    assert code == 130, err
     first = store.read_text()
     assert [r["config"]["optimizer"] for r in _records(store)] == ["sgd"] * 4
 
-    run = _sweep(path, "--out", out, "--json")
-    out_text, err = run.communicate(timeout=300)
-    assert run.returncode in (0, 1), err[-3000:]
+    code, out_text, err = Background("sweep", path, "--out", out, "--json").finish(timeout=300)
+    assert code in (0, 1), err[-3000:]
     assert "program of 4 trials (sgd" not in err and "program of 4 trials (adam" in err  # only the rest
     assert store.read_text().startswith(first)  # nothing recorded is lost or rewritten
     doc = json.loads(out_text)  # --json: stdout is one document

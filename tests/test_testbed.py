@@ -8,12 +8,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import ROOT, gone, wait_until
+from conftest import ROOT, Background, gone, wait_until
 from ymxb import checkpoint, testbed
+from ymxb.names import FAULT_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -97,38 +97,34 @@ def test_testbed_run_passes_on_the_exit_code_and_leaves_nothing():
 
 
 def _start_training(bed, hosts, checkpoints):
-    run = subprocess.Popen(["ip", "netns", "exec", bed.netns(0), sys.executable, str(ROOT / "launch.py"),
-                            "--platform", "cpu-sim", "--hosts", str(hosts), "--devices-per-host", "1",
-                            "--steps", "100000", "--timeout", "6", "--max-restarts", "0",
-                            "--max-preemptions", "0",  # the failure itself is what is judged
-                            "--checkpoint-dir", str(checkpoints)],
-                           cwd=ROOT, env={**os.environ, **bed.env()}, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    lines = ""
-    while f"host {hosts - 1}/{hosts}" not in lines:
-        line = run.stderr.readline()
-        assert line, f"launch.py ended before its hosts started: {lines}"
-        lines += line
+    """A long run on the bed (each compiled call 0.05 s late: a test fault), once training is
+    under way (its first checkpoint written)."""
+    run = Background("--platform", "cpu-sim", "--hosts", hosts, "--devices-per-host", 1, "--steps", 100000,
+                     "--timeout", 6, "--max-restarts", 0,
+                     "--max-preemptions", 0,  # the failure itself is what is judged
+                     "--checkpoint-dir", checkpoints, prefix=("ip", "netns", "exec", bed.netns(0)),
+                     env={**bed.env(), FAULT_ENV: "slow:all:train:0.05"})
+    run.hosts()
     wait_until(lambda: checkpoint.files(str(checkpoints)), 60)  # the first checkpoint: training under way
-    return run, lines
+    return run
 
 
-def _host_on(identities: str, ip: str) -> int:
-    return int(re.search(rf"host (\d+)/\d+: .* \({re.escape(ip)}\) pid", identities).group(1))
+def _host_on(run, ip: str) -> int:
+    """The process index of the run's host on the node at `ip`."""
+    [host] = [h["process_index"] for h in run.hosts() if h["node_ip"] == ip]
+    return host
 
 
 def test_a_partitioned_host_is_named_within_the_timeout(make_bed, tmp_path):
     bed = make_bed(cpu=1)
-    run, identities = _start_training(bed, 2, tmp_path)
+    run = _start_training(bed, 2, tmp_path)
     cut = bed.nodes[1]
     subprocess.run(["ip", "link", "set", bed.link(cut.index), "down"], check=True)
-    started = time.monotonic()
-    _, err = run.communicate(timeout=180)
-    assert run.returncode == 2, err
-    assert time.monotonic() - started < 6 + 40
+    code, _, err = run.finish(timeout=180)  # bounded: --timeout, the poll, the kill
+    assert code == 2, err
     error = next(line for line in err.splitlines() if line.startswith("launch.py: error:"))
     print(error)
-    host = _host_on(identities, cut.ip)
+    host = _host_on(run, cut.ip)
     assert re.search(rf": host {host} \({re.escape(cut.ip)} pid \d+\) (failed first|stopped answering)", error), error
 
 
@@ -142,17 +138,17 @@ def _cmdline(pid: int) -> str:
 
 def test_a_lost_node_is_named_with_its_host(make_bed, tmp_path):
     bed = make_bed(cpu=1)
-    run, identities = _start_training(bed, 2, tmp_path)
+    run = _start_training(bed, 2, tmp_path)
     lost = bed.nodes[1]
     raylets = [p for p in bed.pids(lost.index) if "raylet" in _cmdline(p)]
     assert raylets
     for pid in raylets:
         os.kill(pid, signal.SIGKILL)
-    _, err = run.communicate(timeout=180)
-    assert run.returncode == 2, err
+    code, _, err = run.finish(timeout=180)
+    assert code == 2, err
     error = next(line for line in err.splitlines() if line.startswith("launch.py: error:"))
     print(error)
-    host = _host_on(identities, lost.ip)
+    host = _host_on(run, lost.ip)
     # Named as the cause, not among the peers whose collectives then failed.
     assert re.search(rf"failed: host {host} \({re.escape(lost.ip)} pid \d+\) failed first: its node is "
                      rf"gone|failed: host {host} \({re.escape(lost.ip)} pid \d+\) stopped answering", error), error
@@ -189,17 +185,12 @@ def test_a_run_waits_for_a_host_that_joins_late_and_names_one_that_never_does(ma
                         r"only 1 up\); wait for the missing hosts \(ray status\) or replace the slice \(waited 5 s for "
                         r"it: --wait\)", lines[-1]), lines[-1]
 
-    run = subprocess.Popen(["ip", "netns", "exec", bed.netns(0), sys.executable, str(ROOT / "launch.py"),
-                            "--platform", "tpu", "--wait", "300", "--steps", "200", "--json"],
-                           cwd=ROOT, env={**os.environ, **bed.env()}, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    said = ""
-    while not any(waiting.fullmatch(line) for line in said.splitlines()):
-        line = run.stderr.readline()
-        assert line, f"launch.py ended before it waited: {said}"
-        said += line
+    run = Background("--platform", "tpu", "--wait", 300, "--steps", 200, "--json",
+                     prefix=("ip", "netns", "exec", bed.netns(0)), env=bed.env())
+    waits = lambda: any(waiting.fullmatch(line) for line in run.stderr.splitlines())
+    assert wait_until(lambda: waits() or run.proc.poll() is not None, 120) and waits(), run.stderr
     rejoined = testbed._start_node(bed, late, testbed._ray_cli(), [f"--address={bed.address}"])
     testbed._wait(rejoined, 120, f"node {late.index} ({late.ip}) again")
-    out, err = run.communicate(timeout=300)
-    rep, ips = _hosts(subprocess.CompletedProcess(run.args, run.returncode, out, said + err))
+    code, out, err = run.finish(timeout=300)
+    rep, ips = _hosts(subprocess.CompletedProcess(run.proc.args, code, out, err))
     assert ips == [n.ip for n in bed.nodes[1:]]  # host 1 on the node that joined late, at its address

@@ -4,6 +4,7 @@ import numpy as np
 
 from ymxb import verify
 from ymxb.config import SliceSpec
+from ymxb.protocol import HostResult, HostRun, SliceHost
 
 
 def test_normal_equation_matches_lstsq():
@@ -44,8 +45,15 @@ def test_replicas_must_be_identical():
 
 
 def _identity(i, local=2, global_=4, collective=4, axes=(1, 4), megascale=None):
-    return {"process_index": i, "node_ip": "10.0.0.1", "local_devices": local, "global_devices": global_,
-            "collective_devices": collective, "collective_axes": list(axes), "megascale": megascale or {}}
+    """What host i reported: of its identity and initialize only what participation reads."""
+    none = np.zeros(0)
+    host = SliceHost(host_index=i, hostname="vm", node_ip="10.0.0.1", pid=100 + i, node_id="n", process_index=i,
+                     process_count=2, local_devices=local, global_devices=global_, platform="cpu",
+                     device_kind="cpu", megascale=megascale or {}, memory_available=None, device_memory=None,
+                     slice=0)
+    result = HostResult(none, none, none, none, none, none, none, none, collective_axes=tuple(axes),
+                        collective_devices=collective, train_s=0.0, first_call_s=0.0)
+    return HostRun(host, result)
 
 
 def test_participation_needs_every_host_and_device():

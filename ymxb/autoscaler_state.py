@@ -2,15 +2,14 @@
 up, and its last error, as `ray status` shows them. Read from the GCS of the cluster this
 driver is connected to, in the form the running autoscaler reports it: v1 (which the cluster
 configs here run, README) writes a JSON report to the GCS's internal KV; v2 answers
-GetClusterStatus. The Ray internals used here were read in Ray 2.60 (its `ray status`:
-scripts.py, autoscaler/_private/commands.py debug_status); tests/test_ray_internals.py checks
-that they are still there.
+GetClusterStatus. Both are read through ray_internals.autoscaler_report.
 """
 
 import dataclasses
-import json
 import re
 from typing import Dict, List, Optional, Tuple
+
+from ymxb import ray_internals
 
 ERROR_CHARS = 300  # of the autoscaler's last error, kept in a one-line message
 # The node types of a cluster started by hand (no --autoscaling-config): Ray's monitor then runs
@@ -88,19 +87,13 @@ def from_v2(status) -> AutoscalerState:
 def read(gcs_address: str) -> Optional[AutoscalerState]:
     """The connected cluster's autoscaler state; None where no autoscaler reports one (a
     cluster started without Ray's monitor, or one whose monitor has not reported yet)."""
-    from ray._private import ray_constants
-    from ray.autoscaler.v2.utils import is_autoscaler_v2
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    if is_autoscaler_v2(fetch_from_server=True):
-        from ray.autoscaler.v2.sdk import get_cluster_status
-
-        return from_v2(get_cluster_status(gcs_address))
-    status = json.loads(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) or b"{}")
-    error = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_ERROR)
+    which, report = ray_internals.autoscaler_report(gcs_address)
+    if which == "v2":
+        return from_v2(report)
+    status, error = report
     if "autoscaler_report" not in status and error is None:  # its first report comes once it has load metrics
         return None
-    return from_v1(status, error.decode(errors="replace") if error else None)
+    return from_v1(status, error)
 
 
 def _one_line(text: str) -> str:

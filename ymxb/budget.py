@@ -12,10 +12,11 @@ the run makes of it (generation in float64, float32, the devices' copies, Ray's 
 """
 
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, Optional, Sequence
 
 from ymxb.config import Program
 from ymxb.errors import UsageError
+from ymxb.protocol import SliceHost
 
 HOST_BASE = 350 << 20  # one idle host process: Python, JAX, XLA's CPU client, Ray's worker (~315 MiB seen)
 RAY_BASE = 700 << 20  # the embedded Ray: GCS, raylet, agents, and the driver itself
@@ -66,17 +67,17 @@ def per_host(program: Program) -> Dict[str, int]:
     return {"--samples-per-host": data, key: models, "--steps": losses}
 
 
-def check_slice(program: Program, hosts: List[dict], what: str = "this run") -> None:
+def check_slice(program: Program, hosts: Sequence[SliceHost], what: str = "this run") -> None:
     """UsageError, with the numbers and a way out, when `program` cannot fit on the slice as
-    its `hosts` reported it at initialize (`memory_available`: their node's, `device_memory`:
-    the least any local device holds, None where JAX does not say)."""
-    devices = [h["device_memory"] for h in hosts if h.get("device_memory")]
+    its hosts reported it at initialize (their node's free memory; the least any of their
+    devices holds, where JAX says)."""
+    devices = [h.device_memory for h in hosts if h.device_memory]
     if devices:
         need, have = per_device(program), min(devices)
         where = f"per device, but the slice's devices hold {_gib(have)} each"
     else:  # CPU devices: the hosts on a node share its memory
-        on_node = Counter(h["node_id"] for h in hosts)
-        free = {h["node_id"]: h.get("memory_available") for h in hosts}
+        on_node = Counter(h.node_id for h in hosts)
+        free = {h.node_id: h.memory_available for h in hosts}
         node = max(on_node, key=lambda n: on_node[n] / (free[n] or float("inf")))
         if free[node] is None:
             return

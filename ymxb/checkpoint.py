@@ -23,6 +23,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ymxb.protocol import CheckpointPiece
+
 SUFFIX = ".ckpt.npz"
 
 
@@ -33,10 +35,6 @@ class Checkpoint:
     losses: np.ndarray  # (padded entries, step)
     config: Dict  # what wrote it: the program's slice, shared trial settings, lrs and seeds
     taken_at: float = 0.0  # time.time() when the driver had every piece
-
-    def to_host(self) -> dict:
-        """What a host restores from (train.train_stream's `resume`)."""
-        return {"step": self.step, "leaves": self.leaves, "losses": self.losses}
 
 
 def program_config(program) -> Dict:
@@ -109,21 +107,20 @@ class Assembler:
         self.program, self.hosts = program, hosts
         self.config = program_config(program)
         self.losses = start.losses if start else np.zeros((program.padded_entries, 0), np.float32)
-        self.pieces: Dict[int, Dict[int, dict]] = {}  # step -> host -> piece
+        self.pieces: Dict[int, Dict[int, CheckpointPiece]] = {}  # step -> host -> piece
 
-    def add(self, host: int, piece: dict) -> Optional[Checkpoint]:
-        step_pieces = self.pieces.setdefault(piece["step"], {})
+    def add(self, host: int, piece: CheckpointPiece) -> Optional[Checkpoint]:
+        step_pieces = self.pieces.setdefault(piece.step, {})
         step_pieces[host] = piece
         if len(step_pieces) < self.hosts:
             return None
-        del self.pieces[piece["step"]]
+        del self.pieces[piece.step]
         entries = self.program.padded_entries
-        first = step_pieces[0]["leaves"]
-        leaves = [np.empty((entries,) + leaf.shape[1:], leaf.dtype) for leaf in first]
-        chunk = np.empty((entries, step_pieces[0]["losses"].shape[1]), np.float32)
+        leaves = [np.empty((entries,) + leaf.shape[1:], leaf.dtype) for leaf in step_pieces[0].leaves]
+        chunk = np.empty((entries, step_pieces[0].losses.shape[1]), np.float32)
         for p in step_pieces.values():
-            for whole, part in zip(leaves, p["leaves"]):
-                whole[p["entries"]] = part
-            chunk[p["entries"]] = p["losses"]
+            for whole, part in zip(leaves, p.leaves):
+                whole[p.entries] = part
+            chunk[p.entries] = p.losses
         self.losses = np.concatenate([self.losses, chunk], axis=1)
-        return Checkpoint(piece["step"], leaves, self.losses, self.config, time.time())
+        return Checkpoint(piece.step, leaves, self.losses, self.config, time.time())

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import types
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -29,10 +29,11 @@ from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
 from ymxb.ray_cluster import ray_cluster
 from ymxb.reaper import _start_time
+from ymxb.experiment import Options
+from ymxb.names import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_VERIFIED, EXIT_TERMINATED, EXIT_VERIFIED, PROG,
+                        said)
 from ymxb.results import Store
 
-EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_FAILED = 0, 1, 2
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 SLICE, TRIAL, RECOVERY = SliceSpec(), TrialSpec(), Recovery()
 RUNS = "runs"  # a sweep's results go to runs/<its name>/ unless --out
 
@@ -151,7 +152,7 @@ def _recovery_flags(g) -> None:
                    help="restarts after a host or its node was taken away (preempted, left the cluster)")
 
 
-def parse(argv: List[str], prog: str = "launch.py"):
+def parse(argv: List[str], prog: str = PROG):
     """Flags -> (SliceSpec, TrialSpec, the other options). Raises UsageError on bad input."""
     args = _parser(prog).parse_args(argv)
     args.address = _address(args.address)
@@ -166,7 +167,7 @@ def _address(given: Optional[str]) -> Optional[str]:
 
 def _sweep_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="launch.py sweep", formatter_class=_Help,
+        prog=f"{PROG} sweep", formatter_class=_Help,
         description="Run every trial of a sweep file that its results store lacks, on warm slices "
                     "(placed and initialised once per slice shape), trials that differ only in lr "
                     "and seed batched into one program; then print the comparison table and draw "
@@ -190,7 +191,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
 
 
 def _results_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="launch.py results", formatter_class=_Help,
+    p = _Parser(prog=f"{PROG} results", formatter_class=_Help,
                 description="Print a sweep's comparison table again and (re)draw its plots, from its "
                             "results folder alone (no cluster).")
     p.add_argument("dir", help=f"the results folder ({RUNS}/<name>, or a sweep's --out)")
@@ -206,14 +207,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             return commands[argv[0]](argv[1:])
         return _launch(argv)
     except UsageError as err:
-        print(f"launch.py: error: {err}", file=sys.stderr)
+        _log(said(f"error: {err}"))
         return EXIT_FAILED
 
 
 def _inspect(argv: List[str]) -> int:
     from ymxb.introspect import inspect
 
-    spec, trial, _ = parse(argv, prog="launch.py inspect")
+    spec, trial, _ = parse(argv, prog=f"{PROG} inspect")
     print(inspect(experiment.settle(spec.replace(address=None)), trial))
     return 0
 
@@ -243,14 +244,13 @@ def _launch(argv: List[str]) -> int:
             with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
                 np.savez(f, x=x, y=y)
         # Where the time went, in the order it passed.
-        phases = {"driver": phases["driver"], "ray_start": phases["ray_start"], **run.phases,
+        phases = {"driver": phases["driver"], "ray_start": phases["ray_start"], **outcome.phases,
                   "ray_stop": phases["ray_stop"]}
         result = report.build(outcome.records[0], run, wall_s, phases, outcome.restarts)
         print(report.to_json(result) if args.json else report.summary(result), file=out, flush=True)
 
     with _checkpoint_folder(folder) as checkpoints:
-        return _run(todo, spec.address, None, None, show,
-                    run=dict(recovery=args.recovery, checkpoints=checkpoints, resume=bool(args.resume)))
+        return _run(todo, spec.address, show, Options(args.recovery, checkpoints, resume=bool(args.resume)))
 
 
 @contextlib.contextmanager
@@ -262,8 +262,8 @@ def _checkpoint_folder(given: Optional[str]):
         yield folder
     finally:
         if checkpoint.files(folder):
-            print(f"launch.py: the run's checkpoint is kept in {folder}; `launch.py --resume {folder}` "
-                  f"with the same flags continues it", file=sys.stderr, flush=True)
+            _log(said(f"the run's checkpoint is kept in {folder}; `{PROG} --resume {folder}` "
+                      f"with the same flags continues it"))
         elif not given:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -293,14 +293,14 @@ def _sweep(argv: List[str]) -> int:
             _show_results(outcome.records, folder, args.json, out, outcome.restarts)
 
         if not pending:
-            _log(f"launch.py: all {len(trials)} trials of {args.file} are recorded in {store.path}; "
-                 f"nothing to run (--fresh runs them again)")
+            _log(said(f"all {len(trials)} trials of {args.file} are recorded in {store.path}; "
+                      f"nothing to run (--fresh runs them again)"))
         progress = experiment.Progress(len(trials), len(trials) - pending)
         checkpoints = os.path.join(folder, "checkpoints")
         os.makedirs(checkpoints, exist_ok=True)
         try:
-            return _run(todo, address, store, progress, show, launch=bool(pending),
-                        run=dict(recovery=Recovery.of(args), checkpoints=checkpoints, sweep_file=sweep_file))
+            options = Options(Recovery.of(args), checkpoints, sweep_file=sweep_file)
+            return _run(todo, address, show, options, store, progress, launch=bool(pending))
         finally:
             progress.close()
 
@@ -335,25 +335,26 @@ def _show_results(records, folder: str, as_json: bool, out, restarts=()) -> int:
     return EXIT_VERIFIED if all(r.verified for r in records) else EXIT_NOT_VERIFIED
 
 
-def _run(todo, address, store, progress, show, launch: bool = True, run: Optional[dict] = None) -> int:
-    """Run the plan `todo` (`launch`: on a Ray cluster, else none is needed; `run`: more of
-    experiment.run's arguments), then `show(outcome, stdout, wall_s, phases)` (phases: seconds
-    the driver took to get here, and Ray to come up and to go); return the exit code."""
+def _run(todo: experiment.Plan, address: Optional[str], show: Callable, options: Options,
+         store: Optional[Store] = None, progress: Optional[experiment.Progress] = None, launch: bool = True) -> int:
+    """Run the plan `todo` as `options` say (`launch`: on a Ray cluster, else none is needed),
+    then `show(outcome, stdout, wall_s, phases)` (phases: seconds the driver took to get here,
+    and Ray to come up and to go); return the exit code."""
     log = progress.log if progress else _log
     started = time.perf_counter()
     phases = {"driver": _process_age_s()}
     with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:
         try:
             with ray_cluster(address, log) if launch else contextlib.nullcontext({}) as ray_phases:
-                outcome = experiment.run(todo, store, log, progress, **(run or {}))
+                outcome = experiment.run(todo, store, log, progress, options)
         except HostFailure as err:
-            log(f"launch.py: error: {err}")
+            log(said(f"error: {err}"))
             return EXIT_FAILED
         except KeyboardInterrupt:
             if signals.terminated:
-                log("launch.py: terminated; all hosts stopped")
+                log(said("terminated; all hosts stopped"))
                 return EXIT_TERMINATED
-            log("launch.py: interrupted; all hosts stopped")
+            log(said("interrupted; all hosts stopped"))
             return EXIT_INTERRUPTED
         show(outcome, out, time.perf_counter() - started, {**phases, **ray_phases})
     return EXIT_VERIFIED if all(r.verified for r in outcome.records) else EXIT_NOT_VERIFIED

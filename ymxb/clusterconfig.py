@@ -49,9 +49,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from packaging.specifiers import SpecifierSet
 
+from ymxb import ray_internals
+from ymxb.errors import first_line
+from ymxb.names import AUTH_MODE_ENV, EXIT_FAILED, TPU_POD_TYPE_LABEL, TPU_SLICE_LABEL
+
 VENV = "~/venv"
 TOKEN_FILE = "~/.ray/auth_token"  # where Ray 2.60 reads the token (authentication_token_setup.py)
-AUTH_MODE = "RAY_AUTH_MODE=token"  # Ray's AUTH_MODE_ENV_VAR, set to token
+AUTH_MODE = f"{AUTH_MODE_ENV}=token"
 FAKE = "fake_multinode"
 LOOPBACK = {"127.0.0.1", "localhost"}
 WORLD = {"0.0.0.0/0", "::/0"}
@@ -126,15 +130,13 @@ def prepared(cfg: dict) -> dict:
     The 2.60 wheel lacks the fake provider's defaults file, so a fake config (which spells out
     every key) only gets its setup commands merged.
     """
-    from ray.autoscaler._private.util import merge_setup_commands, prepare_config
-
     cfg = copy.deepcopy(cfg)
     if cfg.get("provider", {}).get("type") == FAKE:
-        return merge_setup_commands(cfg)
+        return ray_internals.merge_setup_commands(cfg)
     # Ray's CLI logger prints its warnings on stdout, which is for the violations: they go to
     # stderr, less its advice for Docker clusters (no Docker here) on each file mount of a file.
     with contextlib.redirect_stdout(io.StringIO()) as said:
-        ready = prepare_config(cfg)
+        ready = ray_internals.prepare_config(cfg)
     sys.stderr.writelines(line for line in said.getvalue().splitlines(keepends=True)
                           if not re.search(r"refers to a file|To ensure this mount updates properly", line))
     return ready
@@ -145,7 +147,7 @@ def check(cfg: dict) -> List[Violation]:
     try:
         ready = prepared(cfg)
     except Exception as e:  # a config Ray cannot even prepare: report it, check nothing else
-        return [Violation("schema", f"Ray cannot prepare this config: {_first_line(e)}")]
+        return [Violation("schema", f"Ray cannot prepare this config: {first_line(e)}")]
     found = [Violation("schema", message) for message in _schema(ready)]
     if found:  # the other rules read keys the schema vouches for
         return found
@@ -197,12 +199,10 @@ def start_commands(cfg: dict) -> Dict[str, List[str]]:
 
 @rule("schema")
 def _schema(cfg: dict) -> Iterator[str]:
-    from ray.autoscaler._private.util import validate_config
-
     try:
-        validate_config(cfg)
+        ray_internals.validate_config(cfg)
     except Exception as e:
-        yield f"Ray's schema rejects it: {_first_line(e)}"
+        yield f"Ray's schema rejects it: {first_line(e)}"
 
 
 @rule("head-idle")
@@ -216,8 +216,6 @@ def _head_idle(cfg: dict) -> Iterator[str]:
 
 @rule("tpu-node-config")
 def _tpu_node_config(cfg: dict) -> Iterator[str]:
-    from ray._private.accelerators.tpu import TPUAcceleratorManager
-
     for name, node_type in cfg["available_node_types"].items():
         node_config = node_type.get("node_config", {})
         if not _is_tpu(node_type):
@@ -227,8 +225,8 @@ def _tpu_node_config(cfg: dict) -> Iterator[str]:
         unknown = sorted(set(node_config) - TPU_NODE_CONFIG_KEYS)
         if unknown:
             yield f"{name}: node_config keys the TPU API does not know: {unknown}"
-        pod_type = node_config.get("acceleratorType") or node_type.get("labels", {}).get("ray.io/tpu-pod-type", "")
-        if not TPUAcceleratorManager.is_valid_tpu_accelerator_type(pod_type):
+        pod_type = node_config.get("acceleratorType") or node_type.get("labels", {}).get(TPU_POD_TYPE_LABEL, "")
+        if not ray_internals.is_tpu_pod_type(pod_type):
             yield f"{name}: {pod_type!r} is not a TPU pod type (like v4-16)"
             continue
         chips, per_host = node_type.get("resources", {}).get("TPU"), tpu_chips_per_host(pod_type)
@@ -246,9 +244,7 @@ def _tpu_node_config(cfg: dict) -> Iterator[str]:
 def tpu_chips_per_host(pod_type: str) -> int:
     """The chips each host of a `pod_type` slice has: 4, or all of a one-host v5e or v6e
     slice's (v6e-8: 8), as Ray's TPU accelerator manager counts them."""
-    from ray._private.accelerators.tpu import get_num_tpu_visible_chips_per_host
-
-    return get_num_tpu_visible_chips_per_host(pod_type)
+    return ray_internals.tpu_chips_per_host(pod_type)
 
 
 @rule("gpu-node-config")
@@ -528,7 +524,7 @@ def _pip_installed(command: str) -> List[str]:
 def _is_tpu(node_type: dict) -> bool:
     node_config = node_type.get("node_config", {})
     return ("acceleratorType" in node_config or "acceleratorConfig" in node_config
-            or "ray.io/tpu-slice-name" in node_type.get("labels", {}))
+            or TPU_SLICE_LABEL in node_type.get("labels", {}))
 
 
 def _gpu_machine(node_type: dict) -> Optional[str]:
@@ -557,21 +553,15 @@ def _short(command: str, width: int = 60) -> str:
     return command if len(command) <= width else command[:width - 3] + "..."
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def script(cfg: dict, kind: str) -> str:
     """A bash script running what Ray runs on a `kind` node of cfg (see node_commands), each
     command wrapped as Ray's SSH command runner wraps it (login shell, ~/.bashrc sourced)."""
-    from ray.autoscaler._private.command_runner import _with_interactive
-
     commands = node_commands(prepared(cfg))
     if kind not in commands:
         raise KeyError(f"no node kind {kind!r}: this config has {', '.join(commands)}")
     lines = ["#!/usr/bin/env bash", f"# What Ray runs on a {kind} node, in its order.", "set -e"]
     # ssh joins its arguments with spaces for the remote shell; so does this script.
-    return "\n".join(lines + [" ".join(_with_interactive(c)) for c in commands[kind]]) + "\n"
+    return "\n".join(lines + [" ".join(ray_internals.as_ssh_runs(c)) for c in commands[kind]]) + "\n"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -590,19 +580,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             cfg = load(path)
         except (OSError, yaml.YAMLError) as e:
-            print(f"{path}: cannot read: {_first_line(e)}", file=sys.stderr)
-            return 2
+            print(f"{path}: cannot read: {first_line(e)}", file=sys.stderr)
+            return EXIT_FAILED
         if args.script:
             try:
                 print(script(cfg, args.script), end="")
             except KeyError as e:
                 print(f"{path}: {e.args[0]}", file=sys.stderr)
-                return 2
+                return EXIT_FAILED
             continue
         for violation in check(cfg):
             print(f"{path}: {violation}")
             found += 1
-    return 2 if found else 0
+    return EXIT_FAILED if found else 0
 
 
 if __name__ == "__main__":

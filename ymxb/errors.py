@@ -1,5 +1,5 @@
-"""The two ways a run fails before a verdict (both end with exit code 2 and one line), and what
-a host failure's cause is."""
+"""The two ways a run fails before a verdict (both end with exit code 2 and one line), what a
+host failure's cause is, and how an error reads in one line."""
 
 import enum
 from typing import Optional
@@ -20,18 +20,23 @@ class Cause(enum.Enum):
 
     @property
     def restarts(self) -> bool:
-        """Whether a restart of the slice may mend it."""
+        """Whether restarting the slice may mend it."""
         return self is not Cause.FINAL
 
 
 class HostFailure(RuntimeError):
     """A host died or hung, or the cluster cannot hold the request; the message names which.
 
-    `host` (its process index, where one is to blame), `cause` (what happened; FINAL: retrying
-    would not help) and `phase` (start, jax.distributed.initialize, training, ...).
+    `host`: its process index, where one is to blame; `cause`: what happened (FINAL: retrying
+    would not help); `phase`: where (start, jax.distributed.initialize, training, ...).
     """
 
-    def __init__(self, message: str, host: Optional[int] = None, cause=None,
+    def __init__(self, message: str, host: Optional[int] = None, cause: Cause = Cause.FINAL,
                  phase: Optional[str] = None):
         super().__init__(message)
         self.host, self.cause, self.phase = host, cause, phase
+
+
+def first_line(err: BaseException, limit: int = 400) -> str:
+    """An error's first line (its type's name if it says nothing), cut to `limit` characters."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]

@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from ymxb import budget, checkpoint, results, sweep as sweeps
 from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
+from ymxb.names import said
+from ymxb.protocol import ProgramRun, Restart
 from ymxb.results import Store, TrialRecord
 
 # Plain progress lines (stderr not a terminal): at most one per this many seconds.
@@ -36,11 +38,25 @@ class Plan:
         return [t for t, tid in zip(self.trials, self.ids) if tid is None or tid not in self.done]
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How a plan runs, past what its trials are: checkpoints and restart budgets
+    (`recovery`), where checkpoints are kept (`checkpoints`: a folder; None: in memory only),
+    whether each program must go on from a checkpoint there (`resume`), and the version of the
+    sweep file the records say they ran from (`sweep_file`)."""
+
+    recovery: Recovery = Recovery()
+    checkpoints: Optional[str] = None
+    resume: bool = False
+    sweep_file: Optional[str] = None
+
+
 @dataclasses.dataclass
 class Outcome:
     records: List[TrialRecord]  # every trial of the sweep, in its order (recorded or run now)
-    last_run: Optional[object] = None  # the last program's launcher.ProgramRun
-    restarts: List[object] = dataclasses.field(default_factory=list)  # supervisor.Restart, in order
+    last_run: Optional[ProgramRun] = None  # the last program's
+    phases: Dict[str, float] = dataclasses.field(default_factory=dict)  # the last slice's, as it ended
+    restarts: List[Restart] = dataclasses.field(default_factory=list)  # in order
 
 
 def settle(spec: SliceSpec) -> SliceSpec:
@@ -50,7 +66,7 @@ def settle(spec: SliceSpec) -> SliceSpec:
     if spec.platform == "cpu-sim" or (spec.address is None and spec.platform is None):
         from ymxb.platforms import CpuSim
 
-        return CpuSim(spec).shape()
+        return CpuSim().shape(spec)
     return spec
 
 
@@ -80,13 +96,10 @@ def plan(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store]) -> P
 
 
 def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
-        progress: Optional["Progress"] = None, recovery: Recovery = Recovery(),
-        checkpoints: Optional[str] = None, resume: bool = False,
-        sweep_file: Optional[str] = None) -> Outcome:
+        progress: Optional["Progress"] = None, options: Options = Options()) -> Outcome:
     """Run the plan's pending trials on the connected cluster, each program's records added
-    to `store` as it finishes (saying they ran from `sweep_file`). Each program is
-    checkpointed to the folder `checkpoints` (None: kept in memory only) until its records are
-    in, and continues from its checkpoint there if it has one (`resume`: it must have one)."""
+    to `store` as it finishes. Each program is checkpointed (options.checkpoints) until its
+    records are in, and continues from its checkpoint there if it has one."""
     from ymxb.supervisor import Supervisor
 
     done = dict(todo.done)
@@ -95,7 +108,7 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
     outcome = Outcome([])
     began = time.time()
     for spec, groups in _by_slice(sweeps.programs(todo.pending)):
-        with Supervisor(spec, recovery, log, began) as supervisor:
+        with Supervisor(spec, options.recovery, log, began) as supervisor:
             for group in groups:
                 shaped = supervisor.up()
                 for trial in group:  # a slice the platform shaped: its id, first known now
@@ -111,13 +124,14 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
                 if shaped.address is not None:  # an embedded run was checked before it started
                     what = "this run" if len(todo.trials) == 1 else f"a program of {len(group)} trials"
                     budget.check_slice(program, supervisor.hosts, what)
-                path = os.path.join(checkpoints, checkpoint.name_of(program)) if checkpoints else None
-                start = resume_point(checkpoints, program, resume) if checkpoints else None
+                folder = options.checkpoints
+                path = os.path.join(folder, checkpoint.name_of(program)) if folder else None
+                start = resume_point(folder, program, options.resume) if folder else None
                 if start:
-                    log(f"launch.py: going on from the checkpoint at step {start.step} in {path}")
+                    log(said(f"going on from the checkpoint at step {start.step} in {path}"))
                 progress.start(program)
                 outcome.last_run = supervisor.run(program, path, start, on_steps=progress.steps)
-                records = results.judge(outcome.last_run, sweep_file)
+                records = results.judge(outcome.last_run, options.sweep_file)
                 if store:
                     store.append(records)
                 if path:
@@ -125,6 +139,7 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
                 done.update((r.trial_id, r) for r in records)
                 progress.finish(program)
         outcome.restarts += supervisor.restarts
+        outcome.phases = supervisor.phases
     outcome.records = [done[ids[trial]] for trial in todo.trials]
     return outcome
 

@@ -17,7 +17,6 @@ for one, logs "Get dashboard http address failed" once a second in its log: expe
 """
 
 import contextlib
-import importlib.util
 import logging
 import os
 import signal
@@ -27,8 +26,9 @@ import tempfile
 import time
 from typing import Dict, Optional
 
-from ymxb import reaper as reaper_script
-from ymxb.errors import HostFailure, UsageError
+from ymxb import ray_internals, reaper as reaper_script
+from ymxb.errors import HostFailure, UsageError, first_line
+from ymxb.names import AUTH_MODE_ENV, said
 
 # How long the address probe waits for an answer: a GCS answers in milliseconds.
 PROBE_S = 5.0
@@ -51,11 +51,6 @@ HEAD_PARAMS = {"no_monitor": True, "include_log_monitor": False, "dashboard_agen
 # a worker per CPU for the first driver, whose ray.init() waits for them (0.6-0.8 s here): the
 # hosts' actors start the workers they need anyway, while the driver reserves the slice.
 HEAD_CONFIG = {"worker_niceness": 0, "prestart_worker_first_driver": False}
-# What Ray's check for the dashboard's dependencies imports (ray/dashboard/optional_deps.py).
-DASHBOARD_DEPS = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry",
-                  "prometheus_client", "pydantic")
-# How often to ask the GCS whether the new head's raylet has registered.
-NODE_POLL_S = 0.05
 
 
 @contextlib.contextmanager
@@ -79,16 +74,16 @@ def _joined(address: str, log, phases: Dict[str, float]):
     auth = probe(address)
     if auth == "token" and "ray" not in sys.modules:
         # A token cluster: the client must say so before Ray is imported (ray caches the mode).
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        os.environ.setdefault(AUTH_MODE_ENV, "token")
     import ray
 
     try:
         with _signals_kept():
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
-        raise HostFailure(f"could not join the Ray cluster at {address}: {_first_line(err)}") from None
+        raise HostFailure(f"could not join the Ray cluster at {address}: {first_line(err)}") from None
     phases["ray_start"] = time.perf_counter() - started
-    log(f"launch.py: joined the Ray cluster at {ray.get_runtime_context().gcs_address}")
+    log(said(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}"))
     try:
         yield
     finally:
@@ -102,24 +97,22 @@ def _embedded(log, phases: Dict[str, float]):
     started = time.perf_counter()
     os.environ.update(EMBEDDED_ENV)  # read by the processes Ray starts
     import ray
-    from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
+    ray_internals.keep_on_loopback()  # in case ray was imported before the variable was set
 
     temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
     reaper = subprocess.Popen([sys.executable, reaper_script.__file__, str(os.getpid()), temp_dir],
                               stdin=subprocess.PIPE)
     clean, head = False, None
     try:
-        # Ray warns on every start that token auth is on; we chose it (see above): no warning.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        ray_internals.quiet_token_warning()  # we chose token auth (see above): no warning of it
         try:
             with _signals_kept():
-                head = _start_head(temp_dir)
+                head = ray_internals.start_head(temp_dir, HEAD_PARAMS, HEAD_CONFIG)
                 # The head's own address: never some other running cluster.
                 ray.init(address=head.address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
-            raise HostFailure(f"could not start an embedded Ray: {_first_line(err)}") from None
+            raise HostFailure(f"could not start an embedded Ray: {first_line(err)}") from None
         phases["ray_start"] = time.perf_counter() - started
         try:
             yield
@@ -137,55 +130,7 @@ def _embedded(log, phases: Dict[str, float]):
         if "ray_start" in phases:
             phases["ray_stop"] = time.perf_counter() - started
         if not clean:
-            log(f"launch.py: Ray's logs of this run are kept in {temp_dir}/session_latest/logs")
-
-
-def _start_head(temp_dir: str):
-    """Start a Ray head node on this machine, as ray.init() starts a cluster of its own (token
-    auth on by default, the token made if missing), with HEAD_PARAMS and HEAD_CONFIG."""
-    from ray._private import ray_constants
-    from ray._private import utils as ray_utils
-    from ray._private.authentication import authentication_token_setup as auth
-    from ray._private.node import Node
-    from ray._private.parameter import RayParams
-
-    auth.enable_token_auth_by_default()
-    auth.ensure_token_if_auth_enabled(HEAD_CONFIG, create_token_if_missing=True)
-    params = RayParams(temp_dir=temp_dir, _system_config=HEAD_CONFIG, **HEAD_PARAMS)
-
-    class Head(Node):
-        def start_api_server(self, **options):
-            """Not started (see the module's docstring)."""
-
-        def start_raylet(self, *args, **kwargs):
-            # Ray imports the dashboard's dependencies here (0.4 s, before the raylet starts)
-            # only to learn whether they are installed, for the agent's --minimal flag.
-            check = ray_utils.get_dashboard_dependency_error
-            ray_utils.get_dashboard_dependency_error = _dashboard_dependency_error
-            try:
-                super().start_raylet(*args, **kwargs)
-            finally:
-                ray_utils.get_dashboard_dependency_error = check
-
-        def start_ray_processes(self):
-            super().start_ray_processes()
-            # Node then waits for the raylet to register, asking the GCS once a second (0.5 s
-            # lost on average): ask every NODE_POLL_S first, so that its first question finds it.
-            raylet = self.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
-            deadline = time.monotonic() + 30  # then Node's own wait says what went wrong
-            gcs = self.get_gcs_client()
-            while (self._node_id not in {n.hex() for n in gcs.get_all_node_info(timeout=5)}
-                   and raylet.poll() is None and time.monotonic() < deadline):
-                time.sleep(NODE_POLL_S)
-
-    return Head(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
-
-
-def _dashboard_dependency_error() -> Optional[ImportError]:
-    """Ray's check that the dashboard's dependencies are installed, by finding them, not
-    importing them."""
-    missing = [name for name in DASHBOARD_DEPS if importlib.util.find_spec(name) is None]
-    return ImportError(f"No module named {missing[0]!r}") if missing else None
+            log(said(f"Ray's logs of this run are kept in {temp_dir}/session_latest/logs"))
 
 
 @contextlib.contextmanager
@@ -238,7 +183,7 @@ def probe(address: str) -> Optional[str]:
             call(b"", timeout=PROBE_S)
             return None
         except grpc.RpcError as err:
-            code, detail = err.code(), _first_line(Exception(err.details() or ""))
+            code, detail = err.code(), first_line(Exception(err.details() or ""))
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return "token"
     if code == grpc.StatusCode.UNAVAILABLE and "HTTP/2" in detail:
@@ -249,7 +194,3 @@ def probe(address: str) -> Optional[str]:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         raise UsageError(f"--address {address}: no answer within {PROBE_S:g} s; {fix}")
     raise UsageError(f"cannot reach a Ray cluster at --address {address} ({detail}); {fix}")
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

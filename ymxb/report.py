@@ -4,23 +4,20 @@ or one JSON document."""
 import dataclasses
 import json
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ymxb.protocol import HostRun, ProgramRun, Restart
 from ymxb.results import TrialRecord, jsonable
 
 MEMBER_ROWS = 16  # members listed in the table; --json has them all
-HOST_KEYS = ("process_index", "process_count", "hostname", "node_ip", "node_id", "pid", "platform",
-             "device_kind", "slice", "megascale", "local_devices", "global_devices",
-             "collective_devices", "collective_axes", "train_s", "first_call_s")
 
 
-def build(record: TrialRecord, run, wall_s: float, phases: Optional[Dict[str, float]] = None,
-          restarts=()) -> Dict:
-    """The report of a one-trial run (launcher.ProgramRun `run`) judged as `record`; `phases`:
-    where its wall time went, in seconds (default: the slice's own, `run.phases`); the restarts
-    it took (supervisor.Restart)."""
+def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[Dict[str, float]] = None,
+          restarts: Sequence[Restart] = ()) -> Dict:
+    """The report of a one-trial run `run` judged as `record`; `phases`: where its wall time
+    went, in seconds (default: the slice's own, `run.phases`); the restarts it took."""
     cfg = record.config
     report = {
         "config": cfg,
@@ -106,24 +103,32 @@ def _ranges(indices: List[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def _member_rows(run) -> List[Dict]:
+def _member_rows(run: ProgramRun) -> List[Dict]:
     """Every ensemble member once, in order: where it ran, where it started and ended."""
     rows = []
-    for host in run.hosts:
-        final = dict(zip(host["loss_entry"].tolist(), host["losses"][:, -1].tolist()))
-        for i, entry in enumerate(host["entry"].tolist()):
-            rows.append({"index": entry, "host": host["process_index"], "device": int(host["device"][i]),
-                         "m": float(host["m"][i]), "b": float(host["b"][i]),
-                         "init_m": float(host["init_m"][i]), "init_b": float(host["init_b"][i]),
+    for h in run.hosts:
+        r = h.result
+        final = dict(zip(r.loss_entry.tolist(), r.losses[:, -1].tolist()))
+        for i, entry in enumerate(r.entry.tolist()):
+            rows.append({"index": entry, "host": h.host.process_index, "device": int(r.device[i]),
+                         "m": float(r.m[i]), "b": float(r.b[i]),
+                         "init_m": float(r.init_m[i]), "init_b": float(r.init_b[i]),
                          "final_loss": final[entry]})
-    return sorted(rows, key=lambda r: r["index"])
+    return sorted(rows, key=lambda row: row["index"])
 
 
-def _host_summary(cfg: Dict, host: Dict) -> Dict:
-    out = {k: host[k] for k in HOST_KEYS}
+def _host_summary(cfg: Dict, run: HostRun) -> Dict:
+    """One host in the report: who it was, what it saw, and what it ended with."""
+    h, r = run.host, run.result
+    out = {"process_index": h.process_index, "process_count": h.process_count, "hostname": h.hostname,
+           "node_ip": h.node_ip, "node_id": h.node_id, "pid": h.pid, "platform": h.platform,
+           "device_kind": h.device_kind, "slice": h.slice, "megascale": h.megascale,
+           "local_devices": h.local_devices, "global_devices": h.global_devices,
+           "collective_devices": r.collective_devices, "collective_axes": list(r.collective_axes),
+           "train_s": r.train_s, "first_call_s": r.first_call_s}
     if cfg["ensemble"]:
-        out["members"] = sorted(host["entry"].tolist())
+        out["members"] = sorted(r.entry.tolist())
     else:
-        out["params"] = {"m": float(host["m"][0]), "b": float(host["b"][0])}
-        out["loss_history"] = host["losses"][0].astype(float).tolist()
+        out["params"] = {"m": float(r.m[0]), "b": float(r.b[0])}
+        out["loss_history"] = r.losses[0].astype(float).tolist()
     return out

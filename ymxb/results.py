@@ -22,7 +22,8 @@ import numpy as np
 
 from ymxb import __version__, data, verify
 from ymxb.config import Program, SliceSpec, TrialSpec
-from ymxb.errors import UsageError
+from ymxb.errors import UsageError, first_line
+from ymxb.protocol import ProgramRun
 
 STORE = "trials.jsonl"
 SWEEP_FILE = "sweep.yaml"  # the sweep file as run; later versions sweep.1.yaml, sweep.2.yaml, ...
@@ -123,20 +124,21 @@ def trial_id(spec: SliceSpec, trial: TrialSpec) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def judge(run, sweep_file: Optional[str] = None) -> List[TrialRecord]:
-    """The records of every trial of a finished program (launcher.ProgramRun), their ids made
-    from the slice the program ran on; `sweep_file`: the version of the sweep file it ran from."""
-    program, hosts = run.program, run.hosts
+def judge(run: ProgramRun, sweep_file: Optional[str] = None) -> List[TrialRecord]:
+    """The records of every trial of a finished program, their ids made from the slice the
+    program ran on; `sweep_file`: the version of the sweep file it ran from."""
+    program = run.program
     spec, cfg = program.slice, program.trial
     x, y = data.global_dataset(cfg, spec.processes)
     solution = verify.normal_equation(x, y)
     optimal = float(np.mean((solution[0] * x.astype(np.float64) + solution[1] - y) ** 2))
-    participation = verify.check_participation(hosts, spec)
-    rows = {k: np.concatenate([h[k] for h in hosts]) for k in ("entry", "device", "m", "b", "init_m", "init_b")}
-    rows["host"] = np.concatenate([np.full(len(h["entry"]), h["process_index"]) for h in hosts])
+    participation = verify.check_participation(run.hosts, spec)
+    results = [h.result for h in run.hosts]
+    rows = {k: np.concatenate([getattr(r, k) for r in results]) for k in ("entry", "device", "m", "b", "init_m", "init_b")}
+    rows["host"] = np.concatenate([np.full(len(h.result.entry), h.host.process_index) for h in run.hosts])
     losses = {}  # entry -> its loss histories: one per host holding it (one-model: every host)
-    for h in hosts:
-        for entry, history in zip(h["loss_entry"], h["losses"]):
+    for r in results:
+        for entry, history in zip(r.loss_entry, r.losses):
             losses.setdefault(int(entry), []).append(history)
     shape = f"{spec.label()} {run.platform}"
     trials = program.trials()
@@ -231,7 +233,7 @@ class Store:
             try:
                 record = TrialRecord.from_dict(json.loads(line))
             except (ValueError, TypeError, KeyError) as err:
-                raise UsageError(f"{self.path}, line {number}: not a trial record ({_first_line(err)}); "
+                raise UsageError(f"{self.path}, line {number}: not a trial record ({first_line(err, 200)}); "
                                  f"remove that line (its trial runs again) or restore it") from None
             if record.schema > SCHEMA:
                 raise UsageError(f"{self.path}, line {number}: written by a newer ymxb (record layout "
@@ -340,10 +342,6 @@ def _upgraded(record: TrialRecord) -> TrialRecord:
     spec = SliceSpec(**{k: config[k] for k in SliceSpec.fields() if k in config})
     trial = TrialSpec(**{k: config[k] for k in TrialSpec.fields() if k in config})
     return dataclasses.replace(record, config=trial_config(spec, trial), trial_id=trial_id(spec, trial))
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def table(records: Sequence[TrialRecord], limit: int = 100) -> str:

@@ -4,8 +4,8 @@ be whole), new processes start and initialise (`jax.distributed` cannot initiali
 one process; a new coordinator port each time), and training continues from the driver's last
 checkpoint. Two budgets, as Ray Train and Levanter keep them: restarts for failures (a crash,
 an abort, a hang) and preemptions for hosts taken away (Ray's preempted signal, a node that
-leaves the cluster). A failure no restart mends (no room for the slice, a slow run, a bad
-setting) ends the run at once.
+leaves the cluster). A failure no restart mends (Cause.FINAL: no room for the slice, a slow
+run, a bad setting) ends the run at once.
 """
 
 import dataclasses
@@ -13,40 +13,24 @@ import glob
 import os
 import socket
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
-import ray
-
-from ymxb import checkpoint
+from ymxb import checkpoint, ray_internals
 from ymxb.checkpoint import Checkpoint
 from ymxb.config import Program, Recovery, SliceSpec
-from ymxb.errors import HostFailure
-from ymxb.launcher import ProgramRun, WarmSlice, _host_name
+from ymxb.errors import Cause, HostFailure
+from ymxb.launcher import WarmSlice
+from ymxb.names import said
+from ymxb.protocol import HostIdentity, ProgramRun, Restart, SliceHost
 
 STDERR_LINES = 8  # of a failed host's stderr, shown with its failure
-
-
-@dataclasses.dataclass
-class Restart:
-    """One restart of the slice, as the run report lists it."""
-
-    at_s: float  # when the failure was seen, in seconds since the run began
-    host: Optional[int]  # the host to blame (its process index), its node and process
-    node_ip: Optional[str]
-    node_id: Optional[str]
-    pid: Optional[int]
-    cause: str  # died, hung, preempted or crashed (errors.HostFailure)
-    phase: str  # start, jax.distributed.initialize, training, ...
-    error: str  # the failure's one line
-    resumed_step: int  # the checkpoint training went on from (0: the start)
-    steps_redone: int  # steps done past that checkpoint before the failure, trained again
-    lost_s: Optional[float] = None  # from that checkpoint to training going on again
 
 
 class Supervisor:
     """`with Supervisor(spec, recovery, log) as s: s.run(program, path)`, as often as wanted:
     a WarmSlice brought up on first use and brought up again after each host loss, within the
-    budgets. `restarts` lists every restart of its life."""
+    budgets. `restarts` lists every restart of its life; `phases`, once it is left, the last
+    slice's phases as they ended."""
 
     def __init__(self, spec: SliceSpec, recovery: Recovery, log: Callable[[str], None] = lambda line: None,
                  began: Optional[float] = None):
@@ -54,6 +38,7 @@ class Supervisor:
         self.began = time.time() if began is None else began
         self.warm: Optional[WarmSlice] = None
         self.restarts: List[Restart] = []
+        self.phases: Dict[str, float] = {}
         self.latest: Optional[Checkpoint] = None  # the running program's last whole checkpoint
         self._lost_since = 0.0  # when the work the last restart lost began (time.time())
 
@@ -63,12 +48,12 @@ class Supervisor:
     def __exit__(self, kind, error, trace):
         warm, self.warm = self.warm, None
         if warm is not None:
-            warm.__exit__(kind, error, trace)
+            self.phases = warm.stop(clean=kind is None)
 
     @property
-    def hosts(self) -> List[dict]:
-        """What each host of the up slice said of itself (identity and initialize), in order."""
-        return self.warm.identities if self.warm else []
+    def hosts(self) -> List[SliceHost]:
+        """The hosts of the up slice, by process index."""
+        return self.warm.hosts if self.warm else []
 
     def up(self) -> SliceSpec:
         """Bring the slice up, if it is not (restarting it on host loss); its spec as the
@@ -99,14 +84,14 @@ class Supervisor:
                 if warm is None:
                     # A restart waits for the slice to be whole again (a preempted one comes back).
                     warm = WarmSlice(self.spec, self.log, wait_whole_s=self.spec.timeout if self.restarts else 0)
-                    warm.__enter__()  # on failure, it stops what it started
+                    warm.start()  # on failure, it stops what it started
                     self.warm = warm
                 self._resumed()
                 return work()
             except HostFailure as failure:
                 if self.warm is not None:
                     self.warm = None
-                    warm.__exit__(HostFailure, failure, None)  # every host hard-killed, seen gone
+                    warm.stop(clean=False)  # every host hard-killed, seen gone
                 # Lost: the work since the checkpoint, or since this attempt began if later
                 # (what came before is the previous restart's loss).
                 taken = self.latest.taken_at if program and self.latest else began
@@ -117,18 +102,18 @@ class Supervisor:
         """After `failure` (its slice stopped): a Restart recorded, or the failure raised
         again when no restart mends it or its budget is spent."""
         self._resumed()  # a restart that got no further: its loss ends here
-        ident = warm.identities[failure.host] if warm and failure.host is not None and \
-            failure.host < len(warm.identities) else {}
+        who = warm.describe(failure.host) if warm and failure.host is not None else "the slice"
+        ident = _identity(warm, failure.host)
         lines = stderr_tail(ident)
         if lines:
-            self.log(f"launch.py: the last lines {_host_name(failure.host, warm.identities)} wrote to stderr:")
+            self.log(said(f"the last lines {who} wrote to stderr:"))
             for line in lines:
                 self.log(f"  | {line}")
-        if failure.cause is None:
+        if not failure.cause.restarts:
             raise failure
-        preempted = failure.cause == "preempted"
+        preempted = failure.cause is Cause.PREEMPTED
         budget = self.recovery.max_preemptions if preempted else self.recovery.max_restarts
-        used = sum((r.cause == "preempted") == preempted for r in self.restarts)
+        used = sum((r.cause == Cause.PREEMPTED.value) == preempted for r in self.restarts)
         if used >= budget:
             if budget:
                 flag = "--max-preemptions" if preempted else "--max-restarts"
@@ -138,31 +123,35 @@ class Supervisor:
         resumed = self.latest.step if program and self.latest else 0
         reached = warm.reached if warm and program else resumed
         self.restarts.append(Restart(
-            at_s=time.time() - self.began, host=failure.host, node_ip=ident.get("node_ip"),
-            node_id=ident.get("node_id"), pid=ident.get("pid"), cause=failure.cause,
+            at_s=time.time() - self.began, host=failure.host, node_ip=ident and ident.node_ip,
+            node_id=ident and ident.node_id, pid=ident and ident.pid, cause=failure.cause.value,
             phase=failure.phase or "start", error=str(failure), resumed_step=resumed,
             steps_redone=max(0, reached - resumed)))
         self._lost_since = lost_since
-        self.log(f"launch.py: {failure}")
-        self.log(f"launch.py: {_host_name(failure.host, warm.identities)} {failure.cause}; restarting the slice "
-                 f"({'preemption' if preempted else 'restart'} {used + 1} of {budget}), "
-                 f"training from step {resumed}")
+        self.log(said(str(failure)))
+        self.log(said(f"{who} {failure.cause.value}; restarting the slice "
+                      f"({'preemption' if preempted else 'restart'} {used + 1} of {budget}), "
+                      f"training from step {resumed}"))
 
     def _resumed(self) -> None:
         """The last restart's loss ends now (training goes on, or the next failure came)."""
         if self.restarts and self.restarts[-1].lost_s is None:
-            self.restarts[-1].lost_s = time.time() - self._lost_since
+            self.restarts[-1] = dataclasses.replace(self.restarts[-1], lost_s=time.time() - self._lost_since)
 
 
-def stderr_tail(ident: dict, lines: int = STDERR_LINES) -> List[str]:
+def _identity(warm: Optional[WarmSlice], host: Optional[int]) -> Optional[HostIdentity]:
+    if warm is None or host is None or host >= len(warm.identities):
+        return None
+    return warm.identities[host]
+
+
+def stderr_tail(ident: Optional[HostIdentity], lines: int = STDERR_LINES) -> List[str]:
     """The last lines a host's process wrote to stderr, from Ray's log of it (where that log
     is on this machine: an embedded cluster, or a cluster whose node this is)."""
-    if not ident or ident.get("hostname") != socket.gethostname():
+    if ident is None or ident.hostname != socket.gethostname():
         return []
-    node = ray._private.worker._global_node
-    if node is None:
-        return []
-    found = glob.glob(os.path.join(node.get_logs_dir_path(), f"worker-*-{ident['pid']}.err"))
+    logs = ray_internals.logs_dir()
+    found = glob.glob(os.path.join(logs, f"worker-*-{ident.pid}.err")) if logs else []
     if not found:
         return []
     with open(found[0], "rb") as f:

@@ -27,6 +27,8 @@ import sys
 import uuid
 from typing import Dict, List, Optional
 
+from ymxb.names import (ACCELERATOR_LABEL, AUTH_MODE_ENV, EXIT_FAILED, TEST_CPU_DEVICES_ENV, TPU_POD_TYPE_LABEL,
+                        TPU_SLICE_LABEL, TPU_TOPOLOGY_LABEL, TPU_WORKER_LABEL)
 from ymxb.reaper import wait_gone
 
 PREFIX = "ybed"
@@ -89,8 +91,7 @@ class Bed:
 
     def env(self) -> Dict[str, str]:
         """Environment for a Ray client in the head's namespace."""
-        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token",
-                "YMXB_TEST_CPU_DEVICES": str(CPU_DEVICES)}
+        return {"RAY_ADDRESS": self.address, AUTH_MODE_ENV: "token", TEST_CPU_DEVICES_ENV: str(CPU_DEVICES)}
 
     def exec(self, i: int, cmd: List[str], **kwargs) -> subprocess.CompletedProcess:
         """Run `cmd` in node i's namespace (environment: ours plus the bed's)."""
@@ -118,9 +119,9 @@ def plan(tpu: List[str] = (), gpu: List[str] = (), cpu: int = 0, bed_id: Optiona
             if worker == 0:
                 resources[f"TPU-{kind}-head"] = 1
             specs.append(dict(resources=resources, env={"TPU_NAME": name, "TPU_WORKER_ID": str(worker)},
-                              labels={"ray.io/tpu-slice-name": name, "ray.io/tpu-worker-id": str(worker),
-                                      "ray.io/tpu-pod-type": kind, "ray.io/tpu-topology": topology,
-                                      "ray.io/accelerator-type": accelerator}))
+                              labels={TPU_SLICE_LABEL: name, TPU_WORKER_LABEL: str(worker),
+                                      TPU_POD_TYPE_LABEL: kind, TPU_TOPOLOGY_LABEL: topology,
+                                      ACCELERATOR_LABEL: accelerator}))
     for group in gpu:
         count, _, gpus = group.partition(":")
         if not (count.isdigit() and gpus.isdigit() and int(count) > 0 and int(gpus) > 0):
@@ -193,7 +194,7 @@ def _network(bed: Bed) -> None:
 
 def _ray_nodes(bed: Bed, ray_cli: str, timeout: float) -> None:
     subprocess.run([ray_cli, "get-auth-token", "--generate"], capture_output=True, check=True,
-                   env={**os.environ, "RAY_AUTH_MODE": "token"})
+                   env={**os.environ, AUTH_MODE_ENV: "token"})
     head = _start_node(bed, bed.head, ray_cli, ["--head", f"--port={RAY_PORT}"])
     _wait(head, timeout, "the head node")
     workers = [(n, _start_node(bed, n, ray_cli, [f"--address={bed.address}"])) for n in bed.nodes[1:]]
@@ -213,7 +214,7 @@ def _start_node(bed: Bed, node: Node, ray_cli: str, role: List[str]) -> subproce
         cmd.append(f"--resources={json.dumps(node.resources)}")
     if node.labels:
         cmd.append("--labels=" + ",".join(f"{k}={v}" for k, v in node.labels.items()))
-    env = {**os.environ, "RAY_AUTH_MODE": "token", **node.env}
+    env = {**os.environ, AUTH_MODE_ENV: "token", **node.env}
     return subprocess.Popen(["ip", "netns", "exec", bed.netns(node.index), *cmd], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -329,7 +330,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             down(bed)
     except BedError as err:
         print(f"testbed: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -4,51 +4,46 @@ Runs inside each host's process after `jax.distributed.initialize` (or alone, as
 """
 
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 import jax
 import numpy as np
 
 from ymxb import data, models, steps
+from ymxb.checkpoint import Checkpoint
 from ymxb.config import Program
+from ymxb.protocol import CheckpointPiece, HostResult
 
 
-def train_host(program: Program, on_progress: Callable[[int], None] = lambda steps: None) -> dict:
+def train_host(program: Program, on_progress: Callable[[int], None] = lambda steps: None) -> HostResult:
     """Train this process's share of `program` on its local devices, start to end; returns
     `train_stream`'s result."""
     for item in train_stream(program, on_progress):
         pass
-    return item["result"]
+    return item
 
 
 def train_stream(program: Program, on_progress: Callable[[int], None] = lambda steps: None,
-                 resume: Optional[dict] = None, checkpoint_every: int = 0) -> Iterator[dict]:
-    """Train this process's share of `program`, yielding `{"checkpoint": piece}` after every
-    `checkpoint_every` compiled calls (0: never; none after the last) and finally
-    `{"result": ...}`. `resume` (checkpoint.Checkpoint.to_host) continues from its step.
-
-    A piece is this host's share of the state: `step`, `entries` (each entry of the program's
-    axis it holds, once), `leaves` (the TrainState leaves of those entries) and `losses` (their
-    losses since the previous piece). The result is NumPy arrays only (they travel through Ray
-    as they are), one row per model this host holds, padding left out: `entry` (the model's
-    index on the program's axis), `device` (the global device holding it; one-model trials
-    have a copy on every device), `m`, `b`, `init_m`, `init_b`; and the whole loss history of
-    each entry once (`loss_entry`, `losses`). `on_progress(steps)` is called before each
-    compiled call (so a hung call shows where).
+                 resume: Optional[Checkpoint] = None,
+                 checkpoint_every: int = 0) -> Iterator[Union[CheckpointPiece, HostResult]]:
+    """Train this process's share of `program`, yielding its CheckpointPiece after every
+    `checkpoint_every` compiled calls (0: never; none after the last), and finally its
+    HostResult. `resume` (the driver's whole checkpoint) continues from its step.
+    `on_progress(steps)` is called before each compiled call (so a hung call shows where).
     """
     started = time.perf_counter()
     cfg, shape = program.trial, program.slice
     if jax.local_device_count() != shape.devices_per_host:
         raise ValueError(f"host {jax.process_index()} has {jax.local_device_count()} local devices, "
                          f"but --devices-per-host is {shape.devices_per_host}")
-    done = resume["step"] if resume else 0
+    done = resume.step if resume else 0
     on_progress(done)
     x, y = data.host_shard(cfg, jax.process_index())
     trainer = steps.TRAINERS[cfg.parallel](models.build(cfg.model), program)
     state = trainer.init()
     init_params = trainer.local(state.params)
     if resume:
-        state = trainer.restore(state, resume["leaves"])
+        state = trainer.restore(state, resume.leaves)
     batch = trainer.put_data(x, y)
     collective = trainer.collective_counts()
 
@@ -64,30 +59,26 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
         if calls == 1:
             first_call_s = time.perf_counter() - call_start  # compile + run
         if checkpoint_every and calls % checkpoint_every == 0 and done < cfg.steps:
-            yield {"checkpoint": _piece(trainer, state, done, chunks[-unsent:])}
+            yield _piece(trainer, state, done, chunks[-unsent:])
             unsent = 0
     on_progress(done)
 
     rows = _rows(program, trainer.local(state.params), init_params)
     loss_entry = chunks[0][0]
-    history = [resume["losses"][loss_entry]] if resume else []
+    history = [resume.losses[loss_entry]] if resume else []
     keep = loss_entry < program.entries
-    yield {"result": {
-        **rows,
-        "loss_entry": loss_entry[keep],
-        "losses": np.concatenate(history + [losses for _, losses in chunks], axis=1)[keep],
-        "collective_axes": list(collective[:2]),  # over slices, over devices (within a slice)
-        "collective_devices": collective[2],
-        "train_s": time.perf_counter() - started,
-        "first_call_s": first_call_s,
-    }}
+    yield HostResult(
+        **rows, loss_entry=loss_entry[keep],
+        losses=np.concatenate(history + [losses for _, losses in chunks], axis=1)[keep],
+        collective_axes=tuple(collective[:2]),  # over slices, over devices (within a slice)
+        collective_devices=collective[2], train_s=time.perf_counter() - started, first_call_s=first_call_s)
 
 
-def _piece(trainer: steps.Trainer, state, step: int, chunks) -> dict:
-    """This host's share of the state after `step` steps, each entry once (see train_stream)."""
+def _piece(trainer: steps.Trainer, state, step: int, chunks) -> CheckpointPiece:
+    """This host's share of the state after `step` steps, each entry once."""
     entries, state = _first_copy(trainer.local(state))
-    return {"step": step, "entries": entries, "leaves": jax.tree.leaves(state),
-            "losses": np.concatenate([losses for _, losses in chunks], axis=1)}
+    return CheckpointPiece(step, entries, jax.tree.leaves(state),
+                           np.concatenate([losses for _, losses in chunks], axis=1))
 
 
 def _rows(program: Program, final, init) -> dict:

@@ -1,8 +1,10 @@
 """Driver-side checks: the normal-equation solution and the verdict on what the hosts returned."""
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ymxb.protocol import HostRun
 
 
 # How close float32 training gets to the float64 solution, in units of float32's epsilon
@@ -56,27 +58,27 @@ def _why_not_within(solution: Tuple[float, float], tol: float) -> str:
     return "not converged yet: more --steps, or another --lr"
 
 
-def check_participation(identities: List[dict], spec) -> Check:
+def check_participation(hosts: Sequence[HostRun], spec) -> Check:
     """Every process index once, each with its local devices; sums over each axis of the mesh
     (config.SliceSpec.mesh_shape) that counted every slice and device; and, with several
     slices, each host's multislice environment naming its own slice and host 0's address."""
     processes, local, want = spec.processes, spec.devices_per_host, spec.global_devices
     axes = list(spec.mesh_shape)
-    indices = sorted(i["process_index"] for i in identities)
+    indices = sorted(h.host.process_index for h in hosts)
     problems = []
     if indices != list(range(processes)):
         problems.append(f"process indices {indices}, expected 0..{processes - 1}")
-    coordinator = next((i["node_ip"] for i in identities if i["process_index"] == 0), None)
-    for ident in identities:
-        host = ident["process_index"]
-        got = (ident["local_devices"], ident["global_devices"], ident["collective_devices"],
-               list(ident["collective_axes"]))
+    coordinator = next((h.host.node_ip for h in hosts if h.host.process_index == 0), None)
+    for h in hosts:
+        index = h.host.process_index
+        got = (h.host.local_devices, h.host.global_devices, h.result.collective_devices,
+               list(h.result.collective_axes))
         if got != (local, want, want, axes):
-            problems.append(f"host {host} saw local/global/collective devices and per-axis counts "
+            problems.append(f"host {index} saw local/global/collective devices and per-axis counts "
                             f"{got}, expected {(local, want, want, axes)}")
-        env = _multislice(spec.slices, host // spec.hosts, coordinator) if spec.slices > 1 else {}
-        if ident["megascale"] != env:
-            problems.append(f"host {host} ran with {ident['megascale'] or 'no MEGASCALE_*'}, expected "
+        env = _multislice(spec.slices, index // spec.hosts, coordinator) if spec.slices > 1 else {}
+        if h.host.megascale != env:
+            problems.append(f"host {index} ran with {h.host.megascale or 'no MEGASCALE_*'}, expected "
                             f"{env or 'none (one slice)'}")
     if problems:
         return Check("all hosts and devices took part", False, "; ".join(problems))

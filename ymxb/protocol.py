@@ -1,0 +1,283 @@
+"""What crosses between the driver and its hosts, as small frozen types, and how the driver
+decides who is to blame when a call on the hosts fails. No Ray and no JAX here: the hosts make
+these records (host.py, train.py), the driver reads them (launcher, supervisor, results,
+report, verify), and the decisions are pure functions of what the driver observed, so a unit
+test covers each case in milliseconds.
+
+One host's way through a slice, in order:
+    Host(index, HostSetup)              what to do to its process before JAX starts
+    Host.identity() -> HostIdentity     who and where (node, pid)
+    Host.initialize() -> Joined         what JAX sees from it once jax.distributed is up
+      the driver joins the two -> SliceHost, one host of the warm slice
+    Host.train() yields CheckpointPiece*, then HostResult (once per program)
+      the driver joins them -> HostRun, in ProgramRun.hosts by process index
+"""
+
+import dataclasses
+import math
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ymxb.config import Program
+from ymxb.errors import Cause, HostFailure
+
+# How long a live host may take to answer a progress query (it answers from a second thread in
+# milliseconds; a stopped process never does).
+ANSWER_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSetup:
+    """What a host does to its process, as its platform asks (platforms.py): `env` before JAX is
+    imported (CPU devices, test settings); before it joins, `free_tpu`: make sure no other
+    process holds the chips and no stale libtpu lock is left; `cpu_collectives`: have gloo,
+    JAX's CPU collectives, listen on the node's address."""
+
+    env: Dict[str, str]
+    free_tpu: bool = False
+    cpu_collectives: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class HostIdentity:
+    """Where a host's process runs, as it says itself before JAX starts."""
+
+    host_index: int
+    hostname: str
+    node_ip: str
+    pid: int
+    node_id: str
+
+    def describe(self) -> str:
+        """How messages name the host: "host 1 (10.0.0.12 pid 4242)"."""
+        return f"host {self.host_index} ({self.node_ip} pid {self.pid})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """What a host's JAX sees once jax.distributed is initialised."""
+
+    process_index: int
+    process_count: int
+    local_devices: int
+    global_devices: int
+    platform: str
+    device_kind: str
+    megascale: Dict[str, str]  # the multislice environment it joined with (none for one slice)
+    memory_available: Optional[int]  # bytes free on its node
+    device_memory: Optional[int]  # bytes the emptiest-handed local device holds; None on CPU
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceHost(HostIdentity, Joined):
+    """One host of a warm slice: who it is, what it joined, and which slice it is in."""
+
+    slice: int
+
+    @classmethod
+    def of(cls, identity: HostIdentity, joined: Joined, slice_index: int) -> "SliceHost":
+        return cls(**vars(identity), **vars(joined), slice=slice_index)
+
+    def line(self) -> str:
+        """Its identity line, printed as the slice comes up."""
+        where = f"slice {self.slice}, " if self.megascale else ""
+        return (f"host {self.process_index}/{self.process_count}: {where}{self.local_devices} local / "
+                f"{self.global_devices} global {self.platform} devices on {self.hostname} "
+                f"({self.node_ip}) pid {self.pid}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointPiece:
+    """One host's share of a program's training state after `step` steps: each entry of the
+    program's axis it holds, once, with its TrainState leaves and its losses since the last."""
+
+    step: int
+    entries: np.ndarray
+    leaves: List[np.ndarray]
+    losses: np.ndarray  # (entries, steps since the last piece)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostResult:
+    """One host's end of a program, NumPy only, one row per model copy it holds (padding left
+    out): `entry` (the model's index on the program's axis), `device` (the global device
+    holding it; one-model trials have a copy on every device), its (m, b) after and before;
+    and the whole loss history of each entry it holds, once (`loss_entry`, `losses`)."""
+
+    entry: np.ndarray
+    device: np.ndarray
+    m: np.ndarray
+    b: np.ndarray
+    init_m: np.ndarray
+    init_b: np.ndarray
+    loss_entry: np.ndarray
+    losses: np.ndarray  # (len(loss_entry), steps)
+    collective_axes: Tuple[int, int]  # what sums of ones counted: over slices, over devices
+    collective_devices: int  # ... and over both
+    train_s: float
+    first_call_s: float  # compile and run of the first compiled call
+
+
+@dataclasses.dataclass(frozen=True)
+class HostRun:
+    """A host's part of a finished program: who ran it and what came back."""
+
+    host: SliceHost
+    result: HostResult
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramRun:
+    """What a warm slice returned for one program."""
+
+    program: Program
+    platform: str
+    coordinator: str
+    hosts: Tuple[HostRun, ...]  # by process index
+    train_s: float
+    phases: Dict[str, float]  # the slice's so far, a copy: place, actors, initialize, train
+
+
+@dataclasses.dataclass(frozen=True)
+class Restart:
+    """One restart of the slice, as the run report lists it."""
+
+    at_s: float  # when the failure was seen, in seconds since the run began
+    host: Optional[int]  # the host to blame (its process index), its node and process
+    node_ip: Optional[str]
+    node_id: Optional[str]
+    pid: Optional[int]
+    cause: str  # a Cause's value: died, hung, preempted or crashed
+    phase: str  # start, jax.distributed.initialize, training, ...
+    error: str  # the failure's one line
+    resumed_step: int  # the checkpoint training went on from (0: the start)
+    steps_redone: int  # steps done past that checkpoint before the failure, trained again
+    lost_s: Optional[float] = None  # from that checkpoint to training going on again
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    """A host's call that ended in an error: what it said, and what that means."""
+
+    host: int
+    reason: str
+    cause: Cause
+
+
+@dataclasses.dataclass(frozen=True)
+class CallEnd:
+    """How a call on every host ended without every result: what the driver saw.
+
+    `failures` in the order they came; `stuck`: hosts whose call never returned; `first_s`:
+    when the first failure came (seconds into the call); `peers_give_up_s`: from then on
+    waiting hosts abort on their own (JAX's initialize does), so failures are symptoms of a
+    host that never arrived; `lost`: hosts whose node is gone; `silent`: of the stuck, those
+    that did not answer a progress query (asked only where `asks_silence` says it matters).
+    """
+
+    phase: str
+    timeout: float
+    failures: Tuple[Failed, ...] = ()
+    stuck: Tuple[int, ...] = ()
+    first_s: float = 0.0
+    peers_give_up_s: float = math.inf
+    lost: FrozenSet[int] = frozenset()
+    silent: Tuple[int, ...] = ()
+
+    @property
+    def waiting_blamed(self) -> bool:
+        """The others failed because they gave up waiting: the stuck host is the culprit."""
+        return bool(self.failures) and self.first_s >= self.peers_give_up_s
+
+    def ranked(self) -> List[Failed]:
+        """The failures, a host whose node is gone first, then one that died: what its peers
+        then report (a collective's connection reset, JAX aborting) are symptoms."""
+        failures = [Failed(f.host, "its node is gone (its raylet does not answer)", Cause.PREEMPTED)
+                    if f.host in self.lost else f for f in self.failures]
+        return sorted(failures, key=lambda f: (f.cause is not Cause.PREEMPTED, f.cause is not Cause.DIED))
+
+    @property
+    def asks_silence(self) -> bool:
+        """Whether who of the stuck still answers decides the blame: some failed, none of them
+        known gone, and not merely for want of a host that never arrived."""
+        ranked = self.ranked()
+        return bool(ranked) and ranked[0].cause not in (Cause.PREEMPTED, Cause.DIED) and not self.waiting_blamed
+
+
+def settled_by(failed: Failed, first_s: float, peers_give_up_s: float) -> bool:
+    """Whether one failure settles the call at once: a host that went (its process or its
+    node) before its peers would give up on their own is the cause, whatever they say later."""
+    return failed.cause in (Cause.DIED, Cause.PREEMPTED) and first_s < peers_give_up_s
+
+
+def blame(end: CallEnd, name: Callable[[int], str]) -> HostFailure:
+    """The one failure to report for a call that ended as `end` saw it: the host to blame, why,
+    and the cause the budgets count; `name(host index)` names a host in the message."""
+    names = lambda hosts: ", ".join(name(i) for i in hosts)
+    phase, failures, stuck = end.phase, end.ranked(), list(end.stuck)
+    if end.waiting_blamed:
+        message = (f"{phase} failed: {names(stuck)} never finished (the likely culprit); "
+                   f"{names(f.host for f in failures)} gave up waiting: {failures[0].reason}")
+        host, cause = stuck[0], Cause.HUNG
+    elif end.silent:
+        message = (f"{phase} failed: {names(end.silent)} stopped answering (its process or its node is "
+                   f"gone: the likely culprit); {names(f.host for f in failures)} then failed: "
+                   f"{failures[0].reason}")
+        host, cause = end.silent[0], Cause.HUNG
+    elif failures:
+        first = failures[0]
+        message = f"{phase} failed: {names([first.host])} failed first: {first.reason}"
+        if failures[1:]:
+            message += f"; then {names(f.host for f in failures[1:])}"
+        message += f"; {names(stuck)} left waiting" if stuck else ""
+        host, cause = first.host, first.cause
+    else:
+        message = f"{phase} did not finish within {end.timeout:g} s on {names(stuck)}"
+        host, cause = stuck[0], Cause.HUNG
+    return HostFailure(message, host, Cause.PREEMPTED if host in end.lost else cause, phase)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stall:
+    """Training hosts judged by progress: `steps` each has done (None: not started), how long
+    since that last changed, and which did not answer a progress query."""
+
+    steps: Dict[int, Optional[int]]  # of the hosts still training
+    idle_s: Dict[int, float]
+    silent: Tuple[int, ...]
+    timeout: float
+    steps_per_call: int
+
+    @property
+    def stalled(self) -> bool:
+        return any(s > self.timeout for s in self.idle_s.values())
+
+
+def blame_stall(stall: Stall, name: Callable[[int], str], phase: str = "training") -> HostFailure:
+    """The failure to report for hosts that completed no compiled call within the timeout: a
+    host that does not answer, else the one behind the others, else none (the run is slow)."""
+    names = lambda hosts: ", ".join(name(i) for i in hosts)
+    timeout = stall.timeout
+    if stall.silent:
+        return HostFailure(
+            f"{phase} stalled: {names(stall.silent)} stopped answering: no compiled call completed in "
+            f"{timeout:g} s and no reply to a progress query in {ANSWER_S:g} s (the process is "
+            f"stopped, or stuck outside Python); the other hosts wait for it", stall.silent[0], Cause.HUNG, phase)
+    rank = {i: -1 if s is None else s for i, s in stall.steps.items()}
+    low = min(rank.values())
+    behind = [i for i in rank if rank[i] == low]
+    at = "before its first step" if low < 0 else f"at step {low}"
+    if len(behind) < len(rank):
+        return HostFailure(
+            f"{phase} stalled: {names(behind)} fell behind ({at}, others at step {max(rank.values())}) and "
+            f"completed no compiled call in {timeout:g} s (the likely culprit)", behind[0], Cause.HUNG, phase)
+    return HostFailure(
+        f"{phase} stalled: no host completed a compiled call in {timeout:g} s (all {at}, all answering): "
+        f"the run is slow, not hung; raise --timeout or lower --steps-per-call (now {stall.steps_per_call})",
+        None, Cause.FINAL, phase)
+
+
+def describe(i: int, identities: Sequence[HostIdentity]) -> str:
+    """Host `i` as messages name it, with its node and pid where they are known."""
+    return identities[i].describe() if i < len(identities) else f"host {i}"
