@@ -16,7 +16,9 @@ import jax
 
 
 def main() -> int:
-    from ymxb import data, verify
+    import numpy as np
+
+    from ymxb import data, tasks, verify
     from ymxb.config import Program, SliceSpec, TrialSpec
     from ymxb.train import train_host
 
@@ -34,10 +36,10 @@ def main() -> int:
                 cfg = TrialSpec(model=model, parallel=parallel, ensemble=ensemble)
                 started = time.perf_counter()
                 result = train_host(Program.of(SliceSpec(hosts=1, devices_per_host=k), [cfg]))
-                solution = verify.normal_equation(*data.global_dataset(cfg, 1))
-                params = [(str(e), m, b) for e, m, b in
-                          zip(result.entry.tolist(), result.m.tolist(), result.b.tolist())]
-                check, error = verify.check_solution(params, solution, cfg.tol)
+                solution = np.array(tasks.normal_equation(*data.global_dataset(cfg, 1)))
+                params = [(str(e), p) for e, p in zip(result.entry.tolist(), result.params)]
+                show = lambda p: {"m": float(p[0]), "b": float(p[1])}
+                check, error = verify.check_solution(params, solution, cfg.tol, show)
                 failed += not check.ok
                 print(f"{model:<6} {parallel:<9} E={ensemble:<5} {'ok  ' if check.ok else 'FAIL'} "
                       f"max |error| {error:.2e}  collective devices {result.collective_devices}  "

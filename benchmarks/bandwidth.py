@@ -66,7 +66,7 @@ def _measure(parallel, model, x, y, steps, rounds):
     from ymxb.steps import TRAINERS
 
     cfg = TrialSpec(samples_per_host=len(x), parallel=parallel, model=model, steps_per_call=steps)
-    trainer = TRAINERS[parallel](models.build(model), Program.of(SliceSpec(hosts=1, devices_per_host=1), [cfg]))
+    trainer = TRAINERS[parallel](models.line(model), Program.of(SliceSpec(hosts=1, devices_per_host=1), [cfg]))
     state, batch = trainer.init(), trainer.put_data(x, y)
     ours, ref, probe = trainer.compiled(steps), hand_written(cfg.lr, steps), _probe(steps)
     data, zero = (jnp.asarray(x), jnp.asarray(y)), jnp.zeros(())

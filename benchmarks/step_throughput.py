@@ -14,8 +14,8 @@ as fast as the hand-written loop). E = 0 is one data-parallel model. Medians of 
 
 import argparse
 import os
-import statistics
-import time
+
+from alternate import calls_per_s
 
 
 def main():
@@ -55,7 +55,7 @@ def _measure(args, parallel, model, ensemble):
     cfg = TrialSpec(samples_per_host=args.samples, parallel=parallel, model=model, ensemble=ensemble,
                     steps_per_call=args.steps_per_call)
     program = Program.of(SliceSpec(hosts=1, devices_per_host=args.devices), [cfg])
-    trainer = TRAINERS[parallel](models.build(model), program)
+    trainer = TRAINERS[parallel](models.line(model), program)
     state = trainer.init()
     x, y = data.host_shard(cfg, 0)
     batch = trainer.put_data(x, y)
@@ -64,20 +64,8 @@ def _measure(args, parallel, model, ensemble):
     m0 = jax.numpy.zeros((ensemble,) if ensemble else ())
     data_args = (jax.numpy.asarray(x), jax.numpy.asarray(y))
 
-    def time_ours():
-        started = time.perf_counter()
-        jax.block_until_ready(ours(state, *batch))
-        return time.perf_counter() - started
-
-    def time_reference():
-        started = time.perf_counter()
-        jax.block_until_ready(reference(m0, m0, *data_args))
-        return time.perf_counter() - started
-
-    time_ours(), time_reference()  # compile
-    rounds = [(time_ours(), time_reference()) for _ in range(args.rounds)]
-    n = args.steps_per_call
-    return n / statistics.median(r[0] for r in rounds), n / statistics.median(r[1] for r in rounds)
+    ours_per_s, reference_per_s = calls_per_s(lambda: ours(state, *batch), lambda: reference(m0, m0, *data_args), args.rounds)
+    return args.steps_per_call * ours_per_s, args.steps_per_call * reference_per_s
 
 
 def hand_written(lr: float, n_steps: int):

@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def local_ray():
     """A real local Ray for this module's runs (2 CPUs, like this machine); stopped after. A Ray
     of its own: with no address, ray.init joins the cluster /tmp/ray/ray_current_cluster names
-    (the last one `ray start` or cluster_utils started on this machine) and fails on num_cpus."""
+    (the last one `ray start` or cluster_utils started on this machine) and fails on num_cpus.
+    Ray forks to start its processes: modules that use it run (by name) before the ones that
+    import JAX into this process (test_restart, test_steps, test_tasks), which warns of a fork."""
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
@@ -168,3 +170,19 @@ def stop_processes_of(temp: str, marker: str) -> None:
         time.sleep(0.5)
     assert not pids, f"processes of the test's Ray cluster in {temp} left running: {pids}"
 
+
+
+def trained(*trials, devices: int = LOCAL_DEVICES):
+    """A program of `trials` trained in this process (one host, `devices` CPU devices), as a
+    slice would return it: a protocol.ProgramRun."""
+    from ymxb.config import Program, SliceSpec
+    from ymxb.protocol import HostRun, ProgramRun, SliceHost
+    from ymxb.train import train_host
+
+    program = Program.of(SliceSpec(hosts=1, devices_per_host=devices, platform="cpu-sim"), trials)
+    host = SliceHost(host_index=0, hostname="vm", node_ip="127.0.0.1", pid=os.getpid(), node_id="n0",
+                     process_index=0, process_count=1, local_devices=devices, global_devices=devices,
+                     platform="cpu", device_kind="cpu", megascale={}, memory_available=None,
+                     device_memory=None, slice=0)
+    result = train_host(program)
+    return ProgramRun(program, "cpu-sim", "127.0.0.1:1", (HostRun(host, result),), result.train_s, {})

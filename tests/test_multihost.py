@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from conftest import gone, launch, run_one
-from ymxb import data, experiment, report, verify
+from ymxb import data, experiment, report, tasks
 from ymxb.config import SliceSpec, TrialSpec
 from ymxb.results import Store
 from ymxb.names import FAULT_ENV
@@ -28,11 +28,11 @@ def test_slice_trains_to_the_normal_equation(local_ray, hosts, devices):
         assert (h.host.process_count, h.host.local_devices, h.host.global_devices) == (hosts, devices, hosts * devices)
         # A psum of ones over the pmap axis counts every device of every host.
         assert h.result.collective_devices == hosts * devices
-        assert len(h.result.m) == devices
-    params = {(m, b) for h in got for m, b in zip(h.result.m.tolist(), h.result.b.tolist())}
+        assert len(h.result.params) == devices
+    params = {tuple(p) for h in got for p in h.result.params.tolist()}
     assert len(params) == 1  # all replicas on all hosts identical
     m, b = params.pop()
-    ref = verify.normal_equation(*data.global_dataset(TrialSpec(**SMALL), hosts))
+    ref = tasks.normal_equation(*data.global_dataset(TrialSpec(**SMALL), hosts))
     assert abs(m - ref[0]) < 1e-4 and abs(b - ref[1]) < 1e-4
     assert rep["verified"], rep["checks"]
     assert all(gone(h.host.pid) for h in got)  # no host process outlives the run
@@ -41,8 +41,8 @@ def test_slice_trains_to_the_normal_equation(local_ray, hosts, devices):
 def test_gradient_really_spans_hosts(local_ray):
     """Hosts with different data end with the same params: the mean is global, not per host."""
     run, rep = run_one(hosts=2, devices_per_host=1, **SMALL)
-    per_host = [verify.normal_equation(*data.host_shard(TrialSpec(**SMALL), i)) for i in range(2)]
-    m = float(run.hosts[0].result.m[0])
+    per_host = [tasks.normal_equation(*data.host_shard(TrialSpec(**SMALL), i)) for i in range(2)]
+    m = float(run.hosts[0].result.params[0, 0])
     assert abs(per_host[0][0] - per_host[1][0]) > 1e-3  # the shards disagree...
     assert min(abs(m - p[0]) for p in per_host) > 1e-4  # ...and neither host's own fit won
     assert rep["verified"]

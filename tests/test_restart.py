@@ -177,7 +177,7 @@ def test_training_resumed_from_a_written_checkpoint_is_bit_identical(tmp_path, p
     path = str(tmp_path / checkpoint.name_of(program))
     checkpoint.write(path, taken[0])
     *_, last = train_stream(program, resume=checkpoint.read(path))
-    for key in ("entry", "m", "b", "init_m", "init_b", "loss_entry", "losses"):
+    for key in ("entry", "params", "init", "loss_entry", "losses"):
         np.testing.assert_array_equal(getattr(last, key), getattr(whole, key), err_msg=key)
 
 

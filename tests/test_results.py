@@ -21,7 +21,7 @@ def _record(spec=SPEC, trial=TrialSpec(), **changes) -> TrialRecord:
     tid = results.trial_id(spec, trial)
     record = TrialRecord(
         trial_id=tid, config=results.trial_config(spec, trial), verified=True, max_error=1e-6,
-        solution={"m": 2.0, "b": -1.0}, optimal_loss=0.01, members=[Member(2.0, -1.0, 1e-6, 0.01, 40)],
+        solution={"m": 2.0, "b": -1.0}, optimal_loss=0.01, members=[Member({"m": 2.0, "b": -1.0}, 1e-6, 0.01, 40)],
         loss_curve={"step": [0, 1], "loss": [1.0, 0.5]}, checks=[], group=tid,
         slice=f"{spec.label()} {spec.platform}", group_trials=1, wall_s=1.0,
         ymxb_version="0.1.0", schema=results.SCHEMA)

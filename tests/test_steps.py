@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import LOCAL_DEVICES
-from ymxb import data, models, verify
+from ymxb import data, models, tasks
 from ymxb.config import Program, SliceSpec, TrialSpec
 from ymxb.steps import TRAINERS, make_optimizer
 from ymxb.train import train_host
@@ -25,19 +25,19 @@ def _train(*trials, spec=ONE_HOST):
 def _params(result, entry=0):
     """The distinct (m, b) held for one entry of the program's axis (one per replica)."""
     mine = result.entry == entry
-    return set(zip(result.m[mine].tolist(), result.b[mine].tolist()))
+    return set(zip(result.params[mine, 0].tolist(), result.params[mine, 1].tolist()))
 
 
 def test_haiku_params_map_to_m_and_b():
-    model = models.build("haiku")
+    model = models.line("haiku")
     params = model.init(jax.random.key(0))
     assert jax.tree.map(np.shape, params) == {"linear": {"w": (), "b": ()}}
     x = np.array([-1.0, 0.0, 2.0], np.float32)
-    m, b = models.to_mb("haiku", jax.device_get(params))
+    m, b = models.line_mb(jax.device_get(params))
     np.testing.assert_allclose(model.apply(params, x), m * x + b, rtol=1e-6)
     # With a leading member axis, one (m, b) per member.
     stacked = jax.tree.map(lambda a: np.stack([a, 2 * a]), jax.device_get(params))
-    ms, bs = models.to_mb("haiku", stacked)
+    ms, bs = models.line_mb(stacked)
     np.testing.assert_allclose(ms, [m, 2 * m])
     np.testing.assert_allclose(bs, [b, 2 * b])
 
@@ -52,9 +52,9 @@ def _hk_linear() -> models.Model:
 
 
 def test_haiku_starts_where_hk_linear_did():
-    new, old = models.build("haiku"), _hk_linear()
+    new, old = models.line("haiku"), _hk_linear()
     for seed in (0, 1, 2**32 - 1):
-        m, b = models.to_mb("haiku", jax.device_get(new.init(jax.random.key(seed))))
+        m, b = models.line_mb(jax.device_get(new.init(jax.random.key(seed))))
         was = jax.device_get(old.init(jax.random.key(seed)))["linear"]
         assert (m, b) == (was["w"][0, 0], was["b"][0])
 
@@ -71,7 +71,7 @@ def test_haiku_ensemble_step_is_elementwise():
     """vmap over members of hk.Linear(1) is a batched (n, 1) x (1, 1) dot (slow on a GPU); the
     haiku model's step compiles to elementwise work and reductions, no dot."""
     assert re.search(r"\bdot\(", _ensemble_step_hlo(_hk_linear()))  # the check can fail
-    assert not re.search(r"\bdot\(", _ensemble_step_hlo(models.build("haiku")))
+    assert not re.search(r"\bdot\(", _ensemble_step_hlo(models.line("haiku")))
 
 
 @pytest.mark.parametrize("model", ["pure", "haiku"])
@@ -82,10 +82,10 @@ def test_pmap_and_sharding_agree_on_the_same_data(model):
         result = _train(trial)
         assert result.collective_devices == LOCAL_DEVICES
         got[parallel] = _params(result)
-        assert len(got[parallel]) == 1 and len(result.m) == LOCAL_DEVICES  # replicas identical
+        assert len(got[parallel]) == 1 and len(result.params) == LOCAL_DEVICES  # replicas identical
     (pm, pb), (sm, sb) = got["pmap"].pop(), got["sharding"].pop()
     np.testing.assert_allclose([pm, pb], [sm, sb], rtol=0, atol=1e-6)  # float32 round-off
-    solution = verify.normal_equation(*data.global_dataset(trial, 1))
+    solution = tasks.normal_equation(*data.global_dataset(trial, 1))
     np.testing.assert_allclose([pm, pb], solution, atol=1e-4)
 
 
@@ -94,10 +94,10 @@ def test_ensemble_members_are_distinct_at_init_and_all_converge(parallel):
     trial = TrialSpec(model="haiku", optimizer="adam", ensemble=8, parallel=parallel, **{**SMALL, "steps": 600})
     result = _train(trial)
     assert sorted(result.entry.tolist()) == list(range(8))
-    assert len(set(zip(result.init_m.tolist(), result.init_b.tolist()))) == 8
-    solution = verify.normal_equation(*data.global_dataset(trial, 1))
-    np.testing.assert_allclose(result.m, solution[0], atol=1e-4)
-    np.testing.assert_allclose(result.b, solution[1], atol=1e-4)
+    assert len({tuple(p) for p in result.init.tolist()}) == 8
+    solution = tasks.normal_equation(*data.global_dataset(trial, 1))
+    np.testing.assert_allclose(result.params[:, 0], solution[0], atol=1e-4)
+    np.testing.assert_allclose(result.params[:, 1], solution[1], atol=1e-4)
 
 
 def test_member_j_is_the_same_member_in_both_modes():
@@ -105,7 +105,7 @@ def test_member_j_is_the_same_member_in_both_modes():
     for parallel in ("pmap", "sharding"):
         result = _train(TrialSpec(ensemble=8, parallel=parallel, **{**SMALL, "steps": 1}))
         order = np.argsort(result.entry)
-        inits[parallel] = np.stack([result.init_m[order], result.init_b[order]], 1)
+        inits[parallel] = result.init[order]
     assert inits["pmap"].shape == (8, 2)
     np.testing.assert_array_equal(inits["pmap"], inits["sharding"])
 

@@ -102,7 +102,7 @@ def test_an_unwritable_out_is_refused_before_anything_runs(tmp_path):
 def test_the_store_survives_a_torn_last_line(tmp_path):
     store = Store(str(tmp_path))
     record = TrialRecord("abc", {"lr": 0.1}, True, 1e-6, {"m": 2.0, "b": -1.0}, 0.01,
-                         [Member(2.0, -1.0, 1e-6, 0.01, 40)], {"step": [0], "loss": [1.0]}, [],
+                         [Member({"m": 2.0, "b": -1.0}, 1e-6, 0.01, 40)], {"step": [0], "loss": [1.0]}, [],
                          "abc", "1x1 cpu-sim", 1, 1.0, schema=results.SCHEMA)
     store.append([record])
     with open(store.path, "a") as f:

@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from ymxb import verify
+from ymxb import tasks, verify
 from ymxb.config import SliceSpec
 from ymxb.protocol import HostResult, HostRun, SliceHost
 
@@ -11,7 +11,7 @@ def test_normal_equation_matches_lstsq():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, 500).astype(np.float32)
     y = (1.5 * x - 0.25 + 0.3 * rng.standard_normal(500)).astype(np.float32)
-    m, b = verify.normal_equation(x, y)
+    m, b = tasks.normal_equation(x, y)
     ref = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1).astype(np.float64),
                           y.astype(np.float64), rcond=None)[0]
     np.testing.assert_allclose([m, b], ref, rtol=1e-12)
@@ -19,28 +19,36 @@ def test_normal_equation_matches_lstsq():
 
 def test_normal_equation_is_exact_on_noiseless_data():
     x = np.linspace(-1, 1, 11)
-    assert np.allclose(verify.normal_equation(x, 4 * x + 2), (4, 2), atol=1e-12)
+    assert np.allclose(tasks.normal_equation(x, 4 * x + 2), (4, 2), atol=1e-12)
+
+
+SHOW = lambda p: {"m": float(p[0]), "b": float(p[1])}  # as task ymxb shows its params
+
+
+def _p(label, m, b):
+    """A copy of y = m*x + b's params, as the hosts return them: (label, flat params)."""
+    return label, np.array([m, b])
 
 
 def test_solution_check_names_the_worst_param_and_the_tolerance():
-    ok, err = verify.check_solution([("a", 1.0, 2.0), ("b", 1.0 + 1e-6, 2.0)], (1.0, 2.0), 1e-5)
+    ok, err = verify.check_solution([_p("a", 1.0, 2.0), _p("b", 1.0 + 1e-6, 2.0)], np.array([1.0, 2.0]), 1e-5, SHOW)
     assert ok.ok and math.isclose(err, 1e-6, rel_tol=1e-6)
-    bad, err = verify.check_solution([("a", 1.0, 2.0), ("host 3", 1.0, 2.5)], (1.0, 2.0), 1e-5)
+    bad, err = verify.check_solution([_p("a", 1.0, 2.0), _p("host 3", 1.0, 2.5)], np.array([1.0, 2.0]), 1e-5, SHOW)
     assert not bad.ok and err == 0.5
     assert "host 3" in bad.detail and "tol 1e-05" in bad.detail
 
 
 def test_nan_never_passes():
-    check, err = verify.check_solution([("a", float("nan"), 2.0)], (1.0, 2.0), 1e9)
+    check, err = verify.check_solution([_p("a", float("nan"), 2.0)], np.array([1.0, 2.0]), 1e9, SHOW)
     assert not check.ok and err == float("inf")
     assert not verify.check_finite([("a", None), ("member 3", 40)], 100).ok
 
 
 def test_replicas_must_be_identical():
-    assert verify.check_replicas([("a", 1.0, 2.0), ("b", 1.0, 2.0)]).ok
+    assert verify.check_replicas([_p("a", 1.0, 2.0), _p("b", 1.0, 2.0)], SHOW).ok
     nan = float("nan")
-    assert verify.check_replicas([("a", nan, 2.0), ("b", nan, 2.0)]).ok  # same bits: finite check catches NaN
-    check = verify.check_replicas([("a", 1.0, 2.0), ("host 1 device 3", 1.0, 2.0000001)])
+    assert verify.check_replicas([_p("a", nan, 2.0), _p("b", nan, 2.0)], SHOW).ok  # same bits: finite check catches NaN
+    check = verify.check_replicas([_p("a", 1.0, 2.0), _p("host 1 device 3", 1.0, 2.0000001)], SHOW)
     assert not check.ok and "host 1 device 3" in check.detail
 
 
@@ -51,7 +59,7 @@ def _identity(i, local=2, global_=4, collective=4, axes=(1, 4), megascale=None):
                      process_count=2, local_devices=local, global_devices=global_, platform="cpu",
                      device_kind="cpu", megascale=megascale or {}, memory_available=None, device_memory=None,
                      slice=0)
-    result = HostResult(none, none, none, none, none, none, none, none, collective_axes=tuple(axes),
+    result = HostResult(none, none, none, none, none, none, collective_axes=tuple(axes),
                         collective_devices=collective, train_s=0.0, first_call_s=0.0)
     return HostRun(host, result)
 
@@ -90,8 +98,8 @@ def test_members_once_each_and_distinct_at_init():
     assert verify.check_members([2, 0, 1, 3], 4).ok
     bad = verify.check_members([0, 1, 1], 4)
     assert not bad.ok and "missing [2, 3]" in bad.detail and "repeated [1]" in bad.detail
-    assert verify.check_distinct_init([("m0", 1.0, 2.0), ("m1", 1.0, 3.0)]).ok
-    same = verify.check_distinct_init([("m0", 1.0, 2.0), ("m1", 1.0, 2.0)])
+    assert verify.check_distinct_init([_p("m0", 1.0, 2.0), _p("m1", 1.0, 3.0)], SHOW).ok
+    same = verify.check_distinct_init([_p("m0", 1.0, 2.0), _p("m1", 1.0, 2.0)], SHOW)
     assert not same.ok and "m1 and m0" in same.detail
 
 
@@ -105,7 +113,7 @@ def test_a_loss_non_finite_before_any_update_points_at_the_data_not_the_lr():
 
 def test_a_miss_says_whether_float32_or_training_is_to_blame():
     big = 3e8  # float32 resolves ~36 here: no float32 run can come within 1e-4
-    check, _ = verify.check_solution([("a", big + 40.0, 1.0)], (big, 1.0), 1e-4)
+    check, _ = verify.check_solution([_p("a", big + 40.0, 1.0)], np.array([big, 1.0]), 1e-4, SHOW)
     assert not check.ok and "float32 resolves only about" in check.detail and "raise --tol" in check.detail
-    check, _ = verify.check_solution([("a", 2.01, 1.0)], (2.0, 1.0), 1e-4)
+    check, _ = verify.check_solution([_p("a", 2.01, 1.0)], np.array([2.0, 1.0]), 1e-4, SHOW)
     assert not check.ok and "not converged yet: more --steps" in check.detail

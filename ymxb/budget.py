@@ -11,10 +11,14 @@ The estimate is deliberately rough and on the high side: bytes per array, times 
 the run makes of it (generation in float64, float32, the devices' copies, Ray's transfer).
 """
 
+import functools
 from collections import Counter
 from typing import Dict, Optional, Sequence
 
-from ymxb.config import Program
+import numpy as np
+
+from ymxb import tasks
+from ymxb.config import Program, TrialSpec
 from ymxb.errors import UsageError
 from ymxb.protocol import SliceHost
 
@@ -28,11 +32,12 @@ def needed(program: Program) -> Dict[str, int]:
     """Bytes a program needs on this machine, by what drives them (a flag, or the group size)."""
     cfg, n, k = program.trial, program.slice.processes, program.slice.devices_per_host
     s, g, e = cfg.samples_per_host, cfg.global_samples(n), program.padded_entries
+    w = width(cfg)
     # Each host generates its shard in float64 and keeps it in float32; the driver rebuilds all.
-    data = n * s * (4 * F64 + 4 * F32) + g * (2 * F32 + 4 * F64)
+    data = n * s * w * (2 * F64 + 2 * F32) + g * w * (F32 + 2 * F64)
     if cfg.ensemble:
         # Each device holds the whole global batch, and each member's step works on all of it.
-        data += n * 2 * k * g * 2 * F32
+        data += n * k * g * w * 2 * F32
         losses = e * cfg.steps * F32 * 5  # on the hosts (device, NumPy, transfer), then the driver
     else:
         losses = n * e * cfg.steps * F32 * 5  # every host sends one copy
@@ -43,6 +48,17 @@ def needed(program: Program) -> Dict[str, int]:
             "--steps": losses}
 
 
+def width(trial: TrialSpec) -> int:
+    """Numbers per data point (x's and y's: y = m*x + b's are 2), asked of its task."""
+    return _width(trial.task, trial.settings, trial.data_seed)
+
+
+@functools.lru_cache(maxsize=64)
+def _width(task: str, settings: tuple, data_seed: int) -> int:
+    x, y = tasks.get(task).shard(dict(settings), data_seed, 0, 1)
+    return int(np.size(x) + np.size(y))
+
+
 def per_device(program: Program) -> Dict[str, int]:
     """Bytes one device holds for a program: the data it sees, and each model's temporaries."""
     cfg, k = program.trial, program.slice.devices_per_host
@@ -51,7 +67,7 @@ def per_device(program: Program) -> Dict[str, int]:
     else:  # its slice of the host's shard, every trial's replica
         seen, models = cfg.samples_per_host // k, program.count
     key = "--ensemble" if program.count == 1 else "the group's trials x members"
-    return {"--samples-per-host": seen * 2 * F32, key: models * seen * 3 * F32,
+    return {"--samples-per-host": seen * width(cfg) * F32, key: models * seen * 3 * F32,
             "--steps-per-call": models * cfg.steps_per_call * F32}
 
 
@@ -60,7 +76,8 @@ def per_host(program: Program) -> Dict[str, int]:
     its own memory (CPU devices): `needed` of one host, less the driver's share."""
     cfg, n, k = program.trial, program.slice.processes, program.slice.devices_per_host
     s, g, e = cfg.samples_per_host, cfg.global_samples(n), program.padded_entries
-    data = s * (4 * F64 + 4 * F32) + (k * g * 2 * F32 * 2 if cfg.ensemble else 0)
+    w = width(cfg)
+    data = s * w * (2 * F64 + 2 * F32) + (k * g * w * 2 * F32 if cfg.ensemble else 0)
     models = e * g * 3 * F32 // n
     losses = (e // n if cfg.ensemble else e) * cfg.steps * F32 * 5
     key = "--ensemble" if program.count == 1 else "the group's trials x members"

@@ -24,7 +24,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from ymxb import checkpoint, config, data, experiment, report, results, sweep as sweeps
+from ymxb import checkpoint, config, data, experiment, report, results, sweep as sweeps, tasks
 from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
 from ymxb.ray_cluster import ray_cluster
@@ -54,12 +54,13 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
+def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
-        description="Fit y = m*x + b with JAX on every host of a slice, one Ray actor per host, "
-                    "and verify the result against the normal equation. With no cluster it "
-                    "simulates one: N local processes, each a host with K CPU devices.",
+        description="Train a task's model with JAX on every host of a slice, one Ray actor per host, "
+                    "and verify the result: by default y = m*x + b, against the normal equation. "
+                    "With no cluster it simulates one: N local processes, each a host with K CPU "
+                    "devices.",
         epilog="`launch.py sweep FILE` runs a sweep file's trials (see `launch.py sweep --help`); "
                "`launch.py results DIR` shows a sweep's results again; "
                "`launch.py inspect [flags]` prints, instead of training, the jaxpr, vmapped axes, "
@@ -87,15 +88,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         "the only kind of slice present")
     g.add_argument("--tpu-topology", metavar="TOPOLOGY", default=d.tpu_topology,
                    help="tpu: the slice to use, by topology (2x2x4)")
-    g = p.add_argument_group("data: y = m*x + b + noise, x ~ U(-1, 1)")
-    g.add_argument("--true-m", type=float, metavar="M", default=t.true_m, help="slope of the generating line")
-    g.add_argument("--true-b", type=float, metavar="B", default=t.true_b, help="intercept of the generating line")
-    g.add_argument("--noise", type=float, metavar="STD", default=t.noise, help="std of the Gaussian noise on y")
+    g = p.add_argument_group("task")
+    g.add_argument("--task", metavar="NAME", default=tasks.DEFAULT,
+                   help="the model and its data: " + ", ".join(f"{t.name} ({t.summary})" for t in tasks.BUILT_IN.values())
+                        + ", or package.module:NAME, a task of your own (README: Your own model); `--task NAME "
+                        "--help` lists its settings")
+    g = p.add_argument_group(task.about)
+    for setting in task.settings:
+        g.add_argument(setting.flag, type=type(setting.default), metavar=setting.metavar or setting.name.upper(),
+                       default=setting.default, help=setting.help)
     g.add_argument("--data-seed", type=int, metavar="N", default=t.data_seed, help="seed of the data, 0 to 2**32-1")
     g.add_argument("--samples-per-host", type=int, metavar="N", default=t.samples_per_host,
                    help="points each host generates; split evenly over its devices")
-    g = p.add_argument_group("training (full-batch gradient descent on the mean squared error)")
-    g.add_argument("--model", metavar="NAME", default=t.model, help=f"one of {', '.join(config.MODELS)}")
+    g = p.add_argument_group("training (full-batch gradient descent on the mean of the task's loss)")
+    g.add_argument("--model", metavar="NAME", default=task.models[0], help=f"one of {', '.join(task.models)}")
     g.add_argument("--optimizer", metavar="NAME", default=t.optimizer,
                    help=f"optax optimiser, one of {', '.join(config.OPTIMIZERS)}: sgd and adam "
                         "converge at the defaults, adagrad wants --lr 0.5, and rmsprop at a constant "
@@ -125,7 +131,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         "as the cluster's autoscaler makes it (saying on stderr what it waits for); "
                         "0: fail at once")
     g.add_argument("--tol", type=float, metavar="TOL", default=t.tol,
-                   help="max |param - normal-equation solution| for the run to verify")
+                   help="max |param - the task's reference solution (the normal equation)| for the run to verify")
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     g.add_argument("--dump-data", metavar="PATH",
                    help="write the global dataset (arrays x and y) to PATH as .npz")
@@ -154,10 +160,17 @@ def _recovery_flags(g) -> None:
 
 def parse(argv: List[str], prog: str = PROG):
     """Flags -> (SliceSpec, TrialSpec, the other options). Raises UsageError on bad input."""
-    args = _parser(prog).parse_args(argv)
+    args = _parser(prog, tasks.get(_task_named(argv))).parse_args(argv)
     args.address = _address(args.address)
     args.recovery = Recovery.of(args)
     return SliceSpec.of(args), TrialSpec.of(args), args
+
+
+def _task_named(argv: List[str]) -> str:
+    """The --task of `argv` (its settings are flags too), else the default."""
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument("--task", default=tasks.DEFAULT)
+    return named.parse_known_args(argv)[0].task
 
 
 def _address(given: Optional[str]) -> Optional[str]:

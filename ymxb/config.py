@@ -12,18 +12,17 @@ sweep files use the same names.
 
 import dataclasses
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+from ymxb import tasks
 from ymxb.errors import UsageError
 
-MODELS = ("pure", "haiku")
 PLATFORMS = ("tpu", "gpu", "cpu-sim")  # the names of the classes in platforms.py
 PARALLEL_MODES = ("pmap", "sharding")
 # optax optimisers offered by --optimizer, each built as optax.<name>(learning_rate=lr). No
 # weight decay (adamw) here: it moves the optimum away from the normal-equation solution.
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: 2**32 would silently be seed 0
-MAX_DATA_SCALE = 1e18  # |y| up to this keeps the squared error within float32
 
 
 class _Spec:
@@ -108,16 +107,18 @@ class SliceSpec(_Spec):
         return f"{self.slices}x" * (self.slices > 1) + f"{self.hosts}x{self.devices_per_host}"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class TrialSpec(_Spec):
-    # Data: y = true_m * x + true_b + noise * N(0, 1), x ~ U(-1, 1); each host makes its shard.
-    true_m: float = 2.0
-    true_b: float = -1.0
-    noise: float = 0.1
-    data_seed: int = 0
+    """What one trial trains: its task (tasks.py) with the task's own settings, and the
+    settings every task shares. Made as `TrialSpec(lr=0.3, true_m=3.0)`: a name that is not a
+    field here is one of the task's settings; the task fills in the rest and checks them."""
+
+    task: str = tasks.DEFAULT  # a built-in task's name, or package.module:NAME
+    settings: Tuple[Tuple[str, object], ...] = ()  # the task's, every one, in its order
+    data_seed: int = 0  # with the host index, what each host's shard is made from
     samples_per_host: int = 1024
-    # Training: full-batch gradient descent on the mean squared error.
-    model: str = "pure"
+    # Training: full-batch gradient descent on the task's loss (default: mean squared error).
+    model: str = "pure"  # one of the task's models (its first by default)
     optimizer: str = "sgd"
     lr: float = 0.1
     seed: int = 0  # the initial params
@@ -125,25 +126,23 @@ class TrialSpec(_Spec):
     steps_per_call: int = 100  # steps fused into one compiled call; the host blocks between calls
     parallel: str = "pmap"
     ensemble: int = 0  # 0: one model, data-parallel; E > 0: E members split over all devices
-    tol: float = 1e-4  # max |param - normal-equation solution| to pass
+    tol: float = 1e-4  # max |param - reference solution| to pass
+
+    def __init__(self, task: str = tasks.DEFAULT, settings=(), **values):
+        the_task = tasks.get(task)
+        shared = {f.name: values.pop(f.name) for f in dataclasses.fields(self) if f.name in values}
+        shared.setdefault("model", the_task.models[0])
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, shared.get(f.name, f.default))
+        object.__setattr__(self, "task", task)
+        self.__post_init__()
+        object.__setattr__(self, "settings", tasks.settle(the_task, {**dict(settings), **values}))
 
     def __post_init__(self):
         for name in ("samples_per_host", "steps", "steps_per_call"):
             _check_positive_int(name, getattr(self, name))
         for name in ("lr", "tol"):
             _check_positive_float(name, getattr(self, name))
-        for name in ("true_m", "true_b", "noise"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UsageError(f"{_flag(name)} must be a finite number, got {value!r}")
-        if self.noise < 0:
-            raise UsageError(f"--noise must be >= 0, got {self.noise}")
-        scale = abs(self.true_m) + abs(self.true_b) + 6 * self.noise
-        if scale > MAX_DATA_SCALE:
-            raise UsageError(
-                f"|--true-m| + |--true-b| + 6 x --noise is {scale:.3g}: y would reach that size, and "
-                f"the loss (its square) would overflow float32 (max 3.4e38); keep it below "
-                f"{MAX_DATA_SCALE:.0e}")
         for name in ("seed", "data_seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
@@ -151,10 +150,43 @@ class TrialSpec(_Spec):
                                  f"JAX keys take 32 bits), got {value!r}")
         if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 0:
             raise UsageError(f"--ensemble must be 0 (off) or a positive member count, got {self.ensemble!r}")
-        _check_choice("model", self.model, MODELS)
+        _check_choice("model", self.model, tasks.get(self.task).models)
         _check_choice("parallel", self.parallel, PARALLEL_MODES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _as_floats(self, ("true_m", "true_b", "noise", "lr", "tol"))
+        _as_floats(self, ("lr", "tol"))
+
+    @classmethod
+    def keys(cls, task: str = tasks.DEFAULT) -> Tuple[str, ...]:
+        """The settings a trial of `task` has, by name, as flags and sweep files name them:
+        the task's own, then the shared ones."""
+        shared = tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("task", "settings"))
+        return tuple(s.name for s in tasks.get(task).settings) + shared
+
+    @classmethod
+    def of(cls, source) -> "TrialSpec":
+        """The trial made of `source`'s attributes of the same names (parsed flags)."""
+        task = getattr(source, "task", tasks.DEFAULT)
+        return cls(task, **{k: getattr(source, k) for k in cls.keys(task)})
+
+    @classmethod
+    def of_config(cls, config: dict) -> "TrialSpec":
+        """The trial a record's flat config describes (asdict's inverse; other keys ignored)."""
+        task = config.get("task", tasks.DEFAULT)
+        return cls(task, **{k: config[k] for k in cls.keys(task) if k in config})
+
+    def asdict(self) -> dict:
+        """Every setting, flat, named as the flags: the task (left out for the default task, as
+        records were before there were others), its settings, then the shared ones."""
+        named = {} if self.task == tasks.DEFAULT else {"task": self.task}
+        named.update(self.settings)
+        named.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                     if f.name not in ("task", "settings"))
+        return named
+
+    @property
+    def of_task(self) -> Dict[str, object]:
+        """The task's settings, by name (what the task's functions are given)."""
+        return dict(self.settings)
 
     @property
     def members(self) -> int:

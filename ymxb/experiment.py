@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ymxb import budget, checkpoint, results, sweep as sweeps
+from ymxb import budget, checkpoint, results, sweep as sweeps, tasks
 from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 from ymxb.names import said
@@ -82,6 +82,11 @@ def prepare(sweep: sweeps.Sweep) -> List[Tuple[SliceSpec, TrialSpec]]:
                 where = f"trial {i + 1} ({_changed(trial)})" if len(sweep.trials) > 1 else None
                 raise UsageError(f"{where}: {err}" if where else str(err)) from None
         trials.append((spec, trial))
+    tried = set()
+    for _, trial in trials:  # a user's task: what can go wrong is found here, not on the hosts
+        if trial.task not in tasks.BUILT_IN and trial.structure() not in tried:
+            tried.add(trial.structure())
+            tasks.try_out(trial)
     for spec, group in sweeps.programs(trials):
         if spec.address is None and spec.shaped:  # every host a process on this machine
             what = "this run" if len(trials) == 1 else f"a program of {len(group)} trials ({_changed(group[0])}, ...)"
@@ -168,9 +173,9 @@ def _by_slice(groups):
 
 
 def _changed(trial: TrialSpec) -> str:
-    """The settings of a trial that differ from the defaults, as `key: value`."""
-    default = TrialSpec()
-    return ", ".join(f"{k}: {v}" for k, v in trial.asdict().items() if getattr(default, k) != v) or "defaults"
+    """The settings of a trial that differ from its task's defaults, as `key: value`."""
+    default = TrialSpec(trial.task).asdict()
+    return ", ".join(f"{k}: {v}" for k, v in trial.asdict().items() if default.get(k) != v) or "defaults"
 
 
 class Progress:

@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from typing import Iterator, List
 
-from ymxb import data, models
+from ymxb import data, tasks
 from ymxb.config import Program, SliceSpec, TrialSpec
 
 # Primitives that move data between devices, and the param naming their axes.
@@ -33,14 +33,15 @@ def inspect(spec: SliceSpec, cfg: TrialSpec) -> str:
     if jax.local_device_count() != spec.devices_per_host:
         raise RuntimeError(f"JAX was started with {jax.local_device_count()} devices before inspect "
                            f"could ask for {spec.devices_per_host}: run inspect in a fresh process")
-    trainer = TRAINERS[cfg.parallel](models.build(cfg.model), one)
+    task = tasks.get(cfg.task)
+    trainer = TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), one, task.loss)
     state = trainer.init()
     batch = trainer.put_data(*data.host_shard(cfg, 0))
     step = trainer.compiled(1)
     jaxpr = jax.make_jaxpr(step)(state, *batch)
     compiled = step.lower(state, *batch).compile()
 
-    out = [f"# {cfg.model} model, {cfg.parallel}, {cfg.optimizer}, "
+    out = [f"# {'' if cfg.task == tasks.DEFAULT else f'task {cfg.task}, '}{cfg.model} model, {cfg.parallel}, {cfg.optimizer}, "
            + (f"ensemble of {cfg.ensemble}" if cfg.ensemble else "one data-parallel model")
            + f": one process with {spec.devices_per_host} CPU devices. On the slice, axis "
              f"'{AXIS}' spans {spec.global_devices} devices ({spec.label()}: "

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import ray
 
-from ymxb import checkpoint, placing, platforms
+from ymxb import checkpoint, placing, platforms, tasks
 from ymxb.checkpoint import Checkpoint
 from ymxb.config import Program, SliceSpec
 from ymxb.errors import Cause, HostFailure, first_line
@@ -362,7 +362,9 @@ def _reason(err: Exception) -> str:
     """Why a host's call failed, in one line."""
     if isinstance(err, ray.exceptions.RayTaskError):
         cause = err.cause
-        return f"raised {type(cause).__name__}: {first_line(cause, 400) if str(cause).strip() else ''}"[:400]
+        # Our code or a user's task raised: where, in the user's code, if it was there.
+        where = tasks.traceback_text_line(str(err)) if _cause(err) is Cause.FINAL else ""  # its text holds the traceback
+        return f"raised {type(cause).__name__}: {first_line(cause, 300) if str(cause).strip() else ''}{where}"[:400]
     if isinstance(err, ray.exceptions.ActorDiedError):
         return "its process exited unexpectedly (crashed, killed, or aborted by JAX)"
     if isinstance(err, ray.exceptions.ActorUnavailableError):

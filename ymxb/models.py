@@ -1,7 +1,9 @@
-"""The two ways to write y = m*x + b: plain JAX params, or a small dm-haiku module.
+"""The built-in tasks' models (tasks.py), each written two ways: plain JAX params, or a small
+dm-haiku module. Each gives `init(key) -> params` and `apply(params, x) -> y` (JAX, used on
+the hosts), and its params back as arrays (NumPy only; a leading member axis is kept).
 
-Each model offers `init(key) -> params` and `apply(params, x) -> y` (JAX, used on the hosts)
-and `to_mb(params) -> (m, b)` (NumPy only, used by the driver; works with a leading member axis).
+- `line`: y = m*x + b (task ymxb), scalar params;
+- `plane`: y = X w + b, D features (task linreg).
 """
 
 from typing import Callable, NamedTuple, Tuple
@@ -10,23 +12,37 @@ import numpy as np
 
 
 class Model(NamedTuple):
-    init: Callable  # PRNG key -> params
-    apply: Callable  # (params, x of shape (n,)) -> y of shape (n,)
+    """A model's JAX functions."""
+
+    init: Callable  # PRNG key -> params (a pytree)
+    apply: Callable  # (params, x) -> predictions, shaped like y
 
 
-def build(name: str) -> Model:
-    """The JAX functions of model `name` ("pure" or "haiku")."""
-    return {"pure": _pure, "haiku": _haiku}[name]()
+def line(name: str):
+    """The JAX functions of y = m*x + b: "pure" or "haiku"."""
+    return {"pure": _pure_line, "haiku": _haiku_line}[name]()
 
 
-def to_mb(name: str, params) -> Tuple[np.ndarray, np.ndarray]:
-    """(m, b) from a model's params (NumPy pytree); a leading member axis is kept."""
-    if name == "haiku":
+def line_mb(params) -> Tuple[np.ndarray, np.ndarray]:
+    """(m, b) from a line's params (NumPy pytree, either way of writing it)."""
+    if "linear" in params:
         return np.asarray(params["linear"]["w"]), np.asarray(params["linear"]["b"])
     return np.asarray(params["m"]), np.asarray(params["b"])
 
 
-def _pure() -> Model:
+def plane(name: str, features: int):
+    """The JAX functions of y = X w + b with `features` inputs: "pure" or "haiku"."""
+    return {"pure": _pure_plane, "haiku": _haiku_plane}[name](features)
+
+
+def plane_wb(params) -> Tuple[np.ndarray, np.ndarray]:
+    """(w, b) from a plane's params (NumPy pytree): w (..., D), b (...)."""
+    if "linear" in params:
+        return np.asarray(params["linear"]["w"])[..., 0], np.asarray(params["linear"]["b"])[..., 0]
+    return np.asarray(params["w"]), np.asarray(params["b"])
+
+
+def _pure_line():
     import jax
 
     def init(key):
@@ -39,7 +55,7 @@ def _pure() -> Model:
     return Model(init, apply)
 
 
-def _haiku() -> Model:
+def _haiku_line():
     import haiku as hk
     import jax.numpy as jnp
 
@@ -60,3 +76,30 @@ def _haiku() -> Model:
     # No randomness at apply time, so drop the rng argument.
     net = hk.without_apply_rng(hk.transform(forward))
     return Model(lambda key: net.init(key, jnp.zeros((1,), jnp.float32)), net.apply)
+
+
+def _pure_plane(features: int):
+    import jax
+    import jax.numpy as jnp
+
+    def init(key):
+        w_key, b_key = jax.random.split(key)
+        return {"w": jax.random.normal(w_key, (features,)) / jnp.sqrt(features),
+                "b": jax.random.normal(b_key, ())}
+
+    def apply(params, x):
+        return x @ params["w"] + params["b"]
+
+    return Model(init, apply)
+
+
+def _haiku_plane(features: int):
+    import haiku as hk
+    import jax.numpy as jnp
+
+    def forward(x):
+        # hk.Linear's own initialisers (w truncated normal, std 1/sqrt(D)), b drawn too.
+        return hk.Linear(1, b_init=hk.initializers.RandomNormal(), name="linear")(x)[:, 0]
+
+    net = hk.without_apply_rng(hk.transform(forward))
+    return Model(lambda key: net.init(key, jnp.zeros((1, features), jnp.float32)), net.apply)

@@ -4,8 +4,8 @@
   per program;
 - error_vs_lr.png: final max |error| against learning rate (log-log), a line per optimiser
   (the median over seeds and other settings; every trial as a dot);
-- fit.png: the data (subsampled), the normal-equation line, and every member's line of the
-  best trial.
+- fit.png, where the trial's task can draw one: the best trial's data (subsampled) and fit
+  (y = m*x + b: the normal-equation line and every member's line).
 """
 
 import math
@@ -15,7 +15,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from ymxb import data
+from ymxb import data, tasks
 from ymxb.config import TrialSpec
 from ymxb.results import TrialRecord, rank, varying_settings
 
@@ -36,7 +36,10 @@ def draw(records: Sequence[TrialRecord], folder: str) -> List[str]:
         return []
     os.makedirs(folder, exist_ok=True)
     paths = []
-    for name, figure in (("loss.png", _loss), ("error_vs_lr.png", _error_vs_lr), ("fit.png", _fit)):
+    figures = [("loss.png", _loss), ("error_vs_lr.png", _error_vs_lr)]
+    if _best(records).solution and tasks.draws_fit(_task(_best(records))):
+        figures.append(("fit.png", _fit))
+    for name, figure in figures:
         fig = figure(plt, records)
         path = os.path.join(folder, name)
         fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -57,16 +60,17 @@ def _loss(plt, records):
     for ax, (group, members) in zip(axes.flat, shown):
         drawn = members[::math.ceil(len(members) / PANEL_LINES)]
         for r in drawn:
-            excess = np.maximum(np.asarray(r.loss_curve["loss"], float) - r.optimal_loss, 1e-16)
+            excess = np.maximum(np.asarray(r.loss_curve["loss"], float) - (r.optimal_loss or 0.0), 1e-16)
             ax.plot(r.loss_curve["step"], excess, lw=1, label=_label(r, ("lr", "seed")))
         first = members[0].config
         ax.set_title(f"{first['optimizer']}, {first['model']}, {_shape(first)}"
                      + (f", ensemble {first['ensemble']}" if first["ensemble"] else "")
                      + (f" ({len(drawn)} of {len(members)} trials)" if len(drawn) < len(members) else ""),
                      fontsize=9)
-        ax.set_yscale("log")
+        if any(np.any(np.asarray(r.loss_curve["loss"], float) > 0) for r in drawn):  # NaN: not > 0
+            ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss - optimal loss (floor 1e-16)")
+        ax.set_ylabel("loss - optimal loss (floor 1e-16)" if members[0].solution else "loss")
         ax.grid(alpha=0.3)
         if len(members) <= LEGEND_LINES:
             ax.legend(fontsize=7)
@@ -80,24 +84,30 @@ def _loss(plt, records):
 
 
 def _error_vs_lr(plt, records):
+    # Against the reference where every trial's task gives one; else the final loss.
+    referenced = all(r.solution for r in records)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     by_optimizer = defaultdict(lambda: defaultdict(list))
     for r in records:
-        error = r.max_error if r.max_error is not None and math.isfinite(r.max_error) else np.nan
-        by_optimizer[r.config["optimizer"]][r.config["lr"]].append(error)
+        value = r.max_error if referenced else r.final_loss
+        by_optimizer[r.config["optimizer"]][r.config["lr"]].append(
+            value if value is not None and math.isfinite(value) else np.nan)
     for optimizer, by_lr in sorted(by_optimizer.items()):
         lrs = sorted(by_lr)
         line, = ax.plot(lrs, [np.nanmedian(by_lr[lr]) if not np.all(np.isnan(by_lr[lr])) else np.nan
                               for lr in lrs], marker="o", label=optimizer)
         for lr in lrs:
             ax.scatter([lr] * len(by_lr[lr]), by_lr[lr], s=8, alpha=0.4, color=line.get_color())
-    tol = records[0].config["tol"]
-    ax.axhline(tol, color="grey", ls="--", lw=1, label=f"tol {tol:g}")
+    if referenced:
+        tol = records[0].config["tol"]
+        ax.axhline(tol, color="grey", ls="--", lw=1, label=f"tol {tol:g}")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    if any(v > 0 for by_lr in by_optimizer.values() for values in by_lr.values() for v in values):
+        ax.set_yscale("log")  # (NaN compares false: a sweep that all diverged stays linear)
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("final max |param - normal-equation solution|")
-    ax.set_title("Final error against learning rate (median; dots: every trial; diverged: absent)", fontsize=9)
+    ax.set_ylabel("final max |param - reference solution|" if referenced else "final loss")
+    what = "error" if referenced else "loss (no reference solution)"
+    ax.set_title(f"Final {what} against learning rate (median; dots: every trial; diverged: absent)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -105,21 +115,14 @@ def _error_vs_lr(plt, records):
 
 
 def _fit(plt, records):
-    best = min(records, key=lambda r: (not r.verified, rank(r)))
+    best = _best(records)
     x, y = _dataset(best.config)
     pick = np.random.default_rng(0).choice(len(x), min(DATA_POINTS, len(x)), replace=False)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.scatter(x[pick], y[pick], s=3, alpha=0.3, color="grey", label=f"data ({len(pick)} of {len(x)} points)")
-    line = np.array([-1.0, 1.0])
-    fitted = [m for m in best.members if m.m is not None and m.b is not None]  # diverged: none to draw
-    for i, member in enumerate(fitted):
-        ax.plot(line, member.m * line + member.b, lw=1, alpha=0.6, color="tab:blue",
-                label=f"fitted ({len(fitted)} member{'s' if len(fitted) > 1 else ''})" if i == 0 else None)
-    solution = best.solution
-    ax.plot(line, solution["m"] * line + solution["b"], "k--", lw=1.5,
-            label=f"normal equation m={solution['m']:.4g} b={solution['b']:.4g}")
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    fitted = [m.shown for m in best.members if None not in m.shown.values()]  # diverged: none to draw
+    trial = TrialSpec.of_config(best.config)
+    _task(best).draw_fit(trial.of_task, ax, x, y, fitted, best.solution)
     ax.set_title(f"Best trial {best.trial_id}: {_label(best, varying_settings(records)) or 'the only trial'}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -127,10 +130,17 @@ def _fit(plt, records):
     return fig
 
 
+def _best(records: Sequence[TrialRecord]) -> TrialRecord:
+    return min(records, key=lambda r: (not r.verified, rank(r)))
+
+
+def _task(record: TrialRecord) -> tasks.Task:
+    return tasks.get(record.config.get("task", tasks.DEFAULT))
+
+
 def _dataset(cfg: dict):
     """The data a trial trained on: every host's shard, of every slice."""
-    trial = TrialSpec(**{k: cfg[k] for k in TrialSpec.fields()})
-    return data.global_dataset(trial, cfg.get("slices", 1) * cfg["hosts"])
+    return data.global_dataset(TrialSpec.of_config(cfg), cfg.get("slices", 1) * cfg["hosts"])
 
 
 def _label(record: TrialRecord, keys) -> str:

@@ -102,15 +102,14 @@ class CheckpointPiece:
 class HostResult:
     """One host's end of a program, NumPy only, one row per model copy it holds (padding left
     out): `entry` (the model's index on the program's axis), `device` (the global device
-    holding it; one-model trials have a copy on every device), its (m, b) after and before;
-    and the whole loss history of each entry it holds, once (`loss_entry`, `losses`)."""
+    holding it; one-model trials have a copy on every device), its params after and before
+    (every one, flat, as its task orders them: y = m*x + b's are (m, b)); and the whole loss
+    history of each entry it holds, once (`loss_entry`, `losses`)."""
 
     entry: np.ndarray
     device: np.ndarray
-    m: np.ndarray
-    b: np.ndarray
-    init_m: np.ndarray
-    init_b: np.ndarray
+    params: np.ndarray  # (rows, P)
+    init: np.ndarray  # (rows, P)
     loss_entry: np.ndarray
     losses: np.ndarray  # (len(loss_entry), steps)
     collective_axes: Tuple[int, int]  # what sums of ones counted: over slices, over devices

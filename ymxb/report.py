@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ymxb import tasks
 from ymxb.protocol import HostRun, ProgramRun, Restart
 from ymxb.results import TrialRecord, jsonable
 
@@ -18,15 +19,15 @@ def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[
           restarts: Sequence[Restart] = ()) -> Dict:
     """The report of a one-trial run `run` judged as `record`; `phases`: where its wall time
     went, in seconds (default: the slice's own, `run.phases`); the restarts it took."""
-    cfg = record.config
+    cfg, task = record.config, _task(record.config)
+    show = _shower(run)
     report = {
         "config": cfg,
         "trial_id": record.trial_id,
         "platform": run.platform,
         "coordinator": run.coordinator,
-        "hosts": [_host_summary(cfg, host) for host in run.hosts],
-        "normal_equation": {**record.solution,
-                            "points": cfg["slices"] * cfg["hosts"] * cfg["samples_per_host"]},
+        "hosts": [_host_summary(cfg, host, show) for host in run.hosts],
+        task.reference_name: {**record.solution, "points": _points(cfg)} if record.solution else None,
         "optimal_loss": record.optimal_loss,
         "max_error": record.max_error,
         "tol": cfg["tol"],
@@ -37,11 +38,12 @@ def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[
         "wall_s": wall_s,
     }
     if cfg["ensemble"]:
-        rows = _member_rows(run)
+        rows = _member_rows(run, show)
         report["members"] = rows
-        ms, bs = np.array([r["m"] for r in rows]), np.array([r["b"] for r in rows])
-        report["ensemble"] = {"members": len(rows), "mean_m": float(ms.mean()), "mean_b": float(bs.mean()),
-                              "std_m": float(ms.std()), "std_b": float(bs.std())}
+        names = list(show(run.hosts[0].result.params[0]))
+        values = {k: np.array([r[k] for r in rows]) for k in names}
+        report["ensemble"] = {"members": len(rows), **{f"mean_{k}": float(v.mean()) for k, v in values.items()},
+                              **{f"std_{k}": float(v.std()) for k, v in values.items()}}
     return report
 
 
@@ -52,33 +54,44 @@ def to_json(report: Dict) -> str:
 
 def summary(report: Dict) -> str:
     """A short human summary: one row per host (and per member), the solution, the verdict."""
-    cfg = report["config"]
+    cfg, task = report["config"], _task(report["config"])
     slices = f"{cfg['slices']} slices x " if cfg["slices"] > 1 else ""
+    own = ", ".join(f"{s.name} {cfg[s.name]:g}" if isinstance(cfg[s.name], float) else f"{s.name} {cfg[s.name]}"
+                    for s in task.settings)
     lines = [f"{slices}{cfg['hosts']} hosts x {cfg['devices_per_host']} devices ({report['platform']}), "
-             f"{cfg['model']} model, {cfg['parallel']}, {cfg['optimizer']} lr={cfg['lr']:g}, "
-             f"{cfg['steps']} steps on {report['normal_equation']['points']} points"
+             + (f"task {cfg['task']} ({own}), " if "task" in cfg else "")
+             + f"{cfg['model']} model, {cfg['parallel']}, {cfg['optimizer']} lr={cfg['lr']:g}, "
+             f"{cfg['steps']} steps on {_points(cfg)} points"
              + (f", ensemble of {cfg['ensemble']}" if cfg["ensemble"] else ""), ""]
+    names = list(report["hosts"][0].get("params", {})) or [k[5:] for k in report.get("ensemble", {}) if k.startswith("mean_")]
     lines.append(f"{'host':>4}  {'node':<16} {'pid':>7}  {'devices':>7}  "
-                 + ("members" if cfg["ensemble"] else f"{'m':>12}  {'b':>12}"))
+                 + ("members" if cfg["ensemble"] else "  ".join(f"{k:>12}" for k in names)))
     for h in report["hosts"]:
         held = (_ranges(h["members"]) if cfg["ensemble"]
-                else f"{h['params']['m']:>12.7g}  {h['params']['b']:>12.7g}")
+                else "  ".join(f"{_float(v):>12.7g}" for v in h["params"].values()))
         devices = f"{h['local_devices']}/{h['global_devices']}"
         lines.append(f"{h['process_index']:>4}  {h['node_ip']:<16} {h['pid']:>7}  {devices:>7}  {held}")
     if "ensemble" in report:
         members = report["members"]
-        lines += ["", f"{'member':>6}  {'host':>4}  {'init m':>10}  {'init b':>10}  {'m':>12}  {'b':>12}"]
+        lines += ["", f"{'member':>6}  {'host':>4}  " + "  ".join(f"{'init ' + k:>10}" for k in names) + "  "
+                  + "  ".join(f"{k:>12}" for k in names)]
         shown = members if len(members) <= MEMBER_ROWS else members[:MEMBER_ROWS // 2] + members[-MEMBER_ROWS // 2:]
         for i, r in enumerate(shown):
             if len(shown) < len(members) and i == MEMBER_ROWS // 2:
                 lines.append(f"{'...':>6}  ({len(members) - len(shown)} more in --json)")
-            lines.append(f"{r['index']:>6}  {r['host']:>4}  {r['init_m']:>10.4g}  {r['init_b']:>10.4g}  "
-                         f"{r['m']:>12.7g}  {r['b']:>12.7g}")
+            lines.append(f"{r['index']:>6}  {r['host']:>4}  " + "  ".join(f"{_float(r['init_' + k]):>10.4g}" for k in names)
+                         + "  " + "  ".join(f"{_float(r[k]):>12.7g}" for k in names))
         e = report["ensemble"]
-        lines.append(f"ensemble: {e['members']} members, mean m={e['mean_m']:.7g} b={e['mean_b']:.7g}, "
-                     f"spread (std) m={e['std_m']:.3g} b={e['std_b']:.3g}")
-    sol = report["normal_equation"]
-    lines += [f"normal equation (float64): m={sol['m']:.7g} b={sol['b']:.7g}", ""]
+        lines.append(f"ensemble: {e['members']} members, mean "
+                     + " ".join(f"{k}={e['mean_' + k]:.7g}" for k in names) + ", spread (std) "
+                     + " ".join(f"{k}={e['std_' + k]:.3g}" for k in names))
+    sol = report[task.reference_name]
+    if sol:
+        lines += [f"{task.reference_name.replace('_', ' ')} (float64): "
+                  + " ".join(f"{k}={v:.7g}" for k, v in sol.items() if k != "points"), ""]
+    else:
+        lines += [f"no reference solution: task {task.name} gives none, so the run is judged on every host "
+                  f"and device taking part, the replicas (or members), and a finite loss that went down", ""]
     for c in report["checks"]:
         lines.append(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']}: {c['detail']}")
     for r in report["restarts"]:
@@ -87,9 +100,30 @@ def summary(report: Dict) -> str:
                      f"{r['resumed_step']}, {r['steps_redone']} steps redone, {r['lost_s']:.1f} s lost")
     verdict = "VERIFIED" if report["verified"] else "NOT VERIFIED"
     error = report["max_error"]
-    lines.append(f"{verdict} (max |error| {error if error is None or math.isinf(error) else f'{error:.3g}'}, "
-                 f"tol {report['tol']:g}) in {report['wall_s']:.1f} s")
+    judged = (f"max |error| {error if error is None or math.isinf(error) else f'{error:.3g}'}, tol {report['tol']:g}"
+              if sol else "no reference solution")
+    lines.append(f"{verdict} ({judged}) in {report['wall_s']:.1f} s")
     return "\n".join(lines)
+
+
+def _task(cfg: Dict) -> tasks.Task:
+    return tasks.get(cfg.get("task", tasks.DEFAULT))
+
+
+def _points(cfg: Dict) -> int:
+    return cfg["slices"] * cfg["hosts"] * cfg["samples_per_host"]
+
+
+def _float(value) -> float:
+    """A value of the report as a number to format (null, from a non-finite one: NaN)."""
+    return math.nan if value is None else value
+
+
+def _shower(run: ProgramRun):
+    """Flat params -> the task's named scalars, as floats."""
+    cfg = run.program.trial
+    task = tasks.get(cfg.task)
+    return lambda params: {k: float(v) for k, v in task.shown(cfg.of_task, np.asarray(params)).items()}
 
 
 def _ranges(indices: List[int]) -> str:
@@ -103,21 +137,20 @@ def _ranges(indices: List[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def _member_rows(run: ProgramRun) -> List[Dict]:
+def _member_rows(run: ProgramRun, show) -> List[Dict]:
     """Every ensemble member once, in order: where it ran, where it started and ended."""
     rows = []
     for h in run.hosts:
         r = h.result
         final = dict(zip(r.loss_entry.tolist(), r.losses[:, -1].tolist()))
         for i, entry in enumerate(r.entry.tolist()):
+            ended, began = show(r.params[i]), show(r.init[i])
             rows.append({"index": entry, "host": h.host.process_index, "device": int(r.device[i]),
-                         "m": float(r.m[i]), "b": float(r.b[i]),
-                         "init_m": float(r.init_m[i]), "init_b": float(r.init_b[i]),
-                         "final_loss": final[entry]})
+                         **ended, **{f"init_{k}": v for k, v in began.items()}, "final_loss": final[entry]})
     return sorted(rows, key=lambda row: row["index"])
 
 
-def _host_summary(cfg: Dict, run: HostRun) -> Dict:
+def _host_summary(cfg: Dict, run: HostRun, show) -> Dict:
     """One host in the report: who it was, what it saw, and what it ended with."""
     h, r = run.host, run.result
     out = {"process_index": h.process_index, "process_count": h.process_count, "hostname": h.hostname,
@@ -129,6 +162,6 @@ def _host_summary(cfg: Dict, run: HostRun) -> Dict:
     if cfg["ensemble"]:
         out["members"] = sorted(r.entry.tolist())
     else:
-        out["params"] = {"m": float(r.m[0]), "b": float(r.b[0])}
+        out["params"] = show(r.params[0])
         out["loss_history"] = r.losses[0].astype(float).tolist()
     return out

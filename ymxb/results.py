@@ -16,11 +16,11 @@ import json
 import math
 import os
 import socket
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from ymxb import __version__, data, verify
+from ymxb import __version__, data, tasks, verify
 from ymxb.config import Program, SliceSpec, TrialSpec
 from ymxb.errors import UsageError, first_line
 from ymxb.protocol import ProgramRun
@@ -42,12 +42,22 @@ NOT_IN_ID = ("address", "timeout", "wait")
 
 @dataclasses.dataclass
 class Member:
-    m: Optional[float]  # None (JSON null) where it went non-finite
-    b: Optional[float]
-    error: Optional[float]  # max(|m - m*|, |b - b*|) against the normal-equation solution
+    shown: Dict[str, Optional[float]]  # its task's named scalars (y = m*x + b: m, b); None: non-finite
+    error: Optional[float]  # its largest |param - reference solution| (None: no reference)
     final_loss: Optional[float]
     converged_step: Optional[int]
     diverged_step: Optional[int] = None  # the first step whose loss was non-finite
+
+    def asdict(self) -> dict:
+        """As a record holds it: its named scalars, then the rest."""
+        return {**self.shown, **{k: getattr(self, k) for k in MEMBER_KEYS}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Member":
+        return cls({k: v for k, v in d.items() if k not in MEMBER_KEYS}, **{k: d[k] for k in MEMBER_KEYS if k in d})
+
+
+MEMBER_KEYS = ("error", "final_loss", "converged_step", "diverged_step")
 
 
 @dataclasses.dataclass
@@ -56,8 +66,8 @@ class TrialRecord:
     config: dict  # every setting of the trial and its slice, named as the flags
     verified: bool
     max_error: float
-    solution: dict  # {m, b}: the normal equation of the data trained on
-    optimal_loss: float
+    solution: dict  # the reference solution's named scalars ({m, b}: the normal equation); {}: none
+    optimal_loss: Optional[float]  # the loss there (float64); None: no reference
     members: List[Member]
     loss_curve: dict  # {step: [...], loss: [...]}: the mean over members
     checks: List[dict]
@@ -69,13 +79,17 @@ class TrialRecord:
     ymxb_version: Optional[str] = None
     schema: int = 1  # SCHEMA when written; records without one are of the first layout
 
+    def asdict(self) -> dict:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**fields, "members": [m.asdict() for m in self.members]}
+
     def to_json(self) -> str:
-        return json.dumps(jsonable(dataclasses.asdict(self)), allow_nan=False, separators=(",", ":"))
+        return json.dumps(jsonable(self.asdict()), allow_nan=False, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialRecord":
         d = dict(d)
-        d["members"] = [Member(**m) for m in d["members"]]
+        d["members"] = [Member.from_dict(m) for m in d["members"]]
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
     def converged_step(self) -> Optional[float]:
@@ -129,72 +143,91 @@ def judge(run: ProgramRun, sweep_file: Optional[str] = None) -> List[TrialRecord
     program ran on; `sweep_file`: the version of the sweep file it ran from."""
     program = run.program
     spec, cfg = program.slice, program.trial
-    x, y = data.global_dataset(cfg, spec.processes)
-    solution = verify.normal_equation(x, y)
-    optimal = float(np.mean((solution[0] * x.astype(np.float64) + solution[1] - y) ** 2))
+    task, settings = tasks.get(cfg.task), cfg.of_task
+    reference = task.reference(settings, data.shards(cfg, spec.processes))
+    show = lambda params: {k: float(v) for k, v in task.shown(settings, np.asarray(params)).items()}
     participation = verify.check_participation(run.hosts, spec)
     results = [h.result for h in run.hosts]
-    rows = {k: np.concatenate([getattr(r, k) for r in results]) for k in ("entry", "device", "m", "b", "init_m", "init_b")}
+    rows = {k: np.concatenate([getattr(r, k) for r in results]) for k in ("entry", "device", "params", "init")}
     rows["host"] = np.concatenate([np.full(len(h.result.entry), h.host.process_index) for h in run.hosts])
     losses = {}  # entry -> its loss histories: one per host holding it (one-model: every host)
     for r in results:
         for entry, history in zip(r.loss_entry, r.losses):
             losses.setdefault(int(entry), []).append(history)
-    shape = f"{spec.label()} {run.platform}"
+    judged = _Judged(reference, show, f"matches {task.reference_name.replace('_', ' ')}", participation,
+                     f"{spec.label()} {run.platform}", run.train_s)
     trials = program.trials()
     group = trial_id(spec, trials[0])
     # The rows of each trial, found once (a program may hold thousands of trials).
     of_trial = rows["entry"] // cfg.members
     order = np.argsort(of_trial, kind="stable")
     mine = np.split(order, np.cumsum(np.bincount(of_trial, minlength=len(trials)))[:-1])
-    records = [_record(program, t, trial, {k: v[mine[t]] for k, v in rows.items()}, losses, solution,
-                       optimal, participation, trial_id(spec, trial), group, shape, run.train_s)
-               for t, trial in enumerate(trials)]
+    records = [_record(program, t, trial, {k: v[mine[t]] for k, v in rows.items()}, losses, judged,
+                       trial_id(spec, trial), group) for t, trial in enumerate(trials)]
     for r in records:
         r.sweep_file = sweep_file
     return records
 
 
-def _record(program: Program, t: int, trial: TrialSpec, rows, losses, solution, optimal,
-            participation, tid, group, shape, wall_s) -> TrialRecord:
+class _Judged(NamedTuple):
+    """What the trials of a program are judged by, alike: the task's reference (None: it has
+    none), how its params are shown, its check's name, and the program's own facts."""
+
+    reference: Optional[tasks.Reference]
+    show: verify.Show
+    check_name: str
+    participation: verify.Check
+    shape: str
+    wall_s: float
+
+
+def _record(program: Program, t: int, trial: TrialSpec, rows, losses, judged: _Judged, tid: str,
+            group: str) -> TrialRecord:
     """One trial's record from its own rows (one per model copy: replicas or members)."""
+    reference, show = judged.reference, judged.show
     members = trial.members
     member = rows["entry"] % members
     labels = [f"member {j} (host {h})" if trial.ensemble else f"host {h} device {d}"
               for j, h, d in zip(member, rows["host"], rows["device"])]
-    params = list(zip(labels, rows["m"].tolist(), rows["b"].tolist()))
+    copies = list(zip(labels, rows["params"]))
     histories = {j: losses[t * members + j] for j in range(members) if t * members + j in losses}
-    checks = [participation,
+    checks = [judged.participation,
               verify.check_finite([(f"member {j}" if trial.ensemble else "the model", _first_nonfinite(h))
-                                   for j, copies in histories.items() for h in copies],
+                                   for j, copies_of in histories.items() for h in copies_of],
                                   trial.steps_per_call)]
     if trial.ensemble:
         checks.append(verify.check_members(member.tolist(), members))
-        checks.append(verify.check_distinct_init(list(zip(
-            labels, rows["init_m"].tolist(), rows["init_b"].tolist()))))
+        checks.append(verify.check_distinct_init(list(zip(labels, rows["init"])), show))
     else:
-        checks.append(verify.check_replicas(params))
-    solution_check, max_error = verify.check_solution(params, solution, trial.tol)
-    checks.append(solution_check)
+        checks.append(verify.check_replicas(copies, show))
+    if reference is None:  # what can be judged without one
+        checks.append(verify.check_loss_went_down(
+            [(f"member {j}" if trial.ensemble else "the model", histories[j][0]) for j in sorted(histories)]))
+        max_error = None
+    else:
+        solution_check, max_error = verify.check_solution(copies, reference.params, trial.tol, show,
+                                                          reference.floor, judged.check_name)
+        checks.append(solution_check)
 
     first = {}  # member -> its first row
     for row, j in enumerate(member):
         first.setdefault(int(j), row)
     kept = []
     for j in sorted(first):
-        m, b = float(rows["m"][first[j]]), float(rows["b"][first[j]])
-        history = histories[j][0]
-        kept.append(Member(m, b, verify.param_error(m, b, solution), float(history[-1]),
-                           _converged_step(history, optimal), _first_nonfinite(history)))
+        params, history = rows["params"][first[j]], histories[j][0]
+        kept.append(Member(show(params), verify.param_error(params, reference.params) if reference else None,
+                           float(history[-1]), _converged_step(history, reference.loss) if reference else None,
+                           _first_nonfinite(history)))
     curve = np.mean([histories[j][0] for j in sorted(histories)], axis=0)
     steps = np.unique(np.linspace(0, len(curve) - 1, min(CURVE_POINTS, len(curve))).round().astype(int))
     return TrialRecord(
         trial_id=tid, config=trial_config(program.slice, trial),
         verified=all(c.ok for c in checks), max_error=max_error,
-        solution={"m": solution[0], "b": solution[1]}, optimal_loss=optimal, members=kept,
+        solution=show(reference.params) if reference else {},
+        optimal_loss=reference.loss if reference else None, members=kept,
         loss_curve={"step": steps.tolist(), "loss": curve[steps].astype(float).tolist()},
-        checks=[c._asdict() for c in checks], group=group, slice=shape,
-        group_trials=program.count, wall_s=wall_s, ymxb_version=__version__, schema=SCHEMA)
+        checks=[c._asdict() for c in checks], group=group, slice=judged.shape,
+        group_trials=program.count, wall_s=judged.wall_s, ymxb_version=__version__, schema=SCHEMA)
 
 
 def _first_nonfinite(losses: np.ndarray) -> Optional[int]:
@@ -340,7 +373,7 @@ def _upgraded(record: TrialRecord) -> TrialRecord:
     if config.get("platform") is None:
         config["platform"] = record.slice.rsplit(" ", 1)[-1]
     spec = SliceSpec(**{k: config[k] for k in SliceSpec.fields() if k in config})
-    trial = TrialSpec(**{k: config[k] for k in TrialSpec.fields() if k in config})
+    trial = TrialSpec.of_config(config)
     return dataclasses.replace(record, config=trial_config(spec, trial), trial_id=trial_id(spec, trial))
 
 
@@ -371,7 +404,7 @@ def table(records: Sequence[TrialRecord], limit: int = 100) -> str:
             step = r.converged_step()
             cells = [f"{_cell(r.config[k]):>12}" for k in varying] + [
                 f"{len(r.members):>7}", f"{'yes' if r.verified else 'no':>8}",
-                f"{_num(r.max_error):>10}", f"{'-' if step is None else f'{step:g}':>9}",
+                f"{_num(r.max_error) if r.solution else '-':>10}", f"{'-' if step is None else f'{step:g}':>9}",
                 f"{_final(r):>14}"]
             lines.append(("* " if r is best else "  ") + " ".join(cells))
     if shown < len(records):
@@ -380,7 +413,8 @@ def table(records: Sequence[TrialRecord], limit: int = 100) -> str:
     diverged = sum(r.diverged for r in records)
     lines.append(f"{passed} of {len(records)} trials verified"
                  + (f", {diverged} diverged (loss non-finite)" if diverged else "")
-                 + "; * best of its group (smallest max |error|)")
+                 + "; * best of its group (smallest max |error|"
+                 + ("; without a reference solution, smallest final loss)" if not all(r.solution for r in records) else ")"))
     return "\n".join(lines)
 
 
@@ -391,8 +425,9 @@ def varying_settings(records: Sequence[TrialRecord]) -> List[str]:
 
 
 def error_key(record: TrialRecord) -> float:
-    """Its max |error| for sorting: a diverged trial's (NaN, stored as null) last."""
-    error = record.max_error
+    """Its max |error| for sorting (its final loss where its task gives no reference): a
+    diverged trial's (NaN, stored as null) last."""
+    error = record.max_error if record.solution else record.final_loss
     return error if error is not None and math.isfinite(error) else math.inf
 
 

@@ -23,14 +23,14 @@ from typing import Dict, List, Tuple
 
 import yaml
 
+from ymxb import tasks
 from ymxb.config import SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 
 TOP_KEYS = ("name", "slice", "base", "grid", "trials")
 SLICE_KEYS = tuple(k for k in SliceSpec.fields() if k != "address")  # the cluster is --address
 SHAPE_KEYS = ("slices", "hosts", "devices_per_host")  # a shape may vary per trial
-TRIAL_KEYS = TrialSpec.fields() + SHAPE_KEYS
-FLOATS = ("true_m", "true_b", "noise", "lr", "tol", "timeout")
+FLOATS = ("lr", "tol", "timeout", "wait")  # a task's own settings take 1e-2 as a number themselves
 # The most trials one sweep file may make. Measured on this 2-core machine: 100,000 trials
 # (a 1000 x 100 grid) take ~7 s to expand, check and give ids; a store of that size is issue
 # enough. A grid is counted before it is built: 10 axes of 10 values are refused at once.
@@ -76,8 +76,9 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec()) -> Sweep:
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name:
         raise fail(f"name must be a non-empty string without '/', got {name!r}")
     slice_settings = _mapping(doc, "slice", SLICE_KEYS, fail)
-    base = _mapping(doc, "base", TRIAL_KEYS, fail)
-    grid = _mapping(doc, "grid", TRIAL_KEYS, fail)
+    trial_keys = _trial_keys(doc, fail)
+    base = _mapping(doc, "base", trial_keys, fail)
+    grid = _mapping(doc, "grid", trial_keys, fail)
     for key, values in grid.items():
         if not isinstance(values, list):
             raise fail(f"grid: {key} must be a list of values, got {_kind(values)} (for one value, put it in base)")
@@ -87,7 +88,7 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec()) -> Sweep:
     if not isinstance(extra, list) or not all(isinstance(t, dict) for t in extra):
         raise fail("trials must be a list of mappings, e.g. [{optimizer: adagrad, lr: 0.5}]")
     for i, t in enumerate(extra):
-        _check_keys(t, TRIAL_KEYS, f"key in trials[{i}]", fail)
+        _check_keys(t, trial_keys, f"key in trials[{i}]", fail)
 
     count = math.prod(len(values) for values in grid.values()) if grid else 0
     if count + len(extra) > MAX_TRIALS:  # counted before a single one is made
@@ -118,6 +119,21 @@ def programs(trials: List[Trial]) -> List[Tuple[SliceSpec, List[TrialSpec]]]:
         key = (spec, trial.structure())
         groups.setdefault(key, (spec, []))[1].append(trial)
     return list(groups.values())
+
+
+def _trial_keys(doc: dict, fail) -> Tuple[str, ...]:
+    """What a trial of this file may set: the task, the settings of every task the file
+    names (each trial is then checked against its own task's), the shared ones, its shape."""
+    named = [part.get("task") for part in (doc.get("base"), *(doc.get("trials") or [])) if isinstance(part, dict)]
+    grid = doc.get("grid")
+    named += list(grid.get("task") or []) if isinstance(grid, dict) and isinstance(grid.get("task"), list) else []
+    keys = {"task": None}
+    for task in [tasks.DEFAULT] + [t for t in named if t is not None]:
+        try:
+            keys.update(dict.fromkeys(TrialSpec.keys(task)))
+        except UsageError as err:
+            raise fail(as_key(str(err))) from None
+    return tuple(keys) + SHAPE_KEYS
 
 
 def _make(defaults: SliceSpec, slice_settings: dict, values: dict, fail, label: str) -> Trial:

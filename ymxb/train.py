@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional, Union
 import jax
 import numpy as np
 
-from ymxb import data, models, steps
+from ymxb import data, steps, tasks
 from ymxb.checkpoint import Checkpoint
 from ymxb.config import Program
 from ymxb.protocol import CheckpointPiece, HostResult
@@ -38,8 +38,9 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
                          f"but --devices-per-host is {shape.devices_per_host}")
     done = resume.step if resume else 0
     on_progress(done)
+    task = tasks.get(cfg.task)
     x, y = data.host_shard(cfg, jax.process_index())
-    trainer = steps.TRAINERS[cfg.parallel](models.build(cfg.model), program)
+    trainer = steps.TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), program, task.loss)
     state = trainer.init()
     init_params = trainer.local(state.params)
     if resume:
@@ -63,7 +64,7 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
             unsent = 0
     on_progress(done)
 
-    rows = _rows(program, trainer.local(state.params), init_params)
+    rows = _rows(program, task, trainer.local(state.params), init_params)
     loss_entry = chunks[0][0]
     history = [resume.losses[loss_entry]] if resume else []
     keep = loss_entry < program.entries
@@ -81,16 +82,15 @@ def _piece(trainer: steps.Trainer, state, step: int, chunks) -> CheckpointPiece:
                            np.concatenate([losses for _, losses in chunks], axis=1))
 
 
-def _rows(program: Program, final, init) -> dict:
-    """One row per (device, entry) this host holds, padding dropped: (m, b) before and after."""
-    name = program.trial.model
-    columns = {k: [] for k in ("entry", "device", "m", "b", "init_m", "init_b")}
+def _rows(program: Program, task: tasks.Task, final, init) -> dict:
+    """One row per (device, entry) this host holds, padding dropped: every param, flat (as the
+    task orders them), after and before."""
+    settings = program.trial.of_task
+    columns = {k: [] for k in ("entry", "device", "params", "init")}
     for (device, entries, params), (_, _, params0) in zip(final, init):
         keep = entries < program.entries
-        m, b = models.to_mb(name, params)
-        m0, b0 = models.to_mb(name, params0)
         for key, values in (("entry", entries), ("device", np.full(len(entries), device)),
-                            ("m", m), ("b", b), ("init_m", m0), ("init_b", b0)):
+                            ("params", task.flat(settings, params)), ("init", task.flat(settings, params0))):
             columns[key].append(np.asarray(values)[keep])
     return {k: np.concatenate(v) for k, v in columns.items()}
 

@@ -1,0 +1,62 @@
+"""User tasks broken in the ways users break them (tests/test_tasks.py): each must be refused
+in one line, before any host starts where the driver can see it, else named with its host."""
+
+import numpy as np
+
+from ymxb.tasks import Model, Task
+
+
+class Line(Task):
+    """A working task, for the broken ones to change one thing of."""
+
+    name = "line"
+
+    def shard(self, s, data_seed, host_index, samples):
+        rng = np.random.default_rng([data_seed, host_index])
+        x = rng.uniform(-1, 1, samples)
+        return x.astype(np.float32), (3 * x).astype(np.float32)
+
+    def model(self, s, name):
+        import jax.numpy as jnp
+
+        return Model(lambda key: {"w": jnp.zeros(())}, lambda params, x: params["w"] * x)
+
+
+class Column(Line):
+    def model(self, s, name):
+        line = super().model(s, name)
+        return Model(line.init, lambda params, x: line.apply(params, x)[:, None])  # (n, 1), not (n,)
+
+
+class Short(Line):
+    def shard(self, s, data_seed, host_index, samples):
+        x, y = super().shard(s, data_seed, host_index, samples)
+        return x[:-1], y[:-1]
+
+
+class Raising(Line):
+    def model(self, s, name):
+        line = super().model(s, name)
+
+        def apply(params, x):
+            raise ValueError("the apply of this task is not written yet")
+
+        return Model(line.init, apply)
+
+
+class NoHost1(Line):
+    def shard(self, s, data_seed, host_index, samples):
+        if host_index == 1:
+            raise ValueError(f"no data for host {host_index}")
+        return super().shard(s, data_seed, host_index, samples)
+
+
+class NoModel(Task):
+    name = "no-model"
+
+    def shard(self, s, data_seed, host_index, samples):
+        return np.zeros(samples, np.float32), np.zeros(samples, np.float32)
+
+
+NOT_A_TASK = object()
+LINE, COLUMN, SHORT, RAISING, NO_HOST_1, NO_MODEL = Line(), Column(), Short(), Raising(), NoHost1(), NoModel()

@@ -1,0 +1,119 @@
+"""Tasks (ymxb/tasks.py): the default one unchanged, linreg's reference and training, a user's
+task, and each way a user's task is broken refused in one line (in this process: 4 CPU devices)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, trained
+from ymxb import cli, results, tasks
+from ymxb.config import TrialSpec
+from ymxb.errors import UsageError
+
+SMALL = dict(samples_per_host=256, steps=300)
+
+
+def test_the_default_task_keeps_every_setting_where_it_was():
+    # A record's config, as records were written before there were tasks: no "task" key, y =
+    # m*x + b's settings first, in this order (trial ids hash it: tests/test_results.py pins them).
+    assert list(TrialSpec().asdict()) == [
+        "true_m", "true_b", "noise", "data_seed", "samples_per_host", "model", "optimizer", "lr", "seed", "steps",
+        "steps_per_call", "parallel", "ensemble", "tol"]
+    assert TrialSpec(true_m=3).asdict()["true_m"] == 3.0 and TrialSpec(true_m=3) == TrialSpec(true_m=3.0)
+    assert TrialSpec(task="linreg").asdict()["task"] == "linreg"
+    with pytest.raises(UsageError, match=r"'features' is not a setting of task ymxb \(its settings: true_m, true_b, noise\)"):
+        TrialSpec(features=8)
+
+
+def test_a_default_trials_record_has_the_fields_it_had():
+    [record] = results.judge(trained(TrialSpec(**SMALL)))
+    written = json.loads(record.to_json())
+    assert list(written) == ["trial_id", "config", "verified", "max_error", "solution", "optimal_loss", "members",
+                             "loss_curve", "checks", "group", "slice", "group_trials", "wall_s", "sweep_file",
+                             "ymxb_version", "schema"]
+    assert list(written["members"][0]) == ["m", "b", "error", "final_loss", "converged_step", "diverged_step"]
+    assert list(written["solution"]) == ["m", "b"] and written["verified"]
+    assert [c["name"] for c in written["checks"]] == ["all hosts and devices took part", "loss finite",
+                                                     "replicas agree", "matches normal equation"]
+
+
+def test_linreg_reference_is_the_least_squares_solution_made_shard_by_shard():
+    task, s = tasks.get("linreg"), {"features": 5, "noise": 0.3}
+    shards = [task.shard(s, 7, host, 300) for host in range(3)]
+    reference = task.reference(s, iter(shards))  # a generator: each shard seen once
+    x, y = (np.concatenate(part).astype(np.float64) for part in zip(*shards))
+    design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    expected, *_ = np.linalg.lstsq(design, y, rcond=None)
+    np.testing.assert_allclose(reference.params, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(reference.loss, np.mean((design @ expected - y) ** 2), rtol=1e-9)
+    # float32's floor grows with the conditioning of X^T X.
+    assert 0 < reference.floor < 1e-4
+
+
+@pytest.mark.parametrize("parallel,model,ensemble", [("pmap", "pure", 0), ("sharding", "haiku", 0),
+                                                     ("pmap", "haiku", 6), ("sharding", "pure", 6)])
+def test_linreg_trains_to_its_reference_every_way(parallel, model, ensemble):
+    trial = TrialSpec(task="linreg", features=16, parallel=parallel, model=model, ensemble=ensemble, lr=0.3, **SMALL)
+    [record] = results.judge(trained(trial))
+    assert record.verified, record.checks
+    assert list(record.solution) == ["w[0]", "w[15]", "b"] and record.max_error < 1e-4
+    assert len(record.members) == max(1, ensemble)
+
+
+def test_a_users_task_without_a_reference_is_judged_on_what_holds_without_one():
+    trial = TrialSpec(task="examples.tasks.mlp:TASK", hidden=4, optimizer="adam", lr=0.03, **SMALL)
+    [record] = results.judge(trained(trial))
+    assert record.verified and record.solution == {} and record.max_error is None
+    assert [c["name"] for c in record.checks][-1] == "loss went down"
+    assert list(json.loads(record.to_json())["members"][0])[:2] == ["b2", "w2[0]"]
+    # Diverged, the loss did not go down: not verified.
+    [record] = results.judge(trained(trial.replace(optimizer="sgd", lr=1e4)))
+    assert not record.verified
+
+
+def _line_of(text: str) -> int:
+    """The line of tests/broken_tasks.py that says `text`."""
+    lines = (ROOT / "tests" / "broken_tasks.py").read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if text in line)
+
+
+BROKEN = [
+    ("tests.broken_task_import:TASK", "cannot import tests.broken_task_import (ZeroDivisionError: division by zero)"),
+    ("tests.broken_tasks:NOTHING", "tests.broken_tasks has no NOTHING"),
+    ("tests.broken_tasks:NOT_A_TASK", "NOT_A_TASK is not a task: make it a subclass of ymxb.tasks.Task"),
+    ("tests.broken_tasks:NO_MODEL", "NO_MODEL does not say how to make its model"),
+    ("tests.broken_tasks:COLUMN", "model pure predicts shape (8, 1) for 8 points whose y has shape (8,): apply "
+                                  "must give one prediction per point"),
+    ("tests.broken_tasks:SHORT", "its shard of host 0 has 1023 x and 1023 y, not --samples-per-host (1024) of each"),
+    ("tests.broken_tasks:RAISING", "ValueError: the apply of this task is not written yet "
+                                   f"(at tests/broken_tasks.py:{_line_of('not written yet')} in apply)"),
+]
+
+
+@pytest.mark.parametrize("task,message", BROKEN, ids=[t.split(":")[1] for t, _ in BROKEN])
+def test_a_broken_users_task_is_refused_in_one_line_before_any_host_starts(capsys, task, message):
+    assert cli.main(["--task", task, "--hosts", "2", "--devices-per-host", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"launch.py: error: --task {task}: "), err
+    assert message in err, err
+    assert "host 0/" not in err  # nothing started
+
+
+def test_a_sweep_of_a_users_task_names_its_settings_as_keys(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("base: {task: 'examples.tasks.mlp:TASK'}\ngrid: {hidden: [4, 8], lr: [0.1, 0.2]}\n")
+    from ymxb import sweep
+
+    loaded = sweep.load(str(path))
+    assert [(t.task, dict(t.settings)["hidden"], t.lr) for _, t in loaded.trials] == [
+        ("examples.tasks.mlp:TASK", 4, 0.1), ("examples.tasks.mlp:TASK", 4, 0.2),
+        ("examples.tasks.mlp:TASK", 8, 0.1), ("examples.tasks.mlp:TASK", 8, 0.2)]
+    assert len(sweep.programs(list(loaded.trials))) == 2  # a width each; lr batched
+    path.write_text("grid: {hidden: [4, 8]}\n")  # the default task has no hidden layer
+    with pytest.raises(UsageError, match=r"unknown key in grid 'hidden'; valid: task, true_m, true_b, noise"):
+        sweep.load(str(path))
+    path.write_text("base: {task: linreg}\ntrials: [{features: 4}, {task: ymxb, features: 4}]\n")
+    with pytest.raises(UsageError, match=r"trials\[1\] \{task: ymxb, features: 4\}: 'features' is not a setting "
+                                         r"of task ymxb"):
+        sweep.load(str(path))
