@@ -107,3 +107,11 @@ def test_a_stall_names_the_silent_host_else_the_one_behind_else_says_the_run_is_
 
 def test_hosts_that_progressed_within_the_timeout_have_not_stalled():
     assert not Stall({0: 100, 1: 200}, {0: 29.9, 1: 1.0}, silent=(), **STEPS).stalled
+
+
+def test_a_message_names_a_few_hosts_of_a_big_slice_and_counts_the_rest():
+    # 1,500 hosts: one died, the others waited; the line stays a line.
+    end = CallEnd("training", 8, failures=(Failed(7, DIED, Cause.DIED),), stuck=tuple(i for i in range(1500) if i != 7))
+    said = str(blame(end, NAME))
+    assert said.endswith("host 6 (10.0.0.6 pid 106), host 8 (10.0.0.8 pid 108) and 1,491 more left waiting")
+    assert len(said) < 400

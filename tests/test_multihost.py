@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from conftest import gone, launch, run_one
-from ymxb import data, experiment, report, tasks
+from ymxb import data, experiment, launcher, report, tasks
 from ymxb.config import SliceSpec, TrialSpec
 from ymxb.results import Store
 from ymxb.names import FAULT_ENV
@@ -87,6 +87,12 @@ def test_a_program_too_big_for_a_clusters_slice_is_refused_once_its_hosts_report
                         r"--ensemble: 24.0 GiB\) on the node of 2 of its hosts, which has [\d.]+ GiB available: "
                         r"lower --samples-per-host", error), error
     assert "host 1/2" in result.stderr  # the hosts came up, and said what they hold
+
+
+def test_the_driver_takes_many_results_in_host_order(local_ray):
+    # Results that are in already are taken together (one wait each burst, not each result).
+    refs = [ray.put(i) for i in range(600)]
+    assert launcher._gather([], list(reversed(refs)), "start", 60) == list(reversed(range(600)))
 
 
 HOST = r"host {} \([\d.]+ pid \d+\)"

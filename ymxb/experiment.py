@@ -111,7 +111,7 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
     ids = dict(zip(todo.trials, todo.ids))  # the unsettled ones' ids, once their slice is up
     progress = progress or Progress(0, quiet=True)
     outcome = Outcome([])
-    began = time.time()
+    began, verify_s = time.time(), 0.0
     for spec, groups in _by_slice(sweeps.programs(todo.pending)):
         with Supervisor(spec, options.recovery, log, began) as supervisor:
             for group in groups:
@@ -136,7 +136,9 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
                     log(said(f"going on from the checkpoint at step {start.step} in {path}"))
                 progress.start(program)
                 outcome.last_run = supervisor.run(program, path, start, on_steps=progress.steps)
+                judging = time.perf_counter()
                 records = results.judge(outcome.last_run, options.sweep_file)
+                verify_s += time.perf_counter() - judging
                 if store:
                     store.append(records)
                 if path:
@@ -144,9 +146,17 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
                 done.update((r.trial_id, r) for r in records)
                 progress.finish(program)
         outcome.restarts += supervisor.restarts
-        outcome.phases = supervisor.phases
+        outcome.phases = _in_order({**supervisor.phases, "verify": verify_s})
     outcome.records = [done[ids[trial]] for trial in todo.trials]
     return outcome
+
+
+PHASES = ("place", "actors", "initialize", "first_call", "train", "gather", "verify", "shutdown", "stop")
+
+
+def _in_order(phases: Dict[str, float]) -> Dict[str, float]:
+    """A slice's phases in the order they pass (the driver's judging, `verify`, after the gather)."""
+    return {k: phases[k] for k in PHASES if k in phases}
 
 
 def resume_point(folder: str, program: Program, required: bool) -> Optional[checkpoint.Checkpoint]:

@@ -213,7 +213,7 @@ def settled_by(failed: Failed, first_s: float, peers_give_up_s: float) -> bool:
 def blame(end: CallEnd, name: Callable[[int], str]) -> HostFailure:
     """The one failure to report for a call that ended as `end` saw it: the host to blame, why,
     and the cause the budgets count; `name(host index)` names a host in the message."""
-    names = lambda hosts: ", ".join(name(i) for i in hosts)
+    names = lambda hosts: named(list(hosts), name)
     phase, failures, stuck = end.phase, end.ranked(), list(end.stuck)
     if end.waiting_blamed:
         message = (f"{phase} failed: {names(stuck)} never finished (the likely culprit); "
@@ -256,7 +256,7 @@ class Stall:
 def blame_stall(stall: Stall, name: Callable[[int], str], phase: str = "training") -> HostFailure:
     """The failure to report for hosts that completed no compiled call within the timeout: a
     host that does not answer, else the one behind the others, else none (the run is slow)."""
-    names = lambda hosts: ", ".join(name(i) for i in hosts)
+    names = lambda hosts: named(list(hosts), name)
     timeout = stall.timeout
     if stall.silent:
         return HostFailure(
@@ -275,6 +275,17 @@ def blame_stall(stall: Stall, name: Callable[[int], str], phase: str = "training
         f"{phase} stalled: no host completed a compiled call in {timeout:g} s (all {at}, all answering): "
         f"the run is slow, not hung; raise --timeout or lower --steps-per-call (now {stall.steps_per_call})",
         None, Cause.FINAL, phase)
+
+
+# A message names at most this many hosts, then says how many more (a slice may have 1,500).
+NAMED = 8
+
+
+def named(hosts: Sequence[int], name: Callable[[int], str]) -> str:
+    """Hosts as a message lists them: "host 0 (...), host 2 (...)", or the first NAMED and
+    "and 1,492 more"."""
+    shown = ", ".join(name(i) for i in hosts[:NAMED])
+    return shown + (f" and {len(hosts) - NAMED:,} more" if len(hosts) > NAMED else "")
 
 
 def describe(i: int, identities: Sequence[HostIdentity]) -> str:

@@ -13,6 +13,8 @@ from ymxb.protocol import HostRun, ProgramRun, Restart
 from ymxb.results import TrialRecord, jsonable
 
 MEMBER_ROWS = 16  # members listed in the table; --json has them all
+HOST_ROWS = 16  # hosts listed in the table beyond the ones that differ; --json has them all
+HOSTS_IN_FULL = 64  # up to this many hosts --json gives each one's loss history; beyond, the exceptions
 
 
 def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[Dict[str, float]] = None,
@@ -26,7 +28,7 @@ def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[
         "trial_id": record.trial_id,
         "platform": run.platform,
         "coordinator": run.coordinator,
-        "hosts": [_host_summary(cfg, host, show) for host in run.hosts],
+        "hosts": _host_summaries(cfg, run, show),
         task.reference_name: {**record.solution, "points": _points(cfg)} if record.solution else None,
         "optimal_loss": record.optimal_loss,
         "max_error": record.max_error,
@@ -37,6 +39,9 @@ def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[
         "restarts": [dataclasses.asdict(r) for r in restarts],
         "wall_s": wall_s,
     }
+    if len(run.hosts) > HOSTS_IN_FULL and not cfg["ensemble"]:
+        report["loss_history_of"] = ("host 0 and each host whose history differs from it; every other host's is "
+                                     "host 0's")
     if cfg["ensemble"]:
         rows = _member_rows(run, show)
         report["members"] = rows
@@ -66,11 +71,14 @@ def summary(report: Dict) -> str:
     names = list(report["hosts"][0].get("params", {})) or [k[5:] for k in report.get("ensemble", {}) if k.startswith("mean_")]
     lines.append(f"{'host':>4}  {'node':<16} {'pid':>7}  {'devices':>7}  "
                  + ("members" if cfg["ensemble"] else "  ".join(f"{k:>12}" for k in names)))
+    rows = []  # (what it held, and its line)
     for h in report["hosts"]:
         held = (_ranges(h["members"]) if cfg["ensemble"]
                 else "  ".join(f"{_float(v):>12.7g}" for v in h["params"].values()))
         devices = f"{h['local_devices']}/{h['global_devices']}"
-        lines.append(f"{h['process_index']:>4}  {h['node_ip']:<16} {h['pid']:>7}  {devices:>7}  {held}")
+        like = (devices, "" if cfg["ensemble"] else held)  # members differ by host: not an exception
+        rows.append((like, f"{h['process_index']:>4}  {h['node_ip']:<16} {h['pid']:>7}  {devices:>7}  {held}"))
+    lines += _some_rows(rows)
     if "ensemble" in report:
         members = report["members"]
         lines += ["", f"{'member':>6}  {'host':>4}  " + "  ".join(f"{'init ' + k:>10}" for k in names) + "  "
@@ -104,6 +112,24 @@ def summary(report: Dict) -> str:
               if sol else "no reference solution")
     lines.append(f"{verdict} ({judged}) in {report['wall_s']:.1f} s")
     return "\n".join(lines)
+
+
+def _some_rows(rows: List[tuple]) -> List[str]:
+    """The host table's lines: every host's up to HOST_ROWS; beyond, the first and last few and
+    every host that held something other than the first did, the rest counted."""
+    if len(rows) <= HOST_ROWS:
+        return [line for _, line in rows]
+    ends = set(range(HOST_ROWS // 2)) | set(range(len(rows) - HOST_ROWS // 2, len(rows)))
+    lines, skipped = [], 0
+    for i, (like, line) in enumerate(rows):
+        if i in ends or like != rows[0][0]:
+            if skipped:
+                lines.append(f"{'...':>4}  ({skipped:,} more hosts, each holding what host 0 does; all in --json)")
+                skipped = 0
+            lines.append(line)
+        else:
+            skipped += 1
+    return lines
 
 
 def _task(cfg: Dict) -> tasks.Task:
@@ -150,8 +176,18 @@ def _member_rows(run: ProgramRun, show) -> List[Dict]:
     return sorted(rows, key=lambda row: row["index"])
 
 
-def _host_summary(cfg: Dict, run: HostRun, show) -> Dict:
-    """One host in the report: who it was, what it saw, and what it ended with."""
+def _host_summaries(cfg: Dict, run: ProgramRun, show) -> List[Dict]:
+    """Every host in the report. Beyond HOSTS_IN_FULL hosts, a replica's loss history only
+    where it differs from host 0's (identical replicas are the rule; exceptions in full)."""
+    first = run.hosts[0].result.losses
+    full = len(run.hosts) <= HOSTS_IN_FULL
+    return [_host_summary(cfg, host, show, full or i == 0 or not np.array_equal(host.result.losses, first))
+            for i, host in enumerate(run.hosts)]
+
+
+def _host_summary(cfg: Dict, run: HostRun, show, history: bool = True) -> Dict:
+    """One host in the report: who it was, what it saw, and what it ended with (`history`:
+    with its loss history)."""
     h, r = run.host, run.result
     out = {"process_index": h.process_index, "process_count": h.process_count, "hostname": h.hostname,
            "node_ip": h.node_ip, "node_id": h.node_id, "pid": h.pid, "platform": h.platform,
@@ -163,5 +199,6 @@ def _host_summary(cfg: Dict, run: HostRun, show) -> Dict:
         out["members"] = sorted(r.entry.tolist())
     else:
         out["params"] = show(r.params[0])
-        out["loss_history"] = r.losses[0].astype(float).tolist()
+        if history:
+            out["loss_history"] = r.losses[0].astype(float).tolist()
     return out

@@ -187,10 +187,9 @@ class Ymxb(Task):
         return {"m": flat[..., 0], "b": flat[..., 1]}
 
     def reference(self, s, shards):
-        x, y = (np.concatenate(part) for part in zip(*shards))
-        m, b = normal_equation(x, y)
-        optimal = float(np.mean((m * x.astype(np.float64) + b - y) ** 2))
-        return Reference(np.array([m, b]), optimal)
+        # The normal equation from sufficient statistics summed shard by shard, so the driver
+        # holds one shard at a time (task linreg's, with D = 1).
+        return _least_squares(shards, 1)
 
     def draw_fit(self, s, ax, x, y, fitted, solution):
         line = np.array([-1.0, 1.0])
@@ -253,22 +252,29 @@ class Linreg(Task):
         return {"w[0]": flat[..., 0], f"w[{d - 1}]": flat[..., d - 1], "b": flat[..., d]}
 
     def reference(self, s, shards):
-        # Sufficient statistics, one shard at a time: Z = [X, 1], A = Z^T Z, c = Z^T y.
-        d = s["features"]
-        a, c, yy, n = np.zeros((d + 1, d + 1)), np.zeros(d + 1), 0.0, 0
-        for x, y in shards:
-            z = np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], axis=1)
-            y = y.astype(np.float64)
-            a += z.T @ z
-            c += z.T @ y
-            yy += float(y @ y)
-            n += len(y)
-        theta = np.linalg.solve(a, c)
-        loss = (yy - 2 * theta @ c + theta @ a @ theta) / n
         # float32 gradient descent stops where its rounding of the gradient (a few ulps of the
         # params' scale) is all that is left, magnified by the conditioning of Z^T Z.
-        floor = FLOAT32_ULPS * F32_EPS * np.linalg.cond(a) * max(1.0, float(np.abs(theta).max()))
-        return Reference(theta, float(loss), float(floor))
+        return _least_squares(shards, s["features"], floor=True)
+
+
+def _least_squares(shards: Iterable[Tuple[np.ndarray, np.ndarray]], features: int, floor: bool = False) -> Reference:
+    """The least-squares solution of y ~ X w + b, float64, from the sufficient statistics of
+    each shard (Z = [X, 1]: A = Z^T Z, c = Z^T y, y^T y), summed one shard at a time: the
+    memory it takes does not grow with the data. The loss there, from the same sums; with
+    `floor`, the least error float32 training can be held to (FLOAT32_ULPS ulps of the params'
+    scale, magnified by the conditioning of A)."""
+    a, c, yy, n = np.zeros((features + 1, features + 1)), np.zeros(features + 1), 0.0, 0
+    for x, y in shards:
+        z = np.concatenate([np.asarray(x, np.float64).reshape(len(x), features), np.ones((len(x), 1))], axis=1)
+        y = np.asarray(y, np.float64)
+        a += z.T @ z
+        c += z.T @ y
+        yy += float(y @ y)
+        n += len(y)
+    theta = np.linalg.solve(a, c)
+    loss = max(0.0, float(yy - 2 * theta @ c + theta @ a @ theta) / n)  # >= 0: rounding apart
+    limit = FLOAT32_ULPS * F32_EPS * np.linalg.cond(a) * max(1.0, float(np.abs(theta).max())) if floor else None
+    return Reference(theta, loss, limit)
 
 
 BUILT_IN = {t.name: t for t in (Ymxb(), Linreg())}

@@ -1,6 +1,7 @@
 """Driver-side checks: the verdict on what the hosts returned, against the task's reference
 solution where it has one."""
 
+from collections import Counter
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -122,7 +123,7 @@ def check_members(indices: Sequence[int], ensemble: int) -> Check:
     if seen == list(range(ensemble)):
         return Check("every member once", True, f"{ensemble} members gathered, none missing or twice")
     missing = sorted(set(range(ensemble)) - set(seen))
-    twice = sorted({i for i in seen if seen.count(i) > 1})
+    twice = sorted(i for i, times in Counter(seen).items() if times > 1)
     return Check("every member once", False,
                  f"got {len(seen)} members for --ensemble {ensemble}: missing {missing[:10]}, "
                  f"repeated {twice[:10]}, out of range {[i for i in seen if not 0 <= i < ensemble][:10]}")
