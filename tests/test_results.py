@@ -7,25 +7,13 @@ import os
 import pytest
 import yaml
 
-from conftest import launch
+from conftest import launch, trial_record as _record
 from ymxb import experiment, plots, results, sweep
 from ymxb.config import SliceSpec, TrialSpec
 from ymxb.errors import UsageError
-from ymxb.results import Member, Store, TrialRecord
+from ymxb.results import Store
 
 SPEC = SliceSpec(hosts=1, devices_per_host=1, platform="cpu-sim")
-
-
-def _record(spec=SPEC, trial=TrialSpec(), **changes) -> TrialRecord:
-    """A record as judge writes one (by hand: what is tested here is what reads it)."""
-    tid = results.trial_id(spec, trial)
-    record = TrialRecord(
-        trial_id=tid, config=results.trial_config(spec, trial), verified=True, max_error=1e-6,
-        solution={"m": 2.0, "b": -1.0}, optimal_loss=0.01, members=[Member({"m": 2.0, "b": -1.0}, 1e-6, 0.01, 40)],
-        loss_curve={"step": [0, 1], "loss": [1.0, 0.5]}, checks=[], group=tid,
-        slice=f"{spec.label()} {spec.platform}", group_trials=1, wall_s=1.0,
-        ymxb_version="0.1.0", schema=results.SCHEMA)
-    return TrialRecord(**{**record.__dict__, **changes})
 
 
 def _sweep_file(tmp_path, doc, name="s.yaml") -> str:
@@ -140,10 +128,10 @@ def test_rerunning_the_kept_sweep_file_works_and_each_version_is_kept(tmp_path):
     store = Store(str(tmp_path / "out"))
     os.makedirs(store.directory)
     path = _sweep_file(tmp_path, doc)
-    assert store.keep_sweep_file(path) == "sweep.yaml"
-    assert store.keep_sweep_file(path) == "sweep.yaml"  # the same text: nothing new
+    assert store.keep_sweep_file(sweep.load(path).as_run) == "sweep.yaml"
+    assert store.keep_sweep_file(sweep.load(path).as_run) == "sweep.yaml"  # the same text: nothing new
     kept = os.path.join(store.directory, "sweep.yaml")
-    assert store.keep_sweep_file(kept) == "sweep.yaml"  # the copy itself
+    assert store.keep_sweep_file(sweep.load(kept).as_run) == "sweep.yaml"  # the copy itself
     store.append([_record(trial=TrialSpec(lr=lr), sweep_file="sweep.yaml") for lr in (0.1, 0.2)])
     # Rerun the kept copy, as one would: everything is recorded, nothing runs.
     again = launch("sweep", kept, "--out", store.directory)
@@ -151,7 +139,7 @@ def test_rerunning_the_kept_sweep_file_works_and_each_version_is_kept(tmp_path):
     assert "nothing to run" in again.stderr and "2 of 2 trials verified" in again.stdout
     # An edited file is a new version; the one before stays as it was.
     edited = _sweep_file(tmp_path, {**doc, "grid": {"lr": [0.1, 0.2, 0.4]}})
-    assert store.keep_sweep_file(edited) == "sweep.1.yaml"
+    assert store.keep_sweep_file(sweep.load(edited).as_run) == "sweep.1.yaml"
     assert store.sweep_files() == ["sweep.yaml", "sweep.1.yaml"]
     assert yaml.safe_load(open(kept)) == doc
 

@@ -72,6 +72,7 @@ BAD_SWEEPS = [
     ({"trials": [{"lr": 0.1}, {"optimizer": "adamx"}]},
      "trials[1] {optimizer: adamx}: optimizer must be one of sgd, adam, adagrad, rmsprop"),
     ({"slice": {"address": "x:1"}}, "unknown key in slice 'address': give the cluster on the command line"),
+    ({"sample": {"count": 2, "space": {"lr": {"normal": [0, 1]}}}}, "sample: space: lr must be one distribution"),
     ({"slice": {"hosts": 4, "devices_per_host": 3}}, "samples_per_host (1024) must be divisible by devices_per_host (3)"),
     ({"slice": {"hosts": 4, "devices_per_host": 2}, "base": {"ensemble": 4096},
       "grid": {"seed": list(range(4096))}}, "lower the group's trials x members, or run on a cluster"),
@@ -168,3 +169,20 @@ def test_a_sweep_interrupted_resumes_with_only_the_rest_and_matches_single_runs(
 def test_results_of_a_folder_without_a_store_is_a_usage_error(tmp_path):
     result = launch("results", tmp_path)
     assert result.returncode == 2 and "holds no results" in result.stderr
+
+
+def test_a_sampled_sweep_runs_its_draws_in_one_program_and_its_kept_copy_draws_nothing(tmp_path):
+    doc = {"name": "sampled", "slice": {"hosts": 1, "devices_per_host": 1},
+           "base": {"samples_per_host": 256, "steps": 300},
+           "sample": {"count": 3, "method": "sobol", "space": {"lr": {"log_uniform": [0.1, 0.5]},
+                                                              "seed": {"int_uniform": [0, 99]}}}}
+    out = tmp_path / "out"
+    done = launch("sweep", _write(tmp_path, doc, "sampled.yaml"), "--out", out, "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    trials = json.loads(done.stdout)["trials"]
+    kept = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert [(t["config"]["lr"], t["config"]["seed"]) for t in trials] == [(d["lr"], d["seed"]) for d in kept["drawn"]]
+    assert len({t["group"] for t in trials}) == 1  # lr and seed drawn: one shared program
+    again = launch("sweep", out / "sweep.yaml", "--out", out)
+    assert again.returncode == 0 and "nothing to run" in again.stderr, again.stderr
+    assert Store(str(out)).sweep_files() == ["sweep.yaml"]

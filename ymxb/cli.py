@@ -12,6 +12,7 @@ Exit codes: 0 verified (every trial), 1 trained but not verified (a result, not 
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from ymxb import checkpoint, config, data, experiment, report, results, sweep as sweeps, tasks
+from ymxb import checkpoint, config, data, experiment, query, report, results, sweep as sweeps, tasks
 from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
 from ymxb.ray_cluster import ray_cluster
@@ -206,9 +207,27 @@ def _sweep_parser() -> argparse.ArgumentParser:
 def _results_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=f"{PROG} results", formatter_class=_Help,
                 description="Print a sweep's comparison table again and (re)draw its plots, from its "
-                            "results folder alone (no cluster).")
+                            "results folder alone (no cluster); or ask it which trials, in what order, "
+                            "are best by what.",
+                epilog="Keys: every setting, named as in a record's config (lr, optimizer, steps, "
+                       "hosts, ...), and the metrics " + ", ".join(query.METRICS) + ". Example: "
+                       f"{PROG} results runs/optimizers --where 'optimizer==adam and lr<0.1' "
+                       "--sort final_loss --top 10 --best-by final_loss,wall_s. Exit codes: 0 every "
+                       "trial shown verified, 1 some did not, 2 bad input.")
     p.add_argument("dir", help=f"the results folder ({RUNS}/<name>, or a sweep's --out)")
-    p.add_argument("--json", action="store_true", help="print one JSON document with every record")
+    p.add_argument("--where", metavar="COND", help="only the trials for which COND holds: comparisons "
+                   "(== != < <= > >= in; 0.01<lr<0.1) joined by and/or/not, a bare word a string "
+                   "(optimizer==adam)")
+    p.add_argument("--sort", metavar="KEY", help="one list in the order of KEY, smallest first "
+                   "(--sort=-KEY: largest first), trials without a value last; default: grouped by program")
+    p.add_argument("--top", type=int, metavar="N", help="only the first N trials in --sort's order (default: "
+                   "by --best-by's first metric, else as the table ranks them)")
+    p.add_argument("--best-by", metavar="METRIC[,METRIC]", help="mark with * the best (smallest) by "
+                   f"one of {', '.join(query.RANKING)} or a numeric setting; several: the Pareto front "
+                   "(no other trial smaller in all); default: max_error, or final_loss without a reference")
+    p.add_argument("--format", choices=query.FORMATS, default="table",
+                   help="table; csv (a row per trial: every setting and metric, best 0/1); json (every record)")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     return p
 
 
@@ -300,7 +319,7 @@ def _sweep(argv: List[str]) -> int:
         todo = experiment.plan(trials, store)
         pending = len(todo.pending)
         # The file as it ran, beside its records (each version kept: the file may be this copy).
-        sweep_file = store.keep_sweep_file(args.file) if pending else None
+        sweep_file = store.keep_sweep_file(sweep.as_run) if pending else None
 
         def show(outcome, out, wall_s, phases):
             _show_results(outcome.records, folder, args.json, out, outcome.restarts)
@@ -324,28 +343,43 @@ def _log(line: str) -> None:
 
 def _results(argv: List[str]) -> int:
     args = _results_parser().parse_args(argv)
+    if args.json and args.format not in ("table", "json"):
+        raise UsageError(f"--json and --format {args.format} ask for two formats: give one")
     store = Store(args.dir)
     if not os.path.isfile(store.path):
         raise UsageError(f"{args.dir} holds no results ({results.STORE} missing): give the folder a "
                          f"sweep wrote (its --out, or {RUNS}/<name>)")
     records = list(store.load().values())
-    return _show_results(records, args.dir, args.json, sys.stdout)
+    metrics = [m.strip() for m in args.best_by.split(",")] if args.best_by else []
+    order = args.sort or (metrics[0] if metrics and args.top else None)
+    shown = query.select(records, args.where, order, args.top)
+    best = query.best_by(metrics, records) if metrics else results.default_best
+    if args.format == "csv":  # one list: its best among every trial listed
+        sys.stdout.write(query.to_csv(shown, best(shown)))
+        return EXIT_VERIFIED if all(r.verified for r in shown) else EXIT_NOT_VERIFIED
+    by = ("smallest " + metrics[0] if len(metrics) == 1 else "Pareto front of " + ", ".join(metrics)) if metrics else None
+    table = functools.partial(results.table, best=best, by=by, grouped=not (args.sort or args.top))
+    return _show_results(records, args.dir, args.json or args.format == "json", sys.stdout, shown=shown,
+                         table=table, best=best)
 
 
-def _show_results(records, folder: str, as_json: bool, out, restarts=()) -> int:
-    """The table (or JSON) and plots of `records`; with --json, this run's `restarts` too."""
+def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=None, table=results.table,
+                  best=results.default_best) -> int:
+    """The table (`table(shown)`) or JSON of `shown` (default: every record), and the plots of
+    every record; with --json, this run's `restarts` too, and the ids of the `best` of `shown`."""
     from ymxb import plots
 
+    shown = records if shown is None else shown
     drawn = plots.draw(records, os.path.join(folder, "plots"))
     if as_json:
         doc = {"folder": folder, "store": os.path.join(folder, results.STORE), "plots": drawn,
-               "restarts": [dataclasses.asdict(r) for r in restarts],
-               "trials": [json.loads(r.to_json()) for r in records]}
+               "restarts": [dataclasses.asdict(r) for r in restarts], "best": sorted(best(shown)),
+               "trials": [json.loads(r.to_json()) for r in shown]}
         print(json.dumps(doc, indent=1), file=out, flush=True)
     else:
-        print(results.table(records), file=out)
+        print(table(shown), file=out)
         print(f"records: {os.path.join(folder, results.STORE)}; plots: {', '.join(drawn)}", file=out, flush=True)
-    return EXIT_VERIFIED if all(r.verified for r in records) else EXIT_NOT_VERIFIED
+    return EXIT_VERIFIED if all(r.verified for r in shown) else EXIT_NOT_VERIFIED
 
 
 def _run(todo: experiment.Plan, address: Optional[str], show: Callable, options: Options,

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import socket
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -290,12 +290,12 @@ class Store:
         if os.path.exists(self.path):
             os.remove(self.path)
 
-    def keep_sweep_file(self, path: str) -> str:
-        """Keep a copy of the sweep file about to run, unless the store has this very text
-        already: sweep.yaml first, then sweep.1.yaml, sweep.2.yaml, ... one per version that
-        ran. Returns the copy's name (records say which version they ran from)."""
-        with open(path, "rb") as f:
-            text = f.read()
+    def keep_sweep_file(self, as_run: str) -> str:
+        """Keep the sweep file about to run (`as_run`: its text, with the values it drew),
+        unless the store has this very text already: sweep.yaml first, then sweep.1.yaml,
+        sweep.2.yaml, ... one per version that ran. Returns the copy's name (records say which
+        version they ran from)."""
+        text = as_run.encode()
         kept = self.sweep_files()
         for name in kept:
             with open(os.path.join(self.directory, name), "rb") as f:
@@ -377,45 +377,57 @@ def _upgraded(record: TrialRecord) -> TrialRecord:
     return dataclasses.replace(record, config=trial_config(spec, trial), trial_id=trial_id(spec, trial))
 
 
-def table(records: Sequence[TrialRecord], limit: int = 100) -> str:
-    """One row per trial, showing only the settings that vary; grouped by program (and the
-    sweep file each came from, where they differ), the best of each group (smallest max |error|
-    among the verified) marked with *, diverged trials last, with the step they diverged at."""
+def table(records: Sequence[TrialRecord], limit: int = 100, best: Optional[Callable] = None,
+          by: Optional[str] = None, grouped: bool = True) -> str:
+    """One row per trial, showing only the settings that vary. `grouped`: by program (and the
+    sweep file each came from, where they differ), diverged trials last, with the step they
+    diverged at; else in the order given. `best(rows) -> their best trials' ids` marks them
+    with * among each group's rows (default: the smallest max |error| of the verified); `by`
+    says what it went by."""
     if not records:
         return "no trials recorded"
+    best = best or default_best
     varying = varying_settings(records)
     head = ([f"{k:>12}" for k in varying] + [f"{'members':>7}", f"{'verified':>8}", f"{'max|error|':>10}",
                                                f"{'converged':>9}", f"{'final loss':>14}"])
     lines = ["  " + " ".join(head)]
     groups: Dict[tuple, List[TrialRecord]] = {}
     for r in records:
-        groups.setdefault((r.group, r.sweep_file), []).append(r)
+        groups.setdefault((r.group, r.sweep_file) if grouped else (), []).append(r)
     files = {r.sweep_file for r in records}
     shown = 0
-    for (g, sweep_file), members in groups.items():
-        verified = [r for r in members if r.verified]
-        best = min(verified, key=error_key) if verified else None
-        origin = f", from {sweep_file or 'an unrecorded sweep file'}" if len(files) > 1 else ""
-        lines.append(f"group {g} ({members[0].slice}, {len(members)} trials{origin})")
-        for r in sorted(members, key=rank):
-            if shown >= limit:
-                break
+    for key, members in groups.items():
+        marked = best(members)
+        if grouped:
+            origin = f", from {key[1] or 'an unrecorded sweep file'}" if len(files) > 1 else ""
+            lines.append(f"group {key[0]} ({members[0].slice}, {len(members)} trials{origin})")
+            members = sorted(members, key=rank)
+        for r in members[:max(0, limit - shown)]:
             shown += 1
             step = r.converged_step()
             cells = [f"{_cell(r.config[k]):>12}" for k in varying] + [
                 f"{len(r.members):>7}", f"{'yes' if r.verified else 'no':>8}",
                 f"{_num(r.max_error) if r.solution else '-':>10}", f"{'-' if step is None else f'{step:g}':>9}",
                 f"{_final(r):>14}"]
-            lines.append(("* " if r is best else "  ") + " ".join(cells))
+            lines.append(("* " if r.trial_id in marked else "  ") + " ".join(cells))
     if shown < len(records):
         lines.append(f"... {len(records) - shown} more trials in {STORE} (or --json)")
     passed = sum(r.verified for r in records)
     diverged = sum(r.diverged for r in records)
+    among = "of its group" if grouped else "of these"
+    by = by or ("smallest max |error|" + ("; without a reference solution, smallest final loss"
+                                          if not all(r.solution for r in records) else ""))
     lines.append(f"{passed} of {len(records)} trials verified"
                  + (f", {diverged} diverged (loss non-finite)" if diverged else "")
-                 + "; * best of its group (smallest max |error|"
-                 + ("; without a reference solution, smallest final loss)" if not all(r.solution for r in records) else ")"))
+                 + f"; * best {among} ({by})")
     return "\n".join(lines)
+
+
+def default_best(shown: Sequence[TrialRecord]) -> set:
+    """The ids of the best of `shown`: the smallest max |error| of the verified (the smallest
+    final loss where a task gives no reference)."""
+    verified = [r for r in shown if r.verified]
+    return {min(verified, key=error_key).trial_id} if verified else set()
 
 
 def varying_settings(records: Sequence[TrialRecord]) -> List[str]:

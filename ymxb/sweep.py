@@ -7,7 +7,10 @@ underscores:
     slice: {hosts: 4, devices_per_host: 2}   # optional: the slice settings
     base: {steps: 500, model: pure}          # every trial
     grid: {optimizer: [sgd, adam], lr: [0.01, 0.1, 1.0], seed: [0, 1]}   # every combination
+    sample: {count: 16, method: sobol, space: {lr: {log_uniform: [1.0e-3, 1.0]}}}  # see sampling
     trials: [{optimizer: adagrad, lr: 0.5}]  # extra trials, each merged over base
+
+With both a grid and a sample, every combination of the grid is run with every sample.
 
 `slices`, `hosts` and `devices_per_host` may also be set in base, grid or trials: each shape is its
 own warm slice. Trials that differ only in lr and seed become one program (config.Program).
@@ -23,11 +26,11 @@ from typing import Dict, List, Tuple
 
 import yaml
 
-from ymxb import tasks
+from ymxb import sampling, tasks
 from ymxb.config import SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 
-TOP_KEYS = ("name", "slice", "base", "grid", "trials")
+TOP_KEYS = ("name", "slice", "base", "grid", "sample", "trials", "drawn")
 SLICE_KEYS = tuple(k for k in SliceSpec.fields() if k != "address")  # the cluster is --address
 SHAPE_KEYS = ("slices", "hosts", "devices_per_host")  # a shape may vary per trial
 FLOATS = ("lr", "tol", "timeout", "wait")  # a task's own settings take 1e-2 as a number themselves
@@ -43,6 +46,7 @@ Trial = Tuple[SliceSpec, TrialSpec]
 class Sweep:
     name: str
     trials: Tuple[Trial, ...]  # in file order, duplicates dropped
+    as_run: str = ""  # the file's text as it runs: with the values it drew, where it sampled
 
 
 def single(spec: SliceSpec, trial: TrialSpec) -> Sweep:
@@ -64,10 +68,10 @@ def load(path: str, slice_defaults: SliceSpec = SliceSpec()) -> Sweep:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UsageError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse(doc, path, slice_defaults)
+    return parse(doc, path, slice_defaults, text)
 
 
-def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec()) -> Sweep:
+def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec(), text: str = "") -> Sweep:
     fail = lambda what: UsageError(f"{path}: {what}")
     if not isinstance(doc, dict):
         raise fail(f"expected a mapping with some of {', '.join(TOP_KEYS)}; got {_kind(doc)}")
@@ -90,15 +94,21 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec()) -> Sweep:
     for i, t in enumerate(extra):
         _check_keys(t, trial_keys, f"key in trials[{i}]", fail)
 
-    count = math.prod(len(values) for values in grid.values()) if grid else 0
+    sampled = sampling.count(doc, fail)
+    both = sorted(set(grid) & set((doc.get("sample") or {}).get("space") or {}))
+    if both:
+        raise fail(f"{', '.join(both)} in both grid and sample: space: give each setting one of them")
+    count = math.prod(len(values) for values in grid.values()) * max(sampled, 1) if grid or sampled else 0
     if count + len(extra) > MAX_TRIALS:  # counted before a single one is made
-        axes = " x ".join(f"{len(values)} {key}" for key, values in grid.items())
+        axes = " x ".join([f"{len(values)} {key}" for key, values in grid.items()] + [f"{sampled} sampled"] * bool(sampled))
         more = f" and {len(extra)} in trials" if extra else ""
         raise fail(f"grid: {axes} is {count:,} trials{more}, more than the {MAX_TRIALS:,} one sweep may "
                    f"hold (100,000 take ~7 s to expand and check on 2 cores); split it into several "
                    f"sweeps, or give fewer values")
-    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
-    settings = [(f"grid trial {_describe(c)}", {**base, **c}) for c in combos]
+    drawn = sampling.values(doc, trial_keys, fail)
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid or drawn else []
+    combos = [{**c, **d} for c in combos for d in drawn] if drawn else combos
+    settings = [(f"{'sampled' if drawn else 'grid'} trial {_describe(c)}", {**base, **c}) for c in combos]
     settings += [(f"trials[{i}] {_describe(t)}", {**base, **t}) for i, t in enumerate(extra)]
     if not settings:
         settings = [("base", dict(base))]
@@ -108,7 +118,8 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec()) -> Sweep:
         if trial not in seen:
             seen.add(trial)
             trials.append(trial)
-    return Sweep(name, tuple(trials))
+    fresh = drawn and "drawn" not in doc
+    return Sweep(name, tuple(trials), sampling.as_run(text, drawn) if fresh else text)
 
 
 def programs(trials: List[Trial]) -> List[Tuple[SliceSpec, List[TrialSpec]]]:
