@@ -4,6 +4,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 
 from conftest import launch, trial_record
@@ -109,3 +110,10 @@ def test_results_answers_a_question_from_the_command_line(tmp_path):
     assert doc["best"] == [TRIALS[3].trial_id]
     done = launch("results", str(tmp_path), "--where", "lr<<1")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--where 'lr<<1'" in done.stderr
+
+
+def test_the_pareto_front_is_every_point_nothing_beats_ties_included():
+    rng = np.random.default_rng(0)
+    points = {str(i): tuple(int(v) for v in rng.integers(0, 12, 3)) for i in range(400)}
+    beaten = lambda p: any(q != p and all(x <= y for x, y in zip(q, p)) for q in points.values())
+    assert query._front(points) == {t for t, p in points.items() if not beaten(p)}

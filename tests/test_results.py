@@ -165,3 +165,45 @@ def test_fit_draws_the_data_of_every_slice():
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     plt.close(fig)
     assert "data (2000 of 4000 points)" in labels  # 2 slices x 2 hosts x 1000
+
+
+def test_the_figures_are_drawn_again_only_when_what_they_show_changed(tmp_path):
+    store = Store(str(tmp_path))
+    records = [_record(trial=TrialSpec(lr=lr)) for lr in (0.1, 0.2)]
+    store.append(records)
+    folder = str(tmp_path / "plots")
+    loss = os.path.join(folder, "loss.png")
+    drawn = lambda rs: plots.draw(rs, folder, source=store)
+
+    def marked() -> bool:
+        with open(loss, "rb") as f:
+            return f.read() == b"kept"
+
+    assert loss in drawn(records)
+    open(loss, "wb").write(b"kept")
+    assert loss in drawn(records) and marked()  # nothing changed: not drawn again
+    drawn(records[:1])  # other trials of the same store
+    assert not marked()
+    open(loss, "wb").write(b"kept")
+    store.append([_record(trial=TrialSpec(lr=0.3))])
+    drawn(records[:1])  # the store changed
+    assert not marked()
+
+
+def test_the_curves_are_kept_apart_and_read_only_when_asked_for(tmp_path):
+    store = Store(str(tmp_path))
+    records = [_record(trial=TrialSpec(lr=lr), loss_curve={"step": [0, 5], "loss": [lr, lr / 2]}) for lr in (0.1, 0.2)]
+    store.append(records[:1])
+    # A crash after the curves were written and before the records: a curve no record names.
+    open(store.curves_path, "a").write(
+        json.dumps({"trial_id": records[1].trial_id, "step": [0], "loss": [9.0]}) + "\n")
+    store.append(records[1:])
+    rows = [json.loads(line) for line in open(store.path)]
+    assert [r["loss_curve"] for r in rows] == [None, None]  # the rows are small
+    loaded = list(store.load().values())
+    assert [r.loss_curve for r in loaded] == [None, None]
+    assert [r.loss_curve for r in store.curves(loaded)] == [r.loss_curve for r in records]  # the last one wins
+    # A record of layout 2 holds its own curve, and keeps it.
+    old = _record(trial=TrialSpec(lr=0.4), schema=2)
+    open(store.path, "a").write(old.to_json() + "\n")
+    assert store.curves([store.load()[old.trial_id]])[0].loss_curve == old.loss_curve

@@ -64,6 +64,8 @@ def test_the_file_as_run_keeps_what_was_drawn_and_running_it_draws_nothing():
 
 @pytest.mark.parametrize("change,message", [
     ({"sample": {"count": 0, "space": SPACE}}, "sample: count must be how many trials to draw, 1 or more"),
+    ({"sample": {"count": 2, "space": [{"lr": {"uniform": [0, 1]}}]}}, "sample: space must map settings"),
+    ({"sample": [1]}, "sample must be a mapping"),
     ({"sample": {"count": 2, "space": {"lr": {"normal": [0, 1]}}}}, "sample: space: lr must be one distribution"),
     ({"sample": {"count": 2, "space": {"lr": {"log_uniform": [0, 1]}}}}, "log_uniform takes [low, high] with 0 < low"),
     ({"sample": {"count": 2, "space": {"seed": {"int_uniform": [5, 1]}}}}, "two integers with low < high"),

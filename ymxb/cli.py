@@ -370,8 +370,10 @@ def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=N
     from ymxb import plots
 
     shown = records if shown is None else shown
-    drawn = plots.draw(records, os.path.join(folder, "plots"))
+    store = Store(folder)
+    drawn = plots.draw(records, os.path.join(folder, "plots"), source=store)
     if as_json:
+        shown = store.curves(shown)
         doc = {"folder": folder, "store": os.path.join(folder, results.STORE), "plots": drawn,
                "restarts": [dataclasses.asdict(r) for r in restarts], "best": sorted(best(shown)),
                "trials": [json.loads(r.to_json()) for r in shown]}

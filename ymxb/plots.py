@@ -8,16 +8,19 @@
   (y = m*x + b: the normal-equation line and every member's line).
 """
 
+import contextlib
+import hashlib
+import json
 import math
 import os
 from collections import defaultdict
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ymxb import data, tasks
+from ymxb import __version__, data, tasks
 from ymxb.config import TrialSpec
-from ymxb.results import TrialRecord, rank, varying_settings
+from ymxb.results import Store, TrialRecord, rank, varying_settings
 
 MAX_PANELS = 12  # programs drawn in loss.png; the rest are listed in its title
 LEGEND_LINES = 10  # a panel with more lines than this gets no legend
@@ -25,16 +28,26 @@ PANEL_LINES = 64  # a panel draws at most this many trials (evenly picked), and 
 DATA_POINTS = 2000  # points of the data drawn in fit.png
 
 
-def draw(records: Sequence[TrialRecord], folder: str) -> List[str]:
-    """Draw every figure into `folder`; return their paths."""
+def draw(records: Sequence[TrialRecord], folder: str, source: Optional[Store] = None) -> List[str]:
+    """Draw every figure into `folder`; return their paths. `source`: the store the records
+    are of, which has the curves records do not hold; the figures are drawn again only once
+    it or the records have changed (at 10^5 trials drawing takes ~20 s, and `results` is
+    asked again and again)."""
+    if not records:
+        return []
+    stamp = _stamp(source.path, records) if source else None
+    kept = _drawn(folder, stamp)
+    if kept:
+        return kept
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not records:
-        return []
+    records = source.curves(records) if source else records
     os.makedirs(folder, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, STAMP))  # until all are drawn again
     paths = []
     figures = [("loss.png", _loss), ("error_vs_lr.png", _error_vs_lr)]
     if _best(records).solution and tasks.draws_fit(_task(_best(records))):
@@ -45,6 +58,36 @@ def draw(records: Sequence[TrialRecord], folder: str) -> List[str]:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
+    if stamp:
+        with open(os.path.join(folder, STAMP), "w") as f:
+            json.dump({**stamp, "figures": [os.path.basename(p) for p in paths]}, f)
+    return paths
+
+
+STAMP = ".drawn.json"  # what the figures in a folder were drawn from
+
+
+def _stamp(source: str, records: Sequence[TrialRecord]) -> Optional[dict]:
+    """What the figures are drawn from: the store as it is (append-only: its size and time),
+    which of its trials (a sweep draws its own), and the ymxb that drew them."""
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        return None
+    ids = hashlib.sha256("\n".join(sorted(r.trial_id for r in records)).encode()).hexdigest()
+    return {"store": [st.st_size, st.st_mtime_ns], "trials": ids, "ymxb": __version__}
+
+
+def _drawn(folder: str, stamp: Optional[dict]) -> List[str]:
+    """The figures in `folder` if they were drawn from exactly `stamp`; else []."""
+    try:
+        with open(os.path.join(folder, STAMP)) as f:
+            kept = json.load(f)
+    except (OSError, ValueError):
+        return []
+    paths = [os.path.join(folder, name) for name in kept.pop("figures", [])]
+    if stamp is None or kept != stamp or not paths or not all(os.path.isfile(p) for p in paths):
+        return []
     return paths
 
 

@@ -177,10 +177,20 @@ def best_by(metrics: Sequence[str], records: Sequence[TrialRecord]) -> Callable[
         if len(metrics) == 1:
             low = min(points.values(), default=None)
             return {t for t, p in points.items() if p == low}
-        return {t for t, p in points.items()
-                if not any(all(x <= y for x, y in zip(q, p)) and q != p for q in points.values())}
+        return _front(points)
 
     return best
+
+
+def _front(points: Dict[str, tuple]) -> Set[str]:
+    """The ids of the points no other is at least as small as in every metric (and smaller in
+    one). In lexicographic order whatever beats a point comes before it, and so does a point of
+    the front that beats it: each is checked against the front so far, not against every point."""
+    front: List[tuple] = []
+    for t, p in sorted(points.items(), key=lambda item: item[1]):
+        if not any(q != p and all(x <= y for x, y in zip(q, p)) for _, q in front):
+            front.append((t, p))
+    return {t for t, _ in front}
 
 
 def _rankable(v) -> float:

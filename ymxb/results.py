@@ -6,6 +6,11 @@ flushed and fsynced, so a crash, a dead host or Ctrl-C loses at most the program
 A torn last line (the machine died mid-write) is ignored on reading and cut off on the next
 append; every complete line is a record. One writer at a time: a sweep holds the store's lock
 while it runs (`Store.locked`).
+
+Each trial's loss curve (most of a record's bytes) goes to `DIR/curves.jsonl` beside it,
+written and fsynced before the records that need it, and read only to draw: asking the store
+(`launch.py results`) reads the small rows alone. Records of layout 2 and before still hold
+their curve in their own line.
 """
 
 import contextlib
@@ -26,11 +31,13 @@ from ymxb.errors import UsageError, first_line
 from ymxb.protocol import ProgramRun
 
 STORE = "trials.jsonl"
+CURVES = "curves.jsonl"  # {"trial_id": ..., "step": [...], "loss": [...]} a line, for the plots
 SWEEP_FILE = "sweep.yaml"  # the sweep file as run; later versions sweep.1.yaml, sweep.2.yaml, ...
 LOCK = ".lock"  # held (flock) by the sweep writing the store; names it for a second one
 # The layout of a record: 1 before records said (ids as first made, the platform as asked),
-# 2 with the ymxb version, the sweep file it came from and the steps where members diverged.
-SCHEMA = 2
+# 2 with the ymxb version, the sweep file it came from and the steps where members diverged,
+# 3 with its loss curve apart, in CURVES.
+SCHEMA = 3
 # A member has converged at the first step whose loss is within this of the optimal loss (the
 # float64 loss of the normal-equation solution on the same data): relatively, or absolutely
 # where the optimum is (nearly) zero.
@@ -54,7 +61,8 @@ class Member:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Member":
-        return cls({k: v for k, v in d.items() if k not in MEMBER_KEYS}, **{k: d[k] for k in MEMBER_KEYS if k in d})
+        return cls({k: v for k, v in d.items() if k not in MEMBER_KEYS}, d["error"], d["final_loss"],
+                   d["converged_step"], d.get("diverged_step"))
 
 
 MEMBER_KEYS = ("error", "final_loss", "converged_step", "diverged_step")
@@ -69,7 +77,7 @@ class TrialRecord:
     solution: dict  # the reference solution's named scalars ({m, b}: the normal equation); {}: none
     optimal_loss: Optional[float]  # the loss there (float64); None: no reference
     members: List[Member]
-    loss_curve: dict  # {step: [...], loss: [...]}: the mean over members
+    loss_curve: Optional[dict]  # {step: [...], loss: [...]}: the mean over members; None: not read (Store.curves)
     checks: List[dict]
     group: str  # the program it ran in (the id of its first trial)
     slice: str  # "4x2 cpu-sim": the slice that ran it
@@ -88,9 +96,9 @@ class TrialRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialRecord":
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k in RECORD_FIELDS}
         d["members"] = [Member.from_dict(m) for m in d["members"]]
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+        return cls(**d)
 
     def converged_step(self) -> Optional[float]:
         """The median of the members' converged steps (None if most never converged)."""
@@ -115,6 +123,9 @@ class TrialRecord:
         """The members' mean final loss; NaN where one diverged."""
         losses = [m.final_loss for m in self.members]
         return math.nan if None in losses else float(np.mean(losses))
+
+
+RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(TrialRecord))
 
 
 def trial_config(spec: SliceSpec, trial: TrialSpec) -> dict:
@@ -252,17 +263,19 @@ def jsonable(value):
 
 
 class Store:
-    """`DIR/trials.jsonl`: the records of the trials finished so far, by trial id."""
+    """`DIR/trials.jsonl`: the records of the trials finished so far, by trial id; their loss
+    curves in `DIR/curves.jsonl`."""
 
     def __init__(self, directory: str):
         self.directory = directory
         self.path = os.path.join(directory, STORE)
+        self.curves_path = os.path.join(directory, CURVES)
 
     def load(self) -> Dict[str, TrialRecord]:
         """Every record, by its id. UsageError naming the line where a line is not a record,
         or where a newer ymxb wrote it."""
         records = {}
-        for number, line in self._lines():
+        for number, line in _lines(self.path):
             try:
                 record = TrialRecord.from_dict(json.loads(line))
             except (ValueError, TypeError, KeyError) as err:
@@ -272,23 +285,48 @@ class Store:
                 raise UsageError(f"{self.path}, line {number}: written by a newer ymxb (record layout "
                                  f"{record.schema}; this one, {__version__}, reads up to {SCHEMA}): "
                                  f"upgrade ymxb to read it")
-            if record.schema < SCHEMA:
+            if record.schema < 2:
                 record = _upgraded(record)
             records[record.trial_id] = record
         return records
 
     def append(self, records: Iterable[TrialRecord]) -> None:
-        """Add records durably, all at once: after a crash they are all there or none is."""
-        text = "".join(r.to_json() + "\n" for r in records)
-        self._cut_torn_line()
-        with open(self.path, "a") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        """Add records durably, all at once: after a crash they are all there or none is. Their
+        curves first: a crash between leaves curves no record names (ignored), never a record
+        without its curve."""
+        records = list(records)
+        curves = [json.dumps(jsonable({"trial_id": r.trial_id, **r.loss_curve}), allow_nan=False,
+                             separators=(",", ":")) for r in records]
+        rows = [json.dumps(jsonable({**r.asdict(), "loss_curve": None}), allow_nan=False, separators=(",", ":"))
+                for r in records]
+        for path, lines in ((self.curves_path, curves), (self.path, rows)):
+            _cut_torn_line(path)
+            with open(path, "a") as f:
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+                os.fsync(f.fileno())
+
+    def curves(self, records: Sequence[TrialRecord]) -> List[TrialRecord]:
+        """`records` with their loss curves, read from CURVES where a record does not hold its
+        own (a record whose curve is missing gets an empty one: drawn without it)."""
+        wanted = {r.trial_id for r in records if r.loss_curve is None}
+        found = {}
+        for _, line in _lines(self.curves_path) if wanted else []:
+            # Parse only the curves asked for (append writes the id first); the last of an id wins.
+            head = line[:13 + 64]
+            if head.startswith('{"trial_id":"') and head[13:].split('"', 1)[0] not in wanted:
+                continue
+            curve = json.loads(line)
+            if curve.get("trial_id") in wanted:
+                found[curve["trial_id"]] = {"step": curve["step"], "loss": curve["loss"]}
+        empty = {"step": [], "loss": []}
+        return [r if r.loss_curve is not None else dataclasses.replace(r, loss_curve=found.get(r.trial_id, empty))
+                for r in records]
 
     def clear(self) -> None:
-        if os.path.exists(self.path):
-            os.remove(self.path)
+        for path in (self.path, self.curves_path):
+            if os.path.exists(path):
+                os.remove(path)
 
     def keep_sweep_file(self, as_run: str) -> str:
         """Keep the sweep file about to run (`as_run`: its text, with the values it drew),
@@ -335,29 +373,32 @@ class Store:
         finally:
             os.close(fd)  # and with it the lock
 
-    def _lines(self) -> List[tuple]:
-        """(line number, text) of every complete, non-blank line."""
-        try:
-            with open(self.path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return []
-        # A last line without its newline was torn by a crash mid-write: not a record.
-        return [(n, line) for n, line in enumerate(text.split("\n")[:-1], 1) if line.strip()]
 
-    def _cut_torn_line(self) -> None:
-        """Drop a torn last line. Only its last byte is read when the file ends whole."""
-        try:
-            with open(self.path, "rb+") as f:
-                if f.seek(0, os.SEEK_END) == 0:
-                    return
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) == b"\n":
-                    return
-                f.seek(0)
-                f.truncate(f.read().rfind(b"\n") + 1)
-        except FileNotFoundError:
-            pass
+
+def _lines(path: str) -> List[tuple]:
+    """(line number, text) of every complete, non-blank line of `path`."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    # A last line without its newline was torn by a crash mid-write: not a record.
+    return [(n, line) for n, line in enumerate(text.split("\n")[:-1], 1) if line.strip()]
+
+
+def _cut_torn_line(path: str) -> None:
+    """Drop a torn last line. Only its last byte is read when the file ends whole."""
+    try:
+        with open(path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
 
 
 def _sweep_version(n: int) -> str:
@@ -433,7 +474,15 @@ def default_best(shown: Sequence[TrialRecord]) -> set:
 def varying_settings(records: Sequence[TrialRecord]) -> List[str]:
     """The settings (config keys) whose value differs between the records."""
     configs = [r.config for r in records]
-    return [k for k in configs[0] if len({json.dumps(c.get(k)) for c in configs}) > 1]
+
+    def varies(key: str) -> bool:  # as written: 1 and 1.0 differ, as their JSON does
+        values = [c.get(key) for c in configs]
+        try:
+            return len(set(values)) > 1 or len(set(map(type, values))) > 1
+        except TypeError:  # a list
+            return len({json.dumps(v) for v in values}) > 1
+
+    return [k for k in configs[0] if varies(k)]
 
 
 def error_key(record: TrialRecord) -> float:

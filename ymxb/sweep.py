@@ -95,7 +95,8 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec(), text: str = "
         _check_keys(t, trial_keys, f"key in trials[{i}]", fail)
 
     sampled = sampling.count(doc, fail)
-    both = sorted(set(grid) & set((doc.get("sample") or {}).get("space") or {}))
+    space = (doc.get("sample") or {}).get("space")
+    both = sorted(set(grid) & set(space)) if isinstance(space, dict) else []
     if both:
         raise fail(f"{', '.join(both)} in both grid and sample: space: give each setting one of them")
     count = math.prod(len(values) for values in grid.values()) * max(sampled, 1) if grid or sampled else 0
