@@ -66,3 +66,22 @@ def test_cpu_devices_are_judged_by_the_memory_of_the_node_their_hosts_share():
     with pytest.raises(UsageError, match=r"on the node of 4 of its hosts, which has 8.0 GiB available: "
                                          r"lower --samples-per-host"):
         budget.check_slice(program, together)
+
+
+@pytest.mark.parametrize("trials,most,sizes", [
+    (10, 10, [10]),  # it fits: one program
+    (10, 3, [2, 3, 2, 3]),  # the fewest that fit, of even size
+    (5, 1, [1, 1, 1, 1, 1]),  # not even one fits: each alone, for the check to refuse
+    (1, 0, [1]),
+])
+def test_a_program_too_large_is_split_into_the_fewest_that_fit(trials, most, sizes):
+    group = [TrialSpec(seed=i) for i in range(trials)]
+    asked = []
+
+    def fits(program):
+        asked.append(program.count)
+        return program.count <= most
+
+    parts = budget.split(SLICE, group, fits)
+    assert [len(p) for p in parts] == sizes and [t for p in parts for t in p] == group  # in order, none lost
+    assert len(asked) <= 1 + trials.bit_length()  # a binary search, not a scan

@@ -74,8 +74,8 @@ BAD_SWEEPS = [
     ({"slice": {"address": "x:1"}}, "unknown key in slice 'address': give the cluster on the command line"),
     ({"sample": {"count": 2, "space": {"lr": {"normal": [0, 1]}}}}, "sample: space: lr must be one distribution"),
     ({"slice": {"hosts": 4, "devices_per_host": 3}}, "samples_per_host (1024) must be divisible by devices_per_host (3)"),
-    ({"slice": {"hosts": 4, "devices_per_host": 2}, "base": {"ensemble": 4096},
-      "grid": {"seed": list(range(4096))}}, "lower the group's trials x members, or run on a cluster"),
+    ({"slice": {"hosts": 4, "devices_per_host": 2}, "base": {"ensemble": 1 << 22},  # one trial too large
+      "grid": {"seed": [0, 1]}}, "a trial (ensemble: 4194304) would need about"),
     # Ten axes of ten values: counted, not built (building them would take hours).
     ({"grid": {k: list(range(1, 11)) for k in ("seed", "data_seed", "steps", "samples_per_host", "steps_per_call",
                                                 "ensemble", "hosts", "devices_per_host", "slices", "lr")}},
@@ -186,3 +186,21 @@ def test_a_sampled_sweep_runs_its_draws_in_one_program_and_its_kept_copy_draws_n
     again = launch("sweep", out / "sweep.yaml", "--out", out)
     assert again.returncode == 0 and "nothing to run" in again.stderr, again.stderr
     assert Store(str(out)).sweep_files() == ["sweep.yaml"]
+
+
+def test_a_program_too_large_for_the_machine_runs_as_several_that_fit(tmp_path):
+    from ymxb import budget, experiment
+    from ymxb.config import Program
+    from ymxb.names import MEMORY_ENV
+
+    doc = {"name": "split", "slice": {"hosts": 1, "devices_per_host": 1},
+           "base": {"samples_per_host": 256, "steps": 200}, "grid": {"seed": [0, 1, 2, 3]}}
+    path = _write(tmp_path, doc)
+    [(spec, group)] = sweep.programs(experiment.prepare(sweep.load(path)))
+    two = sum(budget.needed(Program.of(spec, group[:2])).values())  # a machine that holds 2 of the 4
+    done = launch("sweep", path, "--out", tmp_path / "out", "--json", env={MEMORY_ENV: str(two)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "running it as 2 programs of up to 2 trials" in done.stderr
+    trials = json.loads(done.stdout)["trials"]
+    assert [t["group_trials"] for t in trials] == [2] * 4 and len({t["group"] for t in trials}) == 2
+    assert all(t["verified"] for t in trials)

@@ -9,17 +9,23 @@ there, instead of swapping, running out of device memory or being killed half-wa
 
 The estimate is deliberately rough and on the high side: bytes per array, times the copies
 the run makes of it (generation in float64, float32, the devices' copies, Ray's transfer).
+
+A sweep's program (trials batched on one model axis) too large to fit is not refused but run
+as several smaller ones (`split`); only a single trial too large is refused.
 """
 
 import functools
+import math
+import os
 from collections import Counter
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ymxb import tasks
-from ymxb.config import Program, TrialSpec
+from ymxb.config import Program, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
+from ymxb.names import MEMORY_ENV
 from ymxb.protocol import SliceHost
 
 HOST_BASE = 350 << 20  # one idle host process: Python, JAX, XLA's CPU client, Ray's worker (~315 MiB seen)
@@ -84,32 +90,67 @@ def per_host(program: Program) -> Dict[str, int]:
     return {"--samples-per-host": data, key: models, "--steps": losses}
 
 
+def split(spec: SliceSpec, group: List[TrialSpec], fits: Callable[[Program], bool]) -> List[List[TrialSpec]]:
+    """`group` (one program's trials) as programs that each `fits`: all of it where it does,
+    else the fewest of even size that do (the need grows with the trials: a binary search for
+    the most that fit). A trial that does not fit alone stays alone, for the check to refuse."""
+    if len(group) < 2 or fits(Program.of(spec, group)):
+        return [group]
+    most, too_many = 1, len(group)
+    while too_many - most > 1:
+        middle = (most + too_many) // 2
+        most, too_many = (middle, too_many) if fits(Program.of(spec, group[:middle])) else (most, middle)
+    count = math.ceil(len(group) / most)
+    bounds = [len(group) * i // count for i in range(count + 1)]  # sizes differ by one at most
+    return [group[start:end] for start, end in zip(bounds, bounds[1:])]
+
+
+def fits_here(program: Program) -> bool:
+    """Whether an embedded run of `program` fits in this machine's available memory."""
+    free = available()
+    return free is None or sum(needed(program).values()) <= free
+
+
+def fits_slice(program: Program, hosts: Sequence[SliceHost]) -> bool:
+    """Whether `program` fits on the slice as its hosts reported it (see check_slice)."""
+    need, have, _ = _on_slice(program, hosts)
+    return have is None or sum(need.values()) <= have
+
+
 def check_slice(program: Program, hosts: Sequence[SliceHost], what: str = "this run") -> None:
     """UsageError, with the numbers and a way out, when `program` cannot fit on the slice as
     its hosts reported it at initialize (their node's free memory; the least any of their
     devices holds, where JAX says)."""
-    devices = [h.device_memory for h in hosts if h.device_memory]
-    if devices:
-        need, have = per_device(program), min(devices)
-        where = f"per device, but the slice's devices hold {_gib(have)} each"
-    else:  # CPU devices: the hosts on a node share its memory
-        on_node = Counter(h.node_id for h in hosts)
-        free = {h.node_id: h.memory_available for h in hosts}
-        node = max(on_node, key=lambda n: on_node[n] / (free[n] or float("inf")))
-        if free[node] is None:
-            return
-        need = {k: v * on_node[node] for k, v in per_host(program).items()}
-        have = free[node]
-        where = f"on the node of {on_node[node]} of its hosts, which has {_gib(have)} available"
-    if sum(need.values()) > have:
+    need, have, where = _on_slice(program, hosts)
+    if have is not None and sum(need.values()) > have:
         parts = ", ".join(f"{flag}: {_gib(b)}" for flag, b in sorted(need.items(), key=lambda kv: -kv[1])
                           if b >= 2**30 / 20)
         raise UsageError(f"{what} would need about {_gib(sum(need.values()))} ({parts}) {where}: "
                          f"lower {max(need, key=need.get)}")
 
 
+def _on_slice(program: Program, hosts: Sequence[SliceHost]) -> Tuple[Dict[str, int], Optional[int], str]:
+    """What `program` needs where it is tightest on the slice, what is there (None: unknown),
+    and where that is, in words."""
+    devices = [h.device_memory for h in hosts if h.device_memory]
+    if devices:
+        have = min(devices)
+        return per_device(program), have, f"per device, but the slice's devices hold {_gib(have)} each"
+    # CPU devices: the hosts on a node share its memory
+    on_node = Counter(h.node_id for h in hosts)
+    free = {h.node_id: h.memory_available for h in hosts}
+    node = max(on_node, key=lambda n: on_node[n] / (free[n] or float("inf")))
+    need = {k: v * on_node[node] for k, v in per_host(program).items()}
+    return need, free[node], f"on the node of {on_node[node]} of its hosts, which has {_gib(free[node] or 0)} available"
+
+
+@functools.lru_cache(maxsize=1)
 def available() -> Optional[int]:
-    """Bytes of memory this machine can give (MemAvailable), or None where it cannot tell."""
+    """Bytes of memory this machine can give (MemAvailable), or None where it cannot tell: as
+    first measured in this process (a driver measures before its embedded Ray and hosts take
+    their share, which `needed` counts, and decides alike before and after they start)."""
+    if os.environ.get(MEMORY_ENV):
+        return int(os.environ[MEMORY_ENV])
     try:
         with open("/proc/meminfo") as f:
             for line in f:

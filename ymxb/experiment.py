@@ -89,8 +89,9 @@ def prepare(sweep: sweeps.Sweep) -> List[Tuple[SliceSpec, TrialSpec]]:
             tasks.try_out(trial)
     for spec, group in sweeps.programs(trials):
         if spec.address is None and spec.shaped:  # every host a process on this machine
-            what = "this run" if len(trials) == 1 else f"a program of {len(group)} trials ({_changed(group[0])}, ...)"
-            budget.check_fits(Program.of(spec, group), what=what)
+            for part in budget.split(spec, group, budget.fits_here):  # one trial alone may not fit
+                what = "this run" if len(trials) == 1 else f"a trial ({_changed(part[0])})"
+                budget.check_fits(Program.of(spec, part), what=what)
     return trials
 
 
@@ -125,30 +126,53 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
                     continue
                 for trial in group:
                     trial.check_fits(shaped)
-                program = Program.of(shaped, group)
-                if shaped.address is not None:  # an embedded run was checked before it started
-                    what = "this run" if len(todo.trials) == 1 else f"a program of {len(group)} trials"
-                    budget.check_slice(program, supervisor.hosts, what)
-                folder = options.checkpoints
-                path = os.path.join(folder, checkpoint.name_of(program)) if folder else None
-                start = resume_point(folder, program, options.resume) if folder else None
-                if start:
-                    log(said(f"going on from the checkpoint at step {start.step} in {path}"))
-                progress.start(program)
-                outcome.last_run = supervisor.run(program, path, start, on_steps=progress.steps)
-                judging = time.perf_counter()
-                records = results.judge(outcome.last_run, options.sweep_file)
-                verify_s += time.perf_counter() - judging
-                if store:
-                    store.append(records)
-                if path:
-                    checkpoint.remove(path)  # its records are in: nothing to resume
-                done.update((r.trial_id, r) for r in records)
-                progress.finish(program)
+                for part in _parts(shaped, group, supervisor.hosts, log):
+                    what = "this run" if len(todo.trials) == 1 else f"a program of {len(part)} trials"
+                    outcome.last_run, records, judged_s = _run_program(Program.of(shaped, part), supervisor, store,
+                                                                       progress, options, log, what)
+                    done.update((r.trial_id, r) for r in records)
+                    verify_s += judged_s
         outcome.restarts += supervisor.restarts
         outcome.phases = _in_order({**supervisor.phases, "verify": verify_s})
     outcome.records = [done[ids[trial]] for trial in todo.trials]
     return outcome
+
+
+def _parts(spec: SliceSpec, group: List[TrialSpec], hosts, log: Callable[[str], None]) -> List[List[TrialSpec]]:
+    """A program's trials as the programs that fit where they run: one, unless it is too large
+    for this machine (embedded) or the slice's memory as its hosts reported it."""
+    fits = budget.fits_here if spec.address is None else (lambda p: budget.fits_slice(p, hosts))
+    parts = budget.split(spec, group, fits)
+    if len(parts) > 1:
+        log(said(f"a program of {len(group)} trials ({_changed(group[0])}, ...) would not fit in memory "
+                 f"{'here' if spec.address is None else 'on the slice'}: running it as {len(parts)} programs "
+                 f"of up to {max(map(len, parts))} trials"))
+    return parts
+
+
+def _run_program(program: Program, supervisor, store: Optional[Store], progress: "Progress", options: Options,
+                 log: Callable[[str], None], what: str):
+    """Run one program on the supervisor's slice (checkpointed, and continued from its
+    checkpoint where there is one), its records judged and stored: (the run, its records, the
+    seconds judging took)."""
+    if program.slice.address is not None:  # an embedded run was checked before it started
+        budget.check_slice(program, supervisor.hosts, what)
+    folder = options.checkpoints
+    path = os.path.join(folder, checkpoint.name_of(program)) if folder else None
+    start = resume_point(folder, program, options.resume) if folder else None
+    if start:
+        log(said(f"going on from the checkpoint at step {start.step} in {path}"))
+    progress.start(program)
+    run = supervisor.run(program, path, start, on_steps=progress.steps)
+    judging = time.perf_counter()
+    records = results.judge(run, options.sweep_file)
+    judged_s = time.perf_counter() - judging
+    if store:
+        store.append(records)
+    if path:
+        checkpoint.remove(path)  # its records are in: nothing to resume
+    progress.finish(program)
+    return run, records, judged_s
 
 
 PHASES = ("place", "actors", "initialize", "first_call", "train", "gather", "verify", "shutdown", "stop")

@@ -35,6 +35,9 @@ TEST_CPU_DEVICES_ENV = "YMXB_TEST_CPU_DEVICES"
 # A path: the driver appends a JSON line listing the hosts of each slice it brings up (who and
 # where: pid, node), so a test knows the processes of a run without reading its human lines.
 HOSTS_FILE_ENV = "YMXB_TEST_HOSTS_FILE"
+# Bytes: the memory this machine has available, as the budget sees it (a smaller machine, so a
+# program too large for it can be tested without filling this one).
+MEMORY_ENV = "YMXB_TEST_MEMORY_AVAILABLE"
 
 
 def said(text: str) -> str:
