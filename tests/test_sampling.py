@@ -77,7 +77,8 @@ def test_the_file_as_run_keeps_what_was_drawn_and_running_it_draws_nothing():
     ({"sample": {"count": 1, "space": {"lr": {"uniform": [0.1, 0.2]}}}, "drawn": [{"lr": 0.5}]},
      "drawn[0]: lr 0.5 is outside sample: space: lr"),
     ({"sample": {"count": 1000, "space": SPACE}, "grid": {"data_seed": list(range(300))}},
-     "grid: 300 data_seed x 1000 sampled is 300,000 trials"),
+     "grid and sample: 300 data_seed x 1,000 sampled is 300,000 trials"),
+    ({"sample": {"count": 300_000, "space": SPACE}}, "sample: 300,000 sampled is 300,000 trials, more than the 200,000"),
 ])
 def test_a_bad_sample_is_one_line_saying_what_to_fix(change, message):
     doc = {"name": "s", **change}

@@ -357,7 +357,9 @@ def _results(argv: List[str]) -> int:
     if args.format == "csv":  # one list: its best among every trial listed
         sys.stdout.write(query.to_csv(shown, best(shown)))
         return EXIT_VERIFIED if all(r.verified for r in shown) else EXIT_NOT_VERIFIED
-    by = ("smallest " + metrics[0] if len(metrics) == 1 else "Pareto front of " + ", ".join(metrics)) if metrics else None
+    by = None
+    if metrics:
+        by = f"smallest {metrics[0]}" if len(metrics) == 1 else f"Pareto front of {', '.join(metrics)}"
     table = functools.partial(results.table, best=best, by=by, grouped=not (args.sort or args.top))
     return _show_results(records, args.dir, args.json or args.format == "json", sys.stdout, shown=shown,
                          table=table, best=best)

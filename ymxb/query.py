@@ -4,8 +4,8 @@ which are best and by what (`--best-by`), and as what (`--format`).
 A key is a trial's setting, named as in its `config` (lr, optimizer, hosts, ...), or one of
 METRICS. `--where` is a small expression language, parsed with Python's `ast` and never
 evaluated by it: comparisons (`== != < <= > >= in`, chains like `0.01<lr<=0.1`, a single `=`
-meaning `==`) and keys alone (`verified`) joined by `and`, `or`, `not` and parentheses; a bare word beside a key is a string
-(`optimizer==adam`), `true`/`false` are booleans.
+meaning `==`) and keys alone (`verified`) joined by `and`, `or`, `not` and parentheses; a bare
+word beside a key is a string (`optimizer==adam`), `true`/`false` are booleans.
 """
 
 import ast

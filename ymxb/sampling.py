@@ -131,7 +131,10 @@ def _value(dist: tuple, u: float):
     low, high = arg
     if name == "int_uniform":
         return min(low + int(u * (high - low + 1)), high)
-    x = math.exp(math.log(low) + u * (math.log(high) - math.log(low))) if name == "log_uniform" else low + u * (high - low)
+    if name == "log_uniform":
+        x = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        x = low + u * (high - low)
     return min(max(float(f"{x:.{DIGITS}g}"), low), high)
 
 

@@ -101,9 +101,11 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec(), text: str = "
         raise fail(f"{', '.join(both)} in both grid and sample: space: give each setting one of them")
     count = math.prod(len(values) for values in grid.values()) * max(sampled, 1) if grid or sampled else 0
     if count + len(extra) > MAX_TRIALS:  # counted before a single one is made
-        axes = " x ".join([f"{len(values)} {key}" for key, values in grid.items()] + [f"{sampled} sampled"] * bool(sampled))
+        axes = [f"{len(values)} {key}" for key, values in grid.items()] + [f"{sampled:,} sampled"] * bool(sampled)
+        axes = " x ".join(axes)
         more = f" and {len(extra)} in trials" if extra else ""
-        raise fail(f"grid: {axes} is {count:,} trials{more}, more than the {MAX_TRIALS:,} one sweep may "
+        made = "grid and sample" if grid and sampled else "sample" if sampled else "grid"
+        raise fail(f"{made}: {axes} is {count:,} trials{more}, more than the {MAX_TRIALS:,} one sweep may "
                    f"hold (100,000 take ~7 s to expand and check on 2 cores); split it into several "
                    f"sweeps, or give fewer values")
     drawn = sampling.values(doc, trial_keys, fail)
