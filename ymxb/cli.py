@@ -356,7 +356,7 @@ def _results(argv: List[str]) -> int:
     best = query.best_by(metrics, records) if metrics else results.default_best
     if args.format == "csv":  # one list: its best among every trial listed
         sys.stdout.write(query.to_csv(shown, best(shown)))
-        return EXIT_VERIFIED if all(r.verified for r in shown) else EXIT_NOT_VERIFIED
+        return _verdict(shown)
     by = None
     if metrics:
         by = f"smallest {metrics[0]}" if len(metrics) == 1 else f"Pareto front of {', '.join(metrics)}"
@@ -383,7 +383,12 @@ def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=N
     else:
         print(table(shown), file=out)
         print(f"records: {os.path.join(folder, results.STORE)}; plots: {', '.join(drawn)}", file=out, flush=True)
-    return EXIT_VERIFIED if all(r.verified for r in shown) else EXIT_NOT_VERIFIED
+    return _verdict(shown)
+
+
+def _verdict(records) -> int:
+    """The exit code of trials shown or run: every one verified, or not."""
+    return EXIT_VERIFIED if all(r.verified for r in records) else EXIT_NOT_VERIFIED
 
 
 def _run(todo: experiment.Plan, address: Optional[str], show: Callable, options: Options,
@@ -408,7 +413,7 @@ def _run(todo: experiment.Plan, address: Optional[str], show: Callable, options:
             log(said("interrupted; all hosts stopped"))
             return EXIT_INTERRUPTED
         show(outcome, out, time.perf_counter() - started, {**phases, **ray_phases})
-    return EXIT_VERIFIED if all(r.verified for r in outcome.records) else EXIT_NOT_VERIFIED
+    return _verdict(outcome.records)
 
 
 def _process_age_s() -> float:

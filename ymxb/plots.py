@@ -50,7 +50,8 @@ def draw(records: Sequence[TrialRecord], folder: str, source: Optional[Store] = 
         os.remove(os.path.join(folder, STAMP))  # until all are drawn again
     paths = []
     figures = [("loss.png", _loss), ("error_vs_lr.png", _error_vs_lr)]
-    if _best(records).solution and tasks.draws_fit(_task(_best(records))):
+    best = _best(records)
+    if best.solution and tasks.draws_fit(tasks.of_config(best.config)):
         figures.append(("fit.png", _fit))
     for name, figure in figures:
         fig = figure(plt, records)
@@ -165,7 +166,7 @@ def _fit(plt, records):
     ax.scatter(x[pick], y[pick], s=3, alpha=0.3, color="grey", label=f"data ({len(pick)} of {len(x)} points)")
     fitted = [m.shown for m in best.members if None not in m.shown.values()]  # diverged: none to draw
     trial = TrialSpec.of_config(best.config)
-    _task(best).draw_fit(trial.of_task, ax, x, y, fitted, best.solution)
+    tasks.of_config(best.config).draw_fit(trial.of_task, ax, x, y, fitted, best.solution)
     ax.set_title(f"Best trial {best.trial_id}: {_label(best, varying_settings(records)) or 'the only trial'}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -175,10 +176,6 @@ def _fit(plt, records):
 
 def _best(records: Sequence[TrialRecord]) -> TrialRecord:
     return min(records, key=lambda r: (not r.verified, rank(r)))
-
-
-def _task(record: TrialRecord) -> tasks.Task:
-    return tasks.get(record.config.get("task", tasks.DEFAULT))
 
 
 def _dataset(cfg: dict):

@@ -135,7 +135,7 @@ class ProgramRun:
     coordinator: str
     hosts: Tuple[HostRun, ...]  # by process index
     train_s: float
-    phases: Dict[str, float]  # the slice's so far, a copy: place, actors, initialize, train
+    phases: Dict[str, float]  # the slice's so far, a copy (WarmSlice.phases)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,8 @@ def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[
           restarts: Sequence[Restart] = ()) -> Dict:
     """The report of a one-trial run `run` judged as `record`; `phases`: where its wall time
     went, in seconds (default: the slice's own, `run.phases`); the restarts it took."""
-    cfg, task = record.config, _task(record.config)
-    show = _shower(run)
+    cfg, task = record.config, tasks.of_config(record.config)
+    show = tasks.shower(run.program.trial)
     report = {
         "config": cfg,
         "trial_id": record.trial_id,
@@ -59,7 +59,7 @@ def to_json(report: Dict) -> str:
 
 def summary(report: Dict) -> str:
     """A short human summary: one row per host (and per member), the solution, the verdict."""
-    cfg, task = report["config"], _task(report["config"])
+    cfg, task = report["config"], tasks.of_config(report["config"])
     slices = f"{cfg['slices']} slices x " if cfg["slices"] > 1 else ""
     own = ", ".join(f"{s.name} {cfg[s.name]:g}" if isinstance(cfg[s.name], float) else f"{s.name} {cfg[s.name]}"
                     for s in task.settings)
@@ -132,10 +132,6 @@ def _some_rows(rows: List[tuple]) -> List[str]:
     return lines
 
 
-def _task(cfg: Dict) -> tasks.Task:
-    return tasks.get(cfg.get("task", tasks.DEFAULT))
-
-
 def _points(cfg: Dict) -> int:
     return cfg["slices"] * cfg["hosts"] * cfg["samples_per_host"]
 
@@ -143,13 +139,6 @@ def _points(cfg: Dict) -> int:
 def _float(value) -> float:
     """A value of the report as a number to format (null, from a non-finite one: NaN)."""
     return math.nan if value is None else value
-
-
-def _shower(run: ProgramRun):
-    """Flat params -> the task's named scalars, as floats."""
-    cfg = run.program.trial
-    task = tasks.get(cfg.task)
-    return lambda params: {k: float(v) for k, v in task.shown(cfg.of_task, np.asarray(params)).items()}
 
 
 def _ranges(indices: List[int]) -> str:

@@ -32,6 +32,7 @@ from ymxb.protocol import ProgramRun
 
 STORE = "trials.jsonl"
 CURVES = "curves.jsonl"  # {"trial_id": ..., "step": [...], "loss": [...]} a line, for the plots
+CURVE_HEAD = '{"trial_id":"'  # how each line of CURVES begins: its id is read without parsing the rest
 SWEEP_FILE = "sweep.yaml"  # the sweep file as run; later versions sweep.1.yaml, sweep.2.yaml, ...
 LOCK = ".lock"  # held (flock) by the sweep writing the store; names it for a second one
 # The layout of a record: 1 before records said (ids as first made, the platform as asked),
@@ -92,7 +93,7 @@ class TrialRecord:
         return {**fields, "members": [m.asdict() for m in self.members]}
 
     def to_json(self) -> str:
-        return json.dumps(jsonable(self.asdict()), allow_nan=False, separators=(",", ":"))
+        return _json_line(self.asdict())
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialRecord":
@@ -154,9 +155,9 @@ def judge(run: ProgramRun, sweep_file: Optional[str] = None) -> List[TrialRecord
     program ran on; `sweep_file`: the version of the sweep file it ran from."""
     program = run.program
     spec, cfg = program.slice, program.trial
-    task, settings = tasks.get(cfg.task), cfg.of_task
-    reference = task.reference(settings, data.shards(cfg, spec.processes))
-    show = lambda params: {k: float(v) for k, v in task.shown(settings, np.asarray(params)).items()}
+    task = tasks.get(cfg.task)
+    reference = task.reference(cfg.of_task, data.shards(cfg, spec.processes))
+    show = tasks.shower(cfg)
     participation = verify.check_participation(run.hosts, spec)
     results = [h.result for h in run.hosts]
     rows = {k: np.concatenate([getattr(r, k) for r in results]) for k in ("entry", "device", "params", "init")}
@@ -295,10 +296,8 @@ class Store:
         curves first: a crash between leaves curves no record names (ignored), never a record
         without its curve."""
         records = list(records)
-        curves = [json.dumps(jsonable({"trial_id": r.trial_id, **r.loss_curve}), allow_nan=False,
-                             separators=(",", ":")) for r in records]
-        rows = [json.dumps(jsonable({**r.asdict(), "loss_curve": None}), allow_nan=False, separators=(",", ":"))
-                for r in records]
+        curves = [_json_line({"trial_id": r.trial_id, **r.loss_curve}) for r in records]  # CURVE_HEAD first
+        rows = [dataclasses.replace(r, loss_curve=None).to_json() for r in records]
         for path, lines in ((self.curves_path, curves), (self.path, rows)):
             _cut_torn_line(path)
             with open(path, "a") as f:
@@ -313,8 +312,7 @@ class Store:
         found = {}
         for _, line in _lines(self.curves_path) if wanted else []:
             # Parse only the curves asked for (append writes the id first); the last of an id wins.
-            head = line[:13 + 64]
-            if head.startswith('{"trial_id":"') and head[13:].split('"', 1)[0] not in wanted:
+            if line.startswith(CURVE_HEAD) and line[len(CURVE_HEAD):line.find('"', len(CURVE_HEAD))] not in wanted:
                 continue
             curve = json.loads(line)
             if curve.get("trial_id") in wanted:
@@ -373,6 +371,11 @@ class Store:
         finally:
             os.close(fd)  # and with it the lock
 
+
+
+def _json_line(value) -> str:
+    """`value` as one compact line of JSON (NaN refused: jsonable makes it null first)."""
+    return json.dumps(jsonable(value), allow_nan=False, separators=(",", ":"))
 
 
 def _lines(path: str) -> List[tuple]:

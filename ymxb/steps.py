@@ -1,8 +1,9 @@
 """The training step and its two parallel wrappings: `jax.pmap` and `jax.jit` over a global Mesh.
 
 Everything but the wrapping is shared: one step of full-batch gradient descent on the mean of
-the task's loss (squared error unless the task says otherwise), on any params pytree, `vmap`ped over the program's leading model axis (one entry per trial, or per
-trial and ensemble member; each entry has its own learning rate in its optimiser state), and
+the task's loss (squared error unless the task says otherwise), on any params pytree,
+`vmap`ped over the program's leading model axis (one entry per trial, or per trial and
+ensemble member; each entry has its own learning rate in its optimiser state), and
 `lax.scan`ned so that many steps run in one compiled call (one dispatch, not one per step).
 
 The devices form a grid of two axes, (slices, devices of a slice) (config.SliceSpec.mesh_shape;
@@ -124,8 +125,8 @@ def init_state(model: Model, program: Program, entries: jax.Array) -> TrainState
 class Trainer(abc.ABC):
     """What a parallel mode provides to the training loop (train.py)."""
 
-    def __init__(self, model: Model, program: Program, loss: Optional[Callable] = None):
-        self.program, self.model, self.loss = program, model, loss
+    def __init__(self, model: Model, program: Program):
+        self.program, self.model = program, model
         # The rate given here is never used: each model's own is in its optimiser state.
         self.opt = make_optimizer(program.trial.optimizer)(learning_rate=0.0)
         self.ensemble = bool(program.trial.ensemble)
@@ -189,7 +190,7 @@ class PmapTrainer(Trainer):
     """The tutorial's way: pmap over this host's devices; collectives over AXIS reach all hosts."""
 
     def __init__(self, model: Model, program: Program, loss: Optional[Callable] = None):
-        super().__init__(model, program, loss)
+        super().__init__(model, program)
         self.k = jax.local_device_count()
         if self.ensemble:
             reduce = lambda tree: tree  # each device holds whole members: nothing to combine
@@ -266,7 +267,7 @@ class ShardingTrainer(Trainer):
     """The modern way: one jit over a Mesh of all devices of all hosts; XLA adds the collectives."""
 
     def __init__(self, model: Model, program: Program, loss: Optional[Callable] = None):
-        super().__init__(model, program, loss)
+        super().__init__(model, program)
         devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))  # slice-major
         self.mesh = Mesh(np.array(devices).reshape(program.slice.mesh_shape), MESH_AXES)
         self.split = NamedSharding(self.mesh, P(MESH_AXES))  # the leading axis over both

@@ -273,8 +273,24 @@ def _least_squares(shards: Iterable[Tuple[np.ndarray, np.ndarray]], features: in
         n += len(y)
     theta = np.linalg.solve(a, c)
     loss = max(0.0, float(yy - 2 * theta @ c + theta @ a @ theta) / n)  # >= 0: rounding apart
-    limit = FLOAT32_ULPS * F32_EPS * np.linalg.cond(a) * max(1.0, float(np.abs(theta).max())) if floor else None
-    return Reference(theta, loss, limit)
+    return Reference(theta, loss, float32_floor(theta, np.linalg.cond(a)) if floor else None)
+
+
+def float32_floor(solution: np.ndarray, conditioning: float = 1.0) -> float:
+    """The least |error| float32 training can be held to around `solution`: FLOAT32_ULPS ulps
+    of its scale, magnified by the problem's conditioning (1: a well-conditioned one)."""
+    return float(FLOAT32_ULPS * F32_EPS * conditioning * max(1.0, float(np.abs(solution).max())))
+
+
+def shower(trial) -> Callable[[np.ndarray], Dict[str, float]]:
+    """A trial's flat params vector -> its task's few named scalars, as floats (tables, reports)."""
+    task, settings = get(trial.task), trial.of_task
+    return lambda params: {k: float(v) for k, v in task.shown(settings, np.asarray(params)).items()}
+
+
+def of_config(config: Mapping) -> Task:
+    """The task of a record's flat config (the default task where it names none)."""
+    return get(config.get("task", DEFAULT))
 
 
 BUILT_IN = {t.name: t for t in (Ymxb(), Linreg())}

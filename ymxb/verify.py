@@ -10,10 +10,6 @@ from ymxb import tasks
 from ymxb.protocol import HostRun
 
 
-# How close float32 training gets to the float64 solution, in units of float32's epsilon
-# relative to the params' size: rounding in the loss and gradient leaves a few ulps.
-FLOAT32_ULPS = tasks.FLOAT32_ULPS
-
 Show = Callable[[np.ndarray], Dict[str, float]]  # a flat params vector -> its few named scalars
 
 
@@ -23,7 +19,7 @@ class Check(NamedTuple):
     detail: str
 
 
-def said(named: Dict[str, float], spec: str = "r") -> str:
+def _written(named: Dict[str, float], spec: str = "r") -> str:
     """Named scalars as a message writes them: "m=2.000357 b=-1.000327"."""
     return " ".join(f"{k}={v!r}" if spec == "r" else f"{k}={v:{spec}}" for k, v in named.items())
 
@@ -35,8 +31,8 @@ def check_replicas(copies: Sequence[Tuple[str, np.ndarray]], show: Show) -> Chec
         if not np.array_equal(first[1], other[1], equal_nan=True):
             return Check(
                 "replicas agree", False,
-                f"{other[0]} holds {said(show(other[1]))} but {first[0]} holds "
-                f"{said(show(first[1]))}: replicas must be identical")
+                f"{other[0]} holds {_written(show(other[1]))} but {first[0]} holds "
+                f"{_written(show(first[1]))}: replicas must be identical")
     return Check("replicas agree", True, f"{len(copies)} replicas hold identical params")
 
 
@@ -48,7 +44,8 @@ def check_solution(copies: Sequence[Tuple[str, np.ndarray]], solution: np.ndarra
     errors = [(param_error(params, solution), label, params) for label, params in copies]
     worst, label, params = max(errors, key=lambda e: e[0])
     limit = tol if floor is None else max(tol, floor)  # float32 cannot be held closer than its floor
-    detail = f"max |error| {worst:.3g} at {label} ({said(show(params), '.7g')} vs {said(show(solution), '.7g')}), tol {limit:g}"
+    detail = (f"max |error| {worst:.3g} at {label} ({_written(show(params), '.7g')} vs "
+              f"{_written(show(solution), '.7g')}), tol {limit:g}")
     if floor is not None:
         detail += f" (--tol {tol:g}, or float32's floor on this problem, {floor:.2g}, if larger)"
     if worst > limit and np.isfinite(worst):
@@ -58,7 +55,7 @@ def check_solution(copies: Sequence[Tuple[str, np.ndarray]], solution: np.ndarra
 
 def _why_not_within(solution: np.ndarray, tol: float, floor: Optional[float]) -> str:
     """What a finite miss points to: float32's resolution on this problem, or too few steps."""
-    resolution = floor if floor is not None else FLOAT32_ULPS * tasks.F32_EPS * max(1.0, float(np.abs(solution).max()))
+    resolution = floor if floor is not None else tasks.float32_floor(solution)
     if tol < resolution:
         return (f"float32 resolves only about {resolution:.1g} at this scale, so a --tol below "
                 f"that cannot pass: raise --tol")
@@ -136,7 +133,7 @@ def check_distinct_init(inits: Sequence[Tuple[str, np.ndarray]], show: Show) -> 
         key = np.asarray(params).tobytes()
         if key in first_seen:
             return Check("members distinct at init", False,
-                         f"{label} and {first_seen[key]} both started at {said(show(params))}")
+                         f"{label} and {first_seen[key]} both started at {_written(show(params))}")
         first_seen[key] = label
     return Check("members distinct at init", True,
                  f"{len(inits)} distinct initial ({', '.join(show(inits[0][1]))})")
