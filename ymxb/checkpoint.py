@@ -91,6 +91,16 @@ def read(path: str) -> Optional[Checkpoint]:
         return Checkpoint(meta["step"], leaves, f["losses"], meta["config"], meta["taken_at"])
 
 
+def of_trials(ckpt: Checkpoint, positions, program) -> Checkpoint:
+    """The checkpoint of just the trials at `positions` on its program's axis, laid out as
+    `program` (theirs) lays its axis out: their entries in order, padded with the last."""
+    members = program.trial.members
+    entries = (np.asarray(positions)[:, None] * members + np.arange(members)).ravel()
+    entries = np.concatenate([entries, np.full(program.padded_entries - len(entries), entries[-1])])
+    return dataclasses.replace(ckpt, leaves=[leaf[entries] for leaf in ckpt.leaves], losses=ckpt.losses[entries],
+                               config=program_config(program))
+
+
 def differences(wrote: Dict, wanted: Dict) -> List[str]:
     """The settings where two programs' configs differ, as 'name: X there, Y here'."""
     flat = lambda c: {**c["slice"], **c["trial"]}  # a single run's lr and seed are its trial's

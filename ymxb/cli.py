@@ -188,7 +188,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
                     "the plots. Rerun it to finish an interrupted sweep; nothing recorded runs twice.",
         epilog="Exit codes: 0 every trial verified, 1 all ran but some did not verify, 2 bad input "
                "or a failed launch (finished programs stay recorded), 130 interrupted, 143 terminated.")
-    p.add_argument("file", help="the sweep file (YAML; see examples/sweeps/)")
+    p.add_argument("file", help="the sweep file (YAML: name, slice, base, grid, sample, trials, stop; see examples/sweeps/ and the README)")
     p.add_argument("--out", metavar="DIR", help=f"the results folder; default: {RUNS}/<the sweep's name>")
     p.add_argument("--fresh", action="store_true", help="forget the recorded trials and run them all")
     p.add_argument("--json", action="store_true", help="print one JSON document with every record instead of the table")
@@ -331,7 +331,7 @@ def _sweep(argv: List[str]) -> int:
         checkpoints = os.path.join(folder, "checkpoints")
         os.makedirs(checkpoints, exist_ok=True)
         try:
-            options = Options(Recovery.of(args), checkpoints, sweep_file=sweep_file)
+            options = Options(Recovery.of(args), checkpoints, sweep_file=sweep_file, stop=sweep.stop)
             return _run(todo, address, show, options, store, progress, launch=bool(pending))
         finally:
             progress.close()
@@ -387,8 +387,9 @@ def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=N
 
 
 def _verdict(records) -> int:
-    """The exit code of trials shown or run: every one verified, or not."""
-    return EXIT_VERIFIED if all(r.verified for r in records) else EXIT_NOT_VERIFIED
+    """The exit code of trials shown or run: every one verified (or stopped by a rung, as
+    meant), or not."""
+    return EXIT_VERIFIED if all(r.verified or r.pruned for r in records) else EXIT_NOT_VERIFIED
 
 
 def _run(todo: experiment.Plan, address: Optional[str], show: Callable, options: Options,

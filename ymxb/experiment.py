@@ -6,13 +6,14 @@ is wrong); skip the recorded ones; group the rest into programs; then per slice 
 slice (placed and initialised once) runs its programs one after another.
 """
 
+import collections
 import dataclasses
 import os
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ymxb import budget, checkpoint, results, sweep as sweeps, tasks
+from ymxb import budget, checkpoint, results, stopping, sweep as sweeps, tasks
 from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 from ymxb.names import said
@@ -42,13 +43,14 @@ class Plan:
 class Options:
     """How a plan runs, past what its trials are: checkpoints and restart budgets
     (`recovery`), where checkpoints are kept (`checkpoints`: a folder; None: in memory only),
-    whether each program must go on from a checkpoint there (`resume`), and the version of the
-    sweep file the records say they ran from (`sweep_file`)."""
+    whether each program must go on from a checkpoint there (`resume`), the version of the
+    sweep file the records say they ran from (`sweep_file`), and when trials stop early (`stop`)."""
 
     recovery: Recovery = Recovery()
     checkpoints: Optional[str] = None
     resume: bool = False
     sweep_file: Optional[str] = None
+    stop: Optional[stopping.Rules] = None  # early stopping (a sweep file's `stop:`)
 
 
 @dataclasses.dataclass
@@ -163,16 +165,91 @@ def _run_program(program: Program, supervisor, store: Optional[Store], progress:
     if start:
         log(said(f"going on from the checkpoint at step {start.step} in {path}"))
     progress.start(program)
-    run = supervisor.run(program, path, start, on_steps=progress.steps)
-    judging = time.perf_counter()
-    records = results.judge(run, options.sweep_file)
-    judged_s = time.perf_counter() - judging
-    if store:
-        store.append(records)
-    if path:
-        checkpoint.remove(path)  # its records are in: nothing to resume
+    if options.stop:
+        run, records, judged_s = _run_stopping(program, start, supervisor, store, progress, options, log)
+    else:
+        run = supervisor.run(program, path, start, on_steps=progress.steps)
+        judging = time.perf_counter()
+        records = results.judge(run, options.sweep_file)
+        judged_s = time.perf_counter() - judging
+        if store:
+            store.append(records)
+        if path:
+            checkpoint.remove(path)  # its records are in: nothing to resume
     progress.finish(program)
     return run, records, judged_s
+
+
+def _run_stopping(program: Program, start: Optional[checkpoint.Checkpoint], supervisor, store: Optional[Store],
+                  progress: "Progress", options: Options, log: Callable[[str], None]):
+    """`program` trained one compiled call at a time (the hosts keep it on their devices
+    between calls), options.stop deciding after each which trials stop. A stopped trial is
+    judged and recorded at once, from its params and losses at that step; once few enough run,
+    they go on as a program of their own, from their state then. The checkpoint kept is the
+    running trials' alone, named as their program: what a rerun, finding the stopped ones
+    recorded, looks for. (the last run, the records, the seconds judging took)"""
+    rules, cfg, spec = options.stop, program.trial, program.slice
+    trials = program.trials()
+    group = results.trial_id(spec, trials[0])
+    reference = results.reference_of(program)  # all judged by it, and `converged` stops by it
+    if rules.converged and reference is None:
+        log(said(f"stop: converged needs an optimal loss, and task {cfg.task} has no reference solution: "
+                 f"its trials stop by the other rules only"))
+    running = list(range(len(trials)))  # positions in `trials` of those still training
+    packed = list(running)  # those on the hosts' axis: the running, and stopped ones not let go yet
+    step = first = start.step if start else 0
+    records, judged_s, train_s, computed = {}, 0.0, 0.0, 0
+    path = os.path.join(options.checkpoints, checkpoint.name_of(program)) if options.checkpoints else None
+    while running:
+        current = Program.of(spec, [trials[i] for i in packed])
+        until = min(step + cfg.steps_per_call, cfg.steps)
+        run = supervisor.run(current, None, start, on_steps=progress.steps, until=until)
+        computed += current.padded_entries * (until - step)
+        train_s, step = train_s + run.train_s, until
+        if step == cfg.steps:
+            ended = dict.fromkeys(running)
+        else:
+            losses = stopping.trial_losses(run.entry_losses(), current.count, cfg.members)
+            stops = stopping.review(rules, losses[[packed.index(i) for i in running]], step // cfg.steps_per_call,
+                                    reference and reference.loss)
+            ended = {running[stop.trial]: stop for stop in stops}
+        judging = time.perf_counter()
+        done = run.only([packed.index(i) for i in ended], Program.of(spec, [trials[i] for i in ended]),
+                        train_s) if ended else None
+        new = results.judge(done, options.sweep_file, reference) if ended else []
+        for record, stop in zip(new, ended.values()):  # one program's trials, whenever they ended
+            record.group, record.group_trials = group, program.count
+            record.stopped_at, record.stopped_by = (stop.step, stop.why) if stop else (None, None)
+        records.update(zip(ended, new))
+        judged_s += time.perf_counter() - judging
+        running, old = [i for i in running if i not in ended], path
+        if running:
+            start, alone = supervisor.latest, Program.of(spec, [trials[i] for i in running])
+            if stopping.should_repack(rules, len(running), len(packed)):
+                start, packed = checkpoint.of_trials(start, [packed.index(i) for i in running], alone), list(running)
+            if options.checkpoints and (ended or (step // cfg.steps_per_call) % options.recovery.checkpoint_every == 0):
+                kept = start if packed == running else checkpoint.of_trials(start, [packed.index(i) for i in running], alone)
+                path = os.path.join(options.checkpoints, checkpoint.name_of(alone))
+                checkpoint.write(path, kept)
+        # In this order, a crash anywhere leaves a checkpoint named for the trials not recorded.
+        if store and new:
+            store.append(new)
+        if old and old != path:
+            checkpoint.remove(old)
+    if path:
+        checkpoint.remove(path)  # every record is in: nothing to resume
+    _say_saved(records.values(), computed, program.padded_entries * (cfg.steps - first), log)
+    return run, [records[i] for i in sorted(records)], judged_s
+
+
+def _say_saved(records, computed: int, whole: int, log: Callable[[str], None]) -> None:
+    """How many trials stopped early, why, and the model-steps the hosts computed of those the
+    program would have without stopping."""
+    stopped = [r.stopped_by.split()[0] for r in records if r.stopped_by]
+    if stopped:
+        why = ", ".join(f"{n} {rule}" for rule, n in collections.Counter(stopped).items())
+        log(said(f"{len(stopped)} of {len(records)} trials stopped early ({why}); the hosts computed "
+                 f"{computed:,} of {whole:,} model-steps ({computed / whole:.0%})"))
 
 
 PHASES = ("place", "actors", "initialize", "first_call", "train", "gather", "verify", "shutdown", "stop")

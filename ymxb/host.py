@@ -28,6 +28,7 @@ class Host:
         os.environ.update(setup.env)  # before anything imports JAX
         self.host_index, self.setup = host_index, setup
         self._steps_started = None  # None until training starts
+        self._paused = None  # a program paused at a call boundary (train.Paused), to go on with
         self._lock = threading.Lock()
         # Importing JAX takes 1-2 s: begin now, while the other hosts start, not at initialize.
         # (Importing it touches no device: initialize still comes first.)
@@ -86,11 +87,14 @@ class Host:
             # the least any local device holds where JAX says (TPU, GPU; not CPU devices).
             memory_available=budget.available(), device_memory=_device_memory(devices))
 
-    def train(self, program: Program, resume: Optional[Checkpoint] = None,
-              checkpoint_every: int = 0) -> Iterator[Union[CheckpointPiece, HostResult]]:
+    def train(self, program: Program, resume: Optional[Checkpoint] = None, checkpoint_every: int = 0,
+              until: Optional[int] = None) -> Iterator[Union[CheckpointPiece, HostResult]]:
         """train.train_stream's items: this host's checkpoint pieces, then its result (called
-        as a stream: the driver keeps each piece as it comes)."""
+        as a stream: the driver keeps each piece as it comes). A program paused at `until` is
+        kept on the devices for the call that goes on from there (early stopping's)."""
         from ymxb.train import train_stream
+
+        paused, self._paused = self._paused, None  # whatever comes, the old state is let go
 
         self._set_progress(None)
         self._maybe_fault("train")
@@ -100,7 +104,8 @@ class Host:
             self._set_progress(steps)
             time.sleep(slow)
 
-        yield from train_stream(program, late if slow else self._set_progress, resume, checkpoint_every)
+        yield from train_stream(program, late if slow else self._set_progress, resume, checkpoint_every, until,
+                                paused, keep=lambda p: setattr(self, "_paused", p))
 
     def progress(self) -> Optional[int]:
         """Steps done (by the compiled calls completed so far), None before training starts.

@@ -79,10 +79,11 @@ class WarmSlice:
 
     def run(self, program: Program, on_steps: Callable[[int], None] = lambda steps: None,
             resume: Optional[Checkpoint] = None, on_checkpoint: Callable[[Checkpoint], None] = lambda c: None,
-            checkpoint_every: int = 0) -> ProgramRun:
+            checkpoint_every: int = 0, until: Optional[int] = None) -> ProgramRun:
         """Train `program` on every host, from `resume` if given; `on_steps(steps)` hears the
         slowest host's progress, `on_checkpoint` each whole checkpoint (every
-        `checkpoint_every` compiled calls; 0: none)."""
+        `checkpoint_every` compiled calls; 0: none). `until`: stop after that many steps, a
+        call boundary (its checkpoint is taken), as if the program ended there."""
         started = time.perf_counter()
         pieces = checkpoint.Assembler(program, len(self.actors), resume)
         self.reached = resume.step if resume else 0
@@ -98,7 +99,7 @@ class WarmSlice:
             on_steps(steps)
 
         state = ray.put(resume) if resume else None
-        streams = [a.train.options(num_returns="streaming").remote(program, state, checkpoint_every)
+        streams = [a.train.options(num_returns="streaming").remote(program, state, checkpoint_every, until)
                    for a in self.actors]
         # Training may take as long as it keeps progressing: judged by calls completed.
         progress = _Progress(self.actors, self.spec.timeout, program.trial.steps_per_call, heard)

@@ -117,6 +117,23 @@ class HostResult:
     train_s: float
     first_call_s: float  # compile and run of the first compiled call
 
+    def only(self, trials: Sequence[int], members: int) -> "HostResult":
+        """This result of just the given trials (positions on its program's axis), numbered as
+        the program of those trials numbers its entries."""
+        position = np.full(max(trials) + 1, -1)
+        position[list(trials)] = np.arange(len(trials))
+
+        def renumber(entries: np.ndarray):
+            trial = entries // members
+            mine = trial < len(position)
+            mine[mine] = position[trial[mine]] >= 0
+            return mine, position[trial[mine]] * members + entries[mine] % members
+
+        rows, entry = renumber(self.entry)
+        kept, loss_entry = renumber(self.loss_entry)
+        return dataclasses.replace(self, entry=entry, device=self.device[rows], params=self.params[rows],
+                                   init=self.init[rows], loss_entry=loss_entry, losses=self.losses[kept])
+
 
 @dataclasses.dataclass(frozen=True)
 class HostRun:
@@ -136,6 +153,19 @@ class ProgramRun:
     hosts: Tuple[HostRun, ...]  # by process index
     train_s: float
     phases: Dict[str, float]  # the slice's so far, a copy (WarmSlice.phases)
+
+    def only(self, trials: Sequence[int], program: Program, train_s: float) -> "ProgramRun":
+        """This run of just the given trials (positions in its program), as `program` (theirs)."""
+        hosts = tuple(dataclasses.replace(h, result=h.result.only(trials, program.trial.members))
+                      for h in self.hosts)
+        return dataclasses.replace(self, program=program, hosts=hosts, train_s=train_s)
+
+    def entry_losses(self) -> np.ndarray:
+        """Every entry's loss history (entries x steps), from the first host holding it."""
+        losses = np.full((self.program.entries, self.hosts[0].result.losses.shape[1]), np.nan, np.float32)
+        for h in reversed(self.hosts):
+            losses[h.result.loss_entry] = h.result.losses
+        return losses
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,8 +37,8 @@ SWEEP_FILE = "sweep.yaml"  # the sweep file as run; later versions sweep.1.yaml,
 LOCK = ".lock"  # held (flock) by the sweep writing the store; names it for a second one
 # The layout of a record: 1 before records said (ids as first made, the platform as asked),
 # 2 with the ymxb version, the sweep file it came from and the steps where members diverged,
-# 3 with its loss curve apart, in CURVES.
-SCHEMA = 3
+# 3 with its loss curve apart, in CURVES, 4 with where and why it was stopped early.
+SCHEMA = 4
 # A member has converged at the first step whose loss is within this of the optimal loss (the
 # float64 loss of the normal-equation solution on the same data): relatively, or absolutely
 # where the optimum is (nearly) zero.
@@ -87,6 +87,8 @@ class TrialRecord:
     sweep_file: Optional[str] = None  # the version of the sweep file it ran from (sweep.yaml, sweep.1.yaml, ...)
     ymxb_version: Optional[str] = None
     schema: int = 1  # SCHEMA when written; records without one are of the first layout
+    stopped_at: Optional[int] = None  # steps trained, where a `stop:` rule ended it early
+    stopped_by: Optional[str] = None  # ... the rule: diverged, converged, rung N
 
     def asdict(self) -> dict:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -114,6 +116,11 @@ class TrialRecord:
             return min(steps)
         # A first-layout record does not say where: -1, a step before any.
         return -1 if any(m.final_loss is None for m in self.members) else None
+
+    @property
+    def pruned(self) -> bool:
+        """Stopped by a rung: it ran only as long as the rung's share of its program did."""
+        return (self.stopped_by or "").startswith("rung")
 
     @property
     def diverged(self) -> bool:
@@ -150,13 +157,21 @@ def trial_id(spec: SliceSpec, trial: TrialSpec) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def judge(run: ProgramRun, sweep_file: Optional[str] = None) -> List[TrialRecord]:
+def reference_of(program: Program) -> Optional[tasks.Reference]:
+    """The task's reference solution of the program's data (None: the task has none)."""
+    cfg = program.trial
+    return tasks.get(cfg.task).reference(cfg.of_task, data.shards(cfg, program.slice.processes))
+
+
+def judge(run: ProgramRun, sweep_file: Optional[str] = None,
+          reference: Optional[tasks.Reference] = None) -> List[TrialRecord]:
     """The records of every trial of a finished program, their ids made from the slice the
-    program ran on; `sweep_file`: the version of the sweep file it ran from."""
+    program ran on; `sweep_file`: the version of the sweep file it ran from; `reference`: the
+    program's (reference_of), if it was made already."""
     program = run.program
     spec, cfg = program.slice, program.trial
     task = tasks.get(cfg.task)
-    reference = task.reference(cfg.of_task, data.shards(cfg, spec.processes))
+    reference = reference or reference_of(program)
     show = tasks.shower(cfg)
     participation = verify.check_participation(run.hosts, spec)
     results = [h.result for h in run.hosts]
@@ -432,8 +447,10 @@ def table(records: Sequence[TrialRecord], limit: int = 100, best: Optional[Calla
         return "no trials recorded"
     best = best or default_best
     varying = varying_settings(records)
+    stops = any(r.stopped_at is not None for r in records)
     head = ([f"{k:>12}" for k in varying] + [f"{'members':>7}", f"{'verified':>8}", f"{'max|error|':>10}",
-                                               f"{'converged':>9}", f"{'final loss':>14}"])
+                                               f"{'converged':>9}", f"{'final loss':>14}"]
+            + [f"{'stopped':>16}"] * stops)
     lines = ["  " + " ".join(head)]
     groups: Dict[tuple, List[TrialRecord]] = {}
     for r in records:
@@ -452,17 +469,19 @@ def table(records: Sequence[TrialRecord], limit: int = 100, best: Optional[Calla
             cells = [f"{_cell(r.config[k]):>12}" for k in varying] + [
                 f"{len(r.members):>7}", f"{'yes' if r.verified else 'no':>8}",
                 f"{_num(r.max_error) if r.solution else '-':>10}", f"{'-' if step is None else f'{step:g}':>9}",
-                f"{_final(r):>14}"]
+                f"{_final(r):>14}"] + [f"{_stopped(r):>16}"] * stops
             lines.append(("* " if r.trial_id in marked else "  ") + " ".join(cells))
     if shown < len(records):
         lines.append(f"... {len(records) - shown} more trials in {STORE} (or --json)")
     passed = sum(r.verified for r in records)
     diverged = sum(r.diverged for r in records)
+    pruned = sum(r.pruned for r in records)
     among = "of its group" if grouped else "of these"
     by = by or ("smallest max |error|" + ("; without a reference solution, smallest final loss"
                                           if not all(r.solution for r in records) else ""))
     lines.append(f"{passed} of {len(records)} trials verified"
                  + (f", {diverged} diverged (loss non-finite)" if diverged else "")
+                 + (f", {pruned} stopped by rungs" if pruned else "")
                  + f"; * best {among} ({by})")
     return "\n".join(lines)
 
@@ -505,6 +524,10 @@ def _final(record: TrialRecord) -> str:
     if step is None:
         return _num(record.final_loss)
     return "diverged" if step < 0 else f"diverged@{step}"
+
+
+def _stopped(record: TrialRecord) -> str:
+    return "-" if record.stopped_at is None else f"{record.stopped_by}@{record.stopped_at}"
 
 
 def _cell(value) -> str:

@@ -178,6 +178,12 @@ class Trainer(abc.ABC):
         return jax.tree.unflatten(jax.tree.structure(state), placed)
 
     @abc.abstractmethod
+    def adopt(self, before: "Trainer", treedef, leaves: List[np.ndarray]) -> TrainState:
+        """The state whose flat leaves are `leaves` (every entry first, as `restore` takes them),
+        placed without running `init`: for one-model trials, on the slice `before` ran on (the
+        smaller program early stopping makes of a program's survivors)."""
+
+    @abc.abstractmethod
     def _entry_shape(self, leaf: jax.Array) -> Tuple[int, ...]:
         """The shape of one entry's part of a state leaf."""
 
@@ -233,6 +239,12 @@ class PmapTrainer(Trainer):
         tree = jax.device_get(tree)
         return [(int(device), entries, jax.tree.map(lambda leaf: leaf[k], tree))
                 for k, (device, entries) in enumerate(zip(self.axis_index, self.local_entries))]
+
+    def adopt(self, before, treedef, leaves):
+        self.axis_index = before.axis_index  # the same devices: the same places on AXIS
+        self.local_entries = [np.asarray(self._entries(int(device))) for device in self.axis_index]
+        # NumPy (local devices, entries, ...): pmap puts each device's part on it at the first call.
+        return jax.tree.unflatten(treedef, [np.stack([leaf[e] for e in self.local_entries]) for leaf in leaves])
 
     def _entry_shape(self, leaf):
         return leaf.shape[2:]  # (local devices, entries per device, ...)
@@ -303,6 +315,10 @@ class ShardingTrainer(Trainer):
             entries = start + np.arange(values[0].shape[0])
             out.append((devices.index(pieces[0].device), entries, treedef.unflatten(values)))
         return out
+
+    def adopt(self, before, treedef, leaves):
+        return jax.tree.unflatten(treedef, [jax.make_array_from_callback(
+            leaf.shape, self.state_sharding, lambda index, leaf=leaf: leaf[index]) for leaf in leaves])
 
     def _entry_shape(self, leaf):
         return leaf.shape[1:]  # (entries, ...): a global array

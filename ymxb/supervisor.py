@@ -63,9 +63,9 @@ class Supervisor:
         return self.spec
 
     def run(self, program: Program, path: Optional[str] = None, resume: Optional[Checkpoint] = None,
-            on_steps: Callable[[int], None] = lambda steps: None) -> ProgramRun:
-        """Train `program` to the end, from `resume` if given; each whole checkpoint is kept
-        (and written atomically to `path`, if given) until the next."""
+            on_steps: Callable[[int], None] = lambda steps: None, until: Optional[int] = None) -> ProgramRun:
+        """Train `program` to the end (or to step `until`), from `resume` if given; each whole
+        checkpoint is kept (and written atomically to `path`, if given) until the next."""
         self.latest = resume
 
         def keep(ckpt: Checkpoint) -> None:
@@ -74,7 +74,7 @@ class Supervisor:
                 checkpoint.write(path, ckpt)
 
         return self._attempt(lambda: self.warm.run(program, on_steps, self.latest, keep,
-                                                   self.recovery.checkpoint_every), program)
+                                                   self.recovery.checkpoint_every, until), program)
 
     def _attempt(self, work: Callable, program: Optional[Program]):
         """`work()` on an up slice, bringing the slice up again after each host loss."""

@@ -9,6 +9,7 @@ underscores:
     grid: {optimizer: [sgd, adam], lr: [0.01, 0.1, 1.0], seed: [0, 1]}   # every combination
     sample: {count: 16, method: sobol, space: {lr: {log_uniform: [1.0e-3, 1.0]}}}  # see sampling
     trials: [{optimizer: adagrad, lr: 0.5}]  # extra trials, each merged over base
+    stop: {diverged: true, rungs: {every: 2, keep: 0.34}}   # early stopping: see stopping
 
 With both a grid and a sample, every combination of the grid is run with every sample.
 
@@ -22,15 +23,15 @@ import itertools
 import math
 import os
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import yaml
 
-from ymxb import sampling, tasks
+from ymxb import sampling, stopping, tasks
 from ymxb.config import SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 
-TOP_KEYS = ("name", "slice", "base", "grid", "sample", "trials", "drawn")
+TOP_KEYS = ("name", "slice", "base", "grid", "sample", "trials", "stop", "drawn")
 SLICE_KEYS = tuple(k for k in SliceSpec.fields() if k != "address")  # the cluster is --address
 SHAPE_KEYS = ("slices", "hosts", "devices_per_host")  # a shape may vary per trial
 FLOATS = ("lr", "tol", "timeout", "wait")  # a task's own settings take 1e-2 as a number themselves
@@ -47,6 +48,7 @@ class Sweep:
     name: str
     trials: Tuple[Trial, ...]  # in file order, duplicates dropped
     as_run: str = ""  # the file's text as it runs: with the values it drew, where it sampled
+    stop: Optional[stopping.Rules] = None  # when to stop a trial early (None: never)
 
 
 def single(spec: SliceSpec, trial: TrialSpec) -> Sweep:
@@ -121,8 +123,9 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec(), text: str = "
         if trial not in seen:
             seen.add(trial)
             trials.append(trial)
+    rules = stopping.parse(doc.get("stop"), fail)
     fresh = drawn and "drawn" not in doc
-    return Sweep(name, tuple(trials), sampling.as_run(text, drawn) if fresh else text)
+    return Sweep(name, tuple(trials), sampling.as_run(text, drawn) if fresh else text, rules)
 
 
 def programs(trials: List[Trial]) -> List[Tuple[SliceSpec, List[TrialSpec]]]:
