@@ -228,6 +228,10 @@ def _results_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=query.FORMATS, default="table",
                    help="table; csv (a row per trial: every setting and metric, best 0/1); json (every record)")
     p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("--tensorboard", metavar="OUT", help="also write the trials shown to OUT (new or empty) "
+                   "for `tensorboard --logdir OUT`: each one's loss curve and, per program, the settings "
+                   "that vary and the metrics (HPARAMS) and its table (TEXT); needs pip install "
+                   "'ymxb[tensorboard]'")
     return p
 
 
@@ -354,6 +358,11 @@ def _results(argv: List[str]) -> int:
     order = args.sort or (metrics[0] if metrics and args.top else None)
     shown = query.select(records, args.where, order, args.top)
     best = query.best_by(metrics, records) if metrics else results.default_best
+    if args.tensorboard:
+        from ymxb import export
+
+        runs = export.tensorboard(shown, store, args.tensorboard)
+        _log(said(f"{len(runs)} trials written for TensorBoard: tensorboard --logdir {args.tensorboard}"))
     if args.format == "csv":  # one list: its best among every trial listed
         sys.stdout.write(query.to_csv(shown, best(shown)))
         return _verdict(shown)
