@@ -7,9 +7,12 @@ curves.jsonl) against the layout before (each curve inside its record), in the s
 
 Both stores hold the same synthetic records (as `results.judge` writes them: one member, the
 four checks' texts, a 200-point loss curve). For each it times, in this process: loading every
-record, the comparison table, a question (`--where 'lr<0.01 and seed<5' --sort final_loss
---top 10`); and, as a user runs it, the whole `launch.py results DIR` twice: the first call
-draws the plots, the second finds them drawn from the same store and does not.
+record (the first load parses the store and keeps its rows, `.trials.cache`; the second reads
+them back), the comparison table, a question (`--where 'lr<0.01 and seed<5' --sort final_loss
+--top 10`); and, as a user runs them: the whole `launch.py results DIR` twice (the first call
+draws the plots, the second finds them drawn from the same store and does not), the question,
+and planning a rerun of the sweep that made the store (`launch.py sweep FILE`: every trial
+recorded, nothing runs).
 """
 
 import argparse
@@ -21,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,11 +51,16 @@ def main():
         append_s = time.perf_counter() - started
         del records
         print(f"# {args.lrs * args.seeds:,} trials; appending them all: {append_s:.1f} s")
-        print(f"{'layout':>8} {'MB rows':>8} {'MB curves':>9} {'load s':>7} {'table s':>8} {'question s':>10} "
-              f"{'results 1st s':>13} {'results 2nd s':>13}")
+        sweep_file = os.path.join(folder, "sweep.yaml")
+        with open(sweep_file, "w") as f:
+            yaml.safe_dump({"name": "store", "slice": {"hosts": 2, "devices_per_host": 2}, "base": {"steps": 1000},
+                            "grid": {"lr": [_lr(i) for i in range(args.lrs)], "seed": list(range(args.seeds))}}, f)
+        columns = ("MB rows", "MB curves", "load 1st s", "load s", "table s", "question s", "results 1st s",
+                   "results 2nd s", "asked s", "plan s")
+        print(f"{'layout':>8} " + " ".join(columns))
         for name, path in (("before", before), ("now", now)):
-            print(f"{name:>8} " + " ".join(f"{v:>{w}}" for v, w in zip(measure(path), (8, 9, 7, 8, 10, 13, 13))),
-                  flush=True)
+            figures = measure(path, sweep_file)
+            print(f"{name:>8} " + " ".join(f"{v:>{len(c)}}" for v, c in zip(figures, columns)), flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -70,7 +80,7 @@ def synthetic(lrs: int, seeds: int) -> list:
     steps = list(range(0, 1000, 5))
     out = []
     for i in range(lrs):
-        lr = round(1e-3 * 1.02 ** i, 6)
+        lr = _lr(i)
         group = None
         for seed in range(seeds):
             trial = TrialSpec(lr=lr, seed=seed, steps=1000)
@@ -85,16 +95,22 @@ def synthetic(lrs: int, seeds: int) -> list:
     return out
 
 
-def measure(folder: str) -> list:
+def _lr(i: int) -> float:
+    return round(1e-3 * 1.02 ** i, 6)
+
+
+def measure(folder: str, sweep_file: str) -> list:
     from ymxb import query, results
     from ymxb.results import Store
 
     store = Store(folder)
     curves = os.path.join(folder, "curves.jsonl")
     sizes = [os.path.getsize(store.path) / 1e6, os.path.getsize(curves) / 1e6 if os.path.exists(curves) else 0.0]
-    started = time.perf_counter()
-    records = list(store.load().values())
-    load_s = time.perf_counter() - started
+    loads = []
+    for _ in range(2):
+        started = time.perf_counter()
+        records = list(store.load().values())
+        loads.append(time.perf_counter() - started)
     started = time.perf_counter()
     results.table(records)
     table_s = time.perf_counter() - started
@@ -102,16 +118,20 @@ def measure(folder: str) -> list:
     query.select(records, "lr<0.01 and seed<5", "final_loss", 10)
     question_s = time.perf_counter() - started
     del records
-    calls = []
-    for _ in range(2):
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, str(ROOT / "launch.py"), "results", folder], capture_output=True,
-                              text=True)
-        calls.append(time.perf_counter() - started)
-        if done.returncode not in (0, 1):
-            sys.exit(f"launch.py results {folder}: exit {done.returncode}: {done.stderr[-500:]}")
-    return [f"{sizes[0]:.0f}", f"{sizes[1]:.0f}", f"{load_s:.2f}", f"{table_s:.2f}", f"{question_s:.2f}",
-            f"{calls[0]:.1f}", f"{calls[1]:.1f}"]
+    calls = [_launch("results", folder) for _ in range(2)]
+    calls.append(_launch("results", folder, "--where", "lr<0.01 and seed<5", "--sort", "final_loss", "--top", "10"))
+    calls.append(_launch("sweep", sweep_file, "--out", folder))
+    return [f"{sizes[0]:.0f}", f"{sizes[1]:.0f}", *(f"{s:.2f}" for s in (*loads, table_s, question_s)),
+            *(f"{s:.1f}" for s in calls)]
+
+
+def _launch(*args) -> float:
+    """Seconds `launch.py ARGS` took, as a user runs it."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], capture_output=True, text=True)
+    if done.returncode not in (0, 1):
+        sys.exit(f"launch.py {' '.join(args)}: exit {done.returncode}: {done.stderr[-500:]}")
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

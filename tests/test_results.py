@@ -1,6 +1,7 @@
 """The results store on its own (no cluster): trial ids, records old and new, the lock, the
 kept sweep files, the table and the plots."""
 
+import dataclasses
 import json
 import os
 
@@ -207,3 +208,50 @@ def test_the_curves_are_kept_apart_and_read_only_when_asked_for(tmp_path):
     old = _record(trial=TrialSpec(lr=0.4), schema=2)
     open(store.path, "a").write(old.to_json() + "\n")
     assert store.curves([store.load()[old.trial_id]])[0].loss_curve == old.loss_curve
+
+
+def _stored(tmp_path, lrs):
+    store = Store(str(tmp_path))
+    records = [_record(trial=TrialSpec(lr=lr), checks=[{"name": "loss finite", "ok": True, "detail": f"lr {lr}"}])
+               for lr in lrs]
+    store.append(records)
+    return store, records
+
+
+def test_a_load_reads_back_the_rows_it_kept_and_parses_only_what_was_appended(tmp_path):
+    from ymxb import rowcache
+
+    store, records = _stored(tmp_path, (0.1, 0.2))
+    first = store.load()
+    assert [r.checks for r in first.values()] == [r.checks for r in records]  # parsed: whole
+    assert os.path.isfile(tmp_path / rowcache.FILE)
+    kept = store.load()  # from the cache: the same records, their checks left to `whole`
+    assert [r.checks for r in kept.values()] == [None, None]
+    assert [dataclasses.replace(r, checks=None) for r in first.values()] == list(kept.values())
+    assert [r.checks for r in store.whole(list(kept.values()))] == [r.checks for r in records]
+    more = _record(trial=TrialSpec(lr=0.3))
+    store.append([more])
+    assert list(store.load()) == [r.trial_id for r in records] + [more.trial_id]
+    assert store.load()[more.trial_id].checks is None  # the cache covers the appended line now
+
+
+def test_a_store_changed_under_its_cache_is_read_again_and_a_broken_cache_ignored(tmp_path):
+    from ymxb import rowcache
+
+    store, records = _stored(tmp_path, (0.1, 0.2, 0.3))
+    store.load()
+    lines = open(store.path).read().splitlines(keepends=True)
+    open(store.path, "w").write(lines[0] + lines[2])  # a user took the middle line out
+    assert list(store.load()) == [records[0].trial_id, records[2].trial_id]
+    (tmp_path / rowcache.FILE).write_bytes(b"\x00not marshal")
+    assert list(store.load()) == [records[0].trial_id, records[2].trial_id]
+    store.clear()  # --fresh: the cache goes with the store
+    assert not os.path.exists(tmp_path / rowcache.FILE) and store.load() == {}
+
+
+def test_json_after_a_load_from_the_cache_holds_every_check(tmp_path):
+    store, records = _stored(tmp_path, (0.1, 0.2))
+    store.load()
+    done = launch("results", tmp_path, "--json")
+    assert done.returncode == 0, done.stderr
+    assert [t["checks"] for t in json.loads(done.stdout)["trials"]] == [r.checks for r in records]

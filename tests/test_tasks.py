@@ -31,7 +31,8 @@ def test_a_default_trials_record_has_the_fields_it_had():
     written = json.loads(record.to_json())
     assert list(written) == ["trial_id", "config", "verified", "max_error", "solution", "optimal_loss", "members",
                              "loss_curve", "checks", "group", "slice", "group_trials", "wall_s", "sweep_file",
-                             "ymxb_version", "schema"]
+                             "ymxb_version", "schema", "stopped_at", "stopped_by"]  # the last two: layout 4
+    assert written["stopped_at"] is None and written["stopped_by"] is None
     assert list(written["members"][0]) == ["m", "b", "error", "final_loss", "converged_step", "diverged_step"]
     assert list(written["solution"]) == ["m", "b"] and written["verified"]
     assert [c["name"] for c in written["checks"]] == ["all hosts and devices took part", "loss finite",

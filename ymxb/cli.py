@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import os
 import shutil
@@ -354,6 +355,8 @@ def _results(argv: List[str]) -> int:
         raise UsageError(f"{args.dir} holds no results ({results.STORE} missing): give the folder a "
                          f"sweep wrote (its --out, or {RUNS}/<name>)")
     records = list(store.load().values())
+    # Kept till the process ends: the collector need never walk them (10^5 records: ~0.3 s a time).
+    gc.freeze()
     metrics = [m.strip() for m in args.best_by.split(",")] if args.best_by else []
     order = args.sort or (metrics[0] if metrics and args.top else None)
     shown = query.select(records, args.where, order, args.top)
@@ -384,7 +387,7 @@ def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=N
     store = Store(folder)
     drawn = plots.draw(records, os.path.join(folder, "plots"), source=store)
     if as_json:
-        shown = store.curves(shown)
+        shown = store.whole(shown)
         doc = {"folder": folder, "store": os.path.join(folder, results.STORE), "plots": drawn,
                "restarts": [dataclasses.asdict(r) for r in restarts], "best": sorted(best(shown)),
                "trials": [json.loads(r.to_json()) for r in shown]}

@@ -8,6 +8,7 @@ slice (placed and initialised once) runs its programs one after another.
 
 import collections
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -61,6 +62,7 @@ class Outcome:
     restarts: List[Restart] = dataclasses.field(default_factory=list)  # in order
 
 
+@functools.lru_cache(maxsize=None)  # a sweep's 10^5 trials have a few slices
 def settle(spec: SliceSpec) -> SliceSpec:
     """The slice as far as it is known before launching: the CPU simulation's shape follows
     from the settings alone, and an embedded cluster can only simulate. A TPU or GPU slice

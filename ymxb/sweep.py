@@ -19,6 +19,7 @@ own warm slice. Trials that differ only in lr and seed become one program (confi
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import os
@@ -36,7 +37,7 @@ SLICE_KEYS = tuple(k for k in SliceSpec.fields() if k != "address")  # the clust
 SHAPE_KEYS = ("slices", "hosts", "devices_per_host")  # a shape may vary per trial
 FLOATS = ("lr", "tol", "timeout", "wait")  # a task's own settings take 1e-2 as a number themselves
 # The most trials one sweep file may make. Measured on this 2-core machine: 100,000 trials
-# (a 1000 x 100 grid) take ~7 s to expand, check and give ids; a store of that size is issue
+# (a 1000 x 100 grid) take ~4 s to expand, check and give ids; a store of that size is issue
 # enough. A grid is counted before it is built: 10 axes of 10 values are refused at once.
 MAX_TRIALS = 200_000
 
@@ -108,7 +109,7 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec(), text: str = "
         more = f" and {len(extra)} in trials" if extra else ""
         made = "grid and sample" if grid and sampled else "sample" if sampled else "grid"
         raise fail(f"{made}: {axes} is {count:,} trials{more}, more than the {MAX_TRIALS:,} one sweep may "
-                   f"hold (100,000 take ~7 s to expand and check on 2 cores); split it into several "
+                   f"hold (100,000 take ~4 s to expand and check on 2 cores); split it into several "
                    f"sweeps, or give fewer values")
     drawn = sampling.values(doc, trial_keys, fail)
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid or drawn else []
@@ -157,11 +158,20 @@ def _make(defaults: SliceSpec, slice_settings: dict, values: dict, fail, label: 
     values = {k: _number(k, v) for k, v in values.items()}
     slice_values = {**slice_settings, **{k: values.pop(k) for k in SHAPE_KEYS if k in values}}
     try:
-        spec = defaults.replace(**{k: _number(k, v) for k, v in slice_values.items()})
+        settings = tuple((k, _number(k, v)) for k, v in slice_values.items())
+        try:
+            spec = _slice(defaults, settings)
+        except TypeError:  # a list where a number belongs: not a key to cache by; refused below
+            spec = defaults.replace(**dict(settings))
         trial = TrialSpec(**values)
     except UsageError as err:
         raise fail(f"{label}: {as_key(str(err))}") from None
     return spec, trial
+
+
+@functools.lru_cache(maxsize=64)  # a sweep's 10^5 trials have a few slices
+def _slice(defaults: SliceSpec, settings: tuple) -> SliceSpec:
+    return defaults.replace(**dict(settings))
 
 
 def _mapping(doc: dict, key: str, allowed, fail) -> dict:
