@@ -50,7 +50,8 @@ def test_each_trial_is_a_run_with_its_curve_settings_and_metrics_and_each_progra
         # The curve as stored, its non-finite point left out.
         want = [(s, v) for s, v in zip(r.loss_curve["step"], r.loss_curve["loss"]) if math.isfinite(v)]
         got = events.Scalars("loss")
-        assert [e.step for e in got] == [s for s, _ in want] and [e.value for e in got] == pytest.approx([v for _, v in want])
+        assert [e.step for e in got] == [s for s, _ in want]
+        assert [e.value for e in got] == pytest.approx([v for _, v in want])
         metrics = {tag: events.Scalars(tag)[0].value for tag in events.Tags()["scalars"] if tag != "loss"}
         assert metrics["hparam/max_error"] == pytest.approx(r.max_error, rel=1e-6)  # float32, as every scalar
         assert metrics["hparam/verified"] == 1.0

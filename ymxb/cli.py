@@ -189,7 +189,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
                     "the plots. Rerun it to finish an interrupted sweep; nothing recorded runs twice.",
         epilog="Exit codes: 0 every trial verified, 1 all ran but some did not verify, 2 bad input "
                "or a failed launch (finished programs stay recorded), 130 interrupted, 143 terminated.")
-    p.add_argument("file", help="the sweep file (YAML: name, slice, base, grid, sample, trials, stop; see examples/sweeps/ and the README)")
+    p.add_argument("file", help="the sweep file (YAML: name, slice, base, grid, sample, trials, stop; "
+                   "see examples/sweeps/ and the README)")
     p.add_argument("--out", metavar="DIR", help=f"the results folder; default: {RUNS}/<the sweep's name>")
     p.add_argument("--fresh", action="store_true", help="forget the recorded trials and run them all")
     p.add_argument("--json", action="store_true", help="print one JSON document with every record instead of the table")

@@ -192,7 +192,6 @@ def _run_stopping(program: Program, start: Optional[checkpoint.Checkpoint], supe
     recorded, looks for. (the last run, the records, the seconds judging took)"""
     rules, cfg, spec = options.stop, program.trial, program.slice
     trials = program.trials()
-    group = results.trial_id(spec, trials[0])
     reference = results.reference_of(program)  # all judged by it, and `converged` stops by it
     if rules.converged and reference is None:
         log(said(f"stop: converged needs an optimal loss, and task {cfg.task} has no reference solution: "
@@ -208,31 +207,20 @@ def _run_stopping(program: Program, start: Optional[checkpoint.Checkpoint], supe
         run = supervisor.run(current, None, start, on_steps=progress.steps, until=until)
         computed += current.padded_entries * (until - step)
         train_s, step = train_s + run.train_s, until
-        if step == cfg.steps:
-            ended = dict.fromkeys(running)
-        else:
-            losses = stopping.trial_losses(run.entry_losses(), current.count, cfg.members)
-            stops = stopping.review(rules, losses[[packed.index(i) for i in running]], step // cfg.steps_per_call,
-                                    reference and reference.loss)
-            ended = {running[stop.trial]: stop for stop in stops}
+        ended = _ended(rules, run, running, packed, reference and reference.loss)
         judging = time.perf_counter()
-        done = run.only([packed.index(i) for i in ended], Program.of(spec, [trials[i] for i in ended]),
-                        train_s) if ended else None
-        new = results.judge(done, options.sweep_file, reference) if ended else []
-        for record, stop in zip(new, ended.values()):  # one program's trials, whenever they ended
-            record.group, record.group_trials = group, program.count
-            record.stopped_at, record.stopped_by = (stop.step, stop.why) if stop else (None, None)
+        new = _records_of(run, ended, packed, program, trials, train_s, options.sweep_file, reference)
         records.update(zip(ended, new))
         judged_s += time.perf_counter() - judging
         running, old = [i for i in running if i not in ended], path
         if running:
-            start, alone = supervisor.latest, Program.of(spec, [trials[i] for i in running])
+            start = supervisor.latest
             if stopping.should_repack(rules, len(running), len(packed)):
-                start, packed = checkpoint.of_trials(start, [packed.index(i) for i in running], alone), list(running)
+                start, packed = _of_trials(start, packed, running, trials, spec), list(running)
             if options.checkpoints and (ended or (step // cfg.steps_per_call) % options.recovery.checkpoint_every == 0):
-                kept = start if packed == running else checkpoint.of_trials(start, [packed.index(i) for i in running], alone)
+                alone = Program.of(spec, [trials[i] for i in running])
                 path = os.path.join(options.checkpoints, checkpoint.name_of(alone))
-                checkpoint.write(path, kept)
+                checkpoint.write(path, _of_trials(start, packed, running, trials, spec))
         # In this order, a crash anywhere leaves a checkpoint named for the trials not recorded.
         if store and new:
             store.append(new)
@@ -242,6 +230,41 @@ def _run_stopping(program: Program, start: Optional[checkpoint.Checkpoint], supe
         checkpoint.remove(path)  # every record is in: nothing to resume
     _say_saved(records.values(), computed, program.padded_entries * (cfg.steps - first), log)
     return run, [records[i] for i in sorted(records)], judged_s
+
+
+def _ended(rules: stopping.Rules, run: ProgramRun, running: List[int], packed: List[int],
+           optimal: Optional[float]) -> Dict[int, Optional[stopping.Stop]]:
+    """The trials (positions in the program) whose training ends with this run's last call: every
+    one at the last step (no Stop), else those the rules stop."""
+    cfg, step = run.program.trial, run.hosts[0].result.losses.shape[1]
+    if step == cfg.steps:
+        return dict.fromkeys(running)
+    losses = stopping.trial_losses(run.entry_losses(), run.program.count, cfg.members)
+    stops = stopping.review(rules, losses[[packed.index(i) for i in running]], step // cfg.steps_per_call, optimal)
+    return {running[stop.trial]: stop for stop in stops}
+
+
+def _records_of(run: ProgramRun, ended: Dict[int, Optional[stopping.Stop]], packed: List[int], program: Program,
+                trials, train_s: float, sweep_file: Optional[str], reference) -> List[TrialRecord]:
+    """The records of the trials that `ended` with this run (on the axis of the `packed` ones),
+    as trials of `program` (its group, whenever they ended), saying where a rule stopped them."""
+    if not ended:
+        return []
+    spec = program.slice
+    done = run.only([packed.index(i) for i in ended], Program.of(spec, [trials[i] for i in ended]), train_s)
+    records = results.judge(done, sweep_file, reference)
+    for record, stop in zip(records, ended.values()):
+        record.group, record.group_trials = results.trial_id(spec, trials[0]), program.count
+        record.stopped_at, record.stopped_by = (stop.step, stop.why) if stop else (None, None)
+    return records
+
+
+def _of_trials(ckpt: checkpoint.Checkpoint, packed: List[int], running: List[int], trials, spec: SliceSpec):
+    """The running trials' part of a checkpoint of the packed ones' program, as their own program's."""
+    if packed == running:
+        return ckpt
+    alone = Program.of(spec, [trials[i] for i in running])
+    return checkpoint.of_trials(ckpt, [packed.index(i) for i in running], alone)
 
 
 def _say_saved(records, computed: int, whole: int, log: Callable[[str], None]) -> None:

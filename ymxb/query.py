@@ -229,7 +229,8 @@ def to_csv(records: Sequence[TrialRecord], best: Set[str]) -> str:
     """One row per trial: its id, where it ran, every setting, the metrics, and best (1/0)."""
     settings = [k for k in keys(records) if k not in METRICS]
     columns = ["trial_id", "group", "slice", "sweep_file", *settings, "verified", "diverged", "members",
-               "max_error", "final_loss", "converged_step", "diverged_step", "stopped_at", "stopped_by", "wall_s", "best"]
+               "max_error", "final_loss", "converged_step", "diverged_step", "stopped_at", "stopped_by", "wall_s",
+               "best"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)

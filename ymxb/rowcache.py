@@ -24,6 +24,7 @@ FORMAT = 1  # this file's own layout
 WINDOW, WINDOWS = 64, 16
 FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
 MEMBER_FIELDS = tuple(f.name for f in dataclasses.fields(Member))
+HEAD = (FORMAT, __version__, SCHEMA, FIELDS, MEMBER_FIELDS)  # a cache of another layout is made again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ def read(directory: str, store: str) -> Tuple[List[TrialRecord], Covered]:
     try:
         with open(os.path.join(directory, FILE), "rb") as f:
             head, covered, fingerprint, rows = marshal.loads(f.read())  # marshal.load(f): ~10x slower
-        if head != (FORMAT, __version__, SCHEMA, FIELDS, MEMBER_FIELDS) or _fingerprint(store, covered[0]) != fingerprint:
+        if head != HEAD or _fingerprint(store, covered[0]) != fingerprint:
             return [], Covered()
         return [_record(row) for row in rows], Covered(*covered)
     except (OSError, EOFError, ValueError, TypeError, KeyError):
@@ -55,8 +56,7 @@ def write(directory: str, store: str, records: List[TrialRecord], covered: Cover
     try:
         rows = [_row(r) for r in records]
         with open(temporary, "wb") as f:
-            f.write(marshal.dumps(((FORMAT, __version__, SCHEMA, FIELDS, MEMBER_FIELDS),
-                                   (covered.size, covered.lines), _fingerprint(store, covered.size), rows)))
+            f.write(marshal.dumps((HEAD, (covered.size, covered.lines), _fingerprint(store, covered.size), rows)))
         os.replace(temporary, path)
     except OSError:
         with contextlib.suppress(OSError):
