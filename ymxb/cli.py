@@ -187,8 +187,9 @@ def _sweep_parser() -> argparse.ArgumentParser:
                     "(placed and initialised once per slice shape), trials that differ only in lr "
                     "and seed batched into one program; then print the comparison table and draw "
                     "the plots. Rerun it to finish an interrupted sweep; nothing recorded runs twice.",
-        epilog="Exit codes: 0 every trial verified, 1 all ran but some did not verify, 2 bad input "
-               "or a failed launch (finished programs stay recorded), 130 interrupted, 143 terminated.")
+        epilog="Exit codes: 0 every trial verified (or stopped by a rung), 1 all ran but some did not "
+               "verify, 2 bad input or a failed launch (finished programs stay recorded), 130 "
+               "interrupted, 143 terminated.")
     p.add_argument("file", help="the sweep file (YAML: name, slice, base, grid, sample, trials, stop; "
                    "see examples/sweeps/ and the README)")
     p.add_argument("--out", metavar="DIR", help=f"the results folder; default: {RUNS}/<the sweep's name>")
@@ -215,7 +216,7 @@ def _results_parser() -> argparse.ArgumentParser:
                        "hosts, ...), and the metrics " + ", ".join(query.METRICS) + ". Example: "
                        f"{PROG} results runs/optimizers --where 'optimizer==adam and lr<0.1' "
                        "--sort final_loss --top 10 --best-by final_loss,wall_s. Exit codes: 0 every "
-                       "trial shown verified, 1 some did not, 2 bad input.")
+                       "trial shown verified (or stopped by a rung), 1 some did not, 2 bad input.")
     p.add_argument("dir", help=f"the results folder ({RUNS}/<name>, or a sweep's --out)")
     p.add_argument("--where", metavar="COND", help="only the trials for which COND holds: comparisons "
                    "(== != < <= > >= in; 0.01<lr<0.1) joined by and/or/not, a bare word a string "
