@@ -196,31 +196,34 @@ def _run_stopping(program: Program, start: Optional[checkpoint.Checkpoint], supe
     if rules.converged and reference is None:
         log(said(f"stop: converged needs an optimal loss, and task {cfg.task} has no reference solution: "
                  f"its trials stop by the other rules only"))
+    program_of = lambda positions: Program.of(spec, [trials[i] for i in positions])
     running = list(range(len(trials)))  # positions in `trials` of those still training
-    packed = list(running)  # those on the hosts' axis: the running, and stopped ones not let go yet
+    # Those on the hosts' axis (the running, and stopped ones not let go yet): trial -> its place.
+    axis = {i: i for i in running}
+    current = program
     step = first = start.step if start else 0
     records, judged_s, train_s, computed = {}, 0.0, 0.0, 0
     path = os.path.join(options.checkpoints, checkpoint.name_of(program)) if options.checkpoints else None
     while running:
-        current = Program.of(spec, [trials[i] for i in packed])
         until = min(step + cfg.steps_per_call, cfg.steps)
         run = supervisor.run(current, None, start, on_steps=progress.steps, until=until)
         computed += current.padded_entries * (until - step)
         train_s, step = train_s + run.train_s, until
-        ended = _ended(rules, run, running, packed, reference and reference.loss)
+        ended = _ended(rules, run, running, axis, reference and reference.loss)
         judging = time.perf_counter()
-        new = _records_of(run, ended, packed, program, trials, train_s, options.sweep_file, reference)
+        new = _records_of(run, ended, axis, program_of(ended), trials[0], program.count, train_s,
+                          options.sweep_file, reference) if ended else []
         records.update(zip(ended, new))
         judged_s += time.perf_counter() - judging
         running, old = [i for i in running if i not in ended], path
         if running:
-            start = supervisor.latest
-            if stopping.should_repack(rules, len(running), len(packed)):
-                start, packed = _of_trials(start, packed, running, trials, spec), list(running)
+            start, alone = supervisor.latest, program_of(running)
+            if stopping.should_repack(rules, len(running), len(axis)):
+                start, current = _of_trials(start, axis, running, alone), alone
+                axis = {i: k for k, i in enumerate(running)}
             if options.checkpoints and (ended or (step // cfg.steps_per_call) % options.recovery.checkpoint_every == 0):
-                alone = Program.of(spec, [trials[i] for i in running])
                 path = os.path.join(options.checkpoints, checkpoint.name_of(alone))
-                checkpoint.write(path, _of_trials(start, packed, running, trials, spec))
+                checkpoint.write(path, _of_trials(start, axis, running, alone))
         # In this order, a crash anywhere leaves a checkpoint named for the trials not recorded.
         if store and new:
             store.append(new)
@@ -232,39 +235,37 @@ def _run_stopping(program: Program, start: Optional[checkpoint.Checkpoint], supe
     return run, [records[i] for i in sorted(records)], judged_s
 
 
-def _ended(rules: stopping.Rules, run: ProgramRun, running: List[int], packed: List[int],
+def _ended(rules: stopping.Rules, run: ProgramRun, running: List[int], axis: Dict[int, int],
            optimal: Optional[float]) -> Dict[int, Optional[stopping.Stop]]:
-    """The trials (positions in the program) whose training ends with this run's last call: every
-    one at the last step (no Stop), else those the rules stop."""
+    """The trials (positions in the program; `axis`: their places on the run's axis) whose
+    training ends with this run's last call: every one at the last step (no Stop), else those the
+    rules stop."""
     cfg, step = run.program.trial, run.hosts[0].result.losses.shape[1]
     if step == cfg.steps:
         return dict.fromkeys(running)
     losses = stopping.trial_losses(run.entry_losses(), run.program.count, cfg.members)
-    stops = stopping.review(rules, losses[[packed.index(i) for i in running]], step // cfg.steps_per_call, optimal)
+    stops = stopping.review(rules, losses[[axis[i] for i in running]], step // cfg.steps_per_call, optimal)
     return {running[stop.trial]: stop for stop in stops}
 
 
-def _records_of(run: ProgramRun, ended: Dict[int, Optional[stopping.Stop]], packed: List[int], program: Program,
-                trials, train_s: float, sweep_file: Optional[str], reference) -> List[TrialRecord]:
-    """The records of the trials that `ended` with this run (on the axis of the `packed` ones),
-    as trials of `program` (its group, whenever they ended), saying where a rule stopped them."""
-    if not ended:
-        return []
-    spec = program.slice
-    done = run.only([packed.index(i) for i in ended], Program.of(spec, [trials[i] for i in ended]), train_s)
-    records = results.judge(done, sweep_file, reference)
+def _records_of(run: ProgramRun, ended: Dict[int, Optional[stopping.Stop]], axis: Dict[int, int], theirs: Program,
+                first: TrialSpec, count: int, train_s: float, sweep_file: Optional[str], reference) -> List[TrialRecord]:
+    """The records of the trials that `ended` with this run (`axis`: their places on its axis),
+    judged as `theirs` (their own program), recorded as trials of the program they began in (its
+    group, the id of its `first` trial; its `count` trials), saying where a rule stopped them."""
+    records = results.judge(run.only([axis[i] for i in ended], theirs, train_s), sweep_file, reference)
     for record, stop in zip(records, ended.values()):
-        record.group, record.group_trials = results.trial_id(spec, trials[0]), program.count
+        record.group, record.group_trials = results.trial_id(theirs.slice, first), count
         record.stopped_at, record.stopped_by = (stop.step, stop.why) if stop else (None, None)
     return records
 
 
-def _of_trials(ckpt: checkpoint.Checkpoint, packed: List[int], running: List[int], trials, spec: SliceSpec):
-    """The running trials' part of a checkpoint of the packed ones' program, as their own program's."""
-    if packed == running:
+def _of_trials(ckpt: checkpoint.Checkpoint, axis: Dict[int, int], running: List[int], alone: Program):
+    """The running trials' part of a checkpoint of the program on `axis`, as their own program's
+    (`alone`)."""
+    if len(axis) == len(running):  # they are the axis
         return ckpt
-    alone = Program.of(spec, [trials[i] for i in running])
-    return checkpoint.of_trials(ckpt, [packed.index(i) for i in running], alone)
+    return checkpoint.of_trials(ckpt, [axis[i] for i in running], alone)
 
 
 def _say_saved(records, computed: int, whole: int, log: Callable[[str], None]) -> None:
