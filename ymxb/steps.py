@@ -243,14 +243,18 @@ class PmapTrainer(Trainer):
     def adopt(self, before, treedef, leaves):
         self.axis_index = before.axis_index  # the same devices: the same places on AXIS
         self.local_entries = [np.asarray(self._entries(int(device))) for device in self.axis_index]
-        # NumPy (local devices, entries, ...): pmap puts each device's part on it at the first call.
-        return jax.tree.unflatten(treedef, [np.stack([leaf[e] for e in self.local_entries]) for leaf in leaves])
+        # NumPy: pmap puts each device's part on it at the first call.
+        return jax.tree.unflatten(treedef, [self._stacked(leaf) for leaf in leaves])
 
     def _entry_shape(self, leaf):
         return leaf.shape[2:]  # (local devices, entries per device, ...)
 
     def _place(self, whole, like):
-        return jax.device_put(np.stack([whole[entries] for entries in self.local_entries]), like.sharding)
+        return jax.device_put(self._stacked(whole), like.sharding)
+
+    def _stacked(self, whole: np.ndarray) -> np.ndarray:
+        """Each local device's entries of `whole` (every entry), stacked: (local devices, entries, ...)."""
+        return np.stack([whole[entries] for entries in self.local_entries])
 
     def collective_counts(self):
         # The mesh's two axes as groups of pmap's one: a device's position is slice-major.
@@ -317,14 +321,13 @@ class ShardingTrainer(Trainer):
         return out
 
     def adopt(self, before, treedef, leaves):
-        return jax.tree.unflatten(treedef, [jax.make_array_from_callback(
-            leaf.shape, self.state_sharding, lambda index, leaf=leaf: leaf[index]) for leaf in leaves])
+        return jax.tree.unflatten(treedef, [_global(leaf, self.state_sharding) for leaf in leaves])
 
     def _entry_shape(self, leaf):
         return leaf.shape[1:]  # (entries, ...): a global array
 
     def _place(self, whole, like):
-        return jax.make_array_from_callback(whole.shape, like.sharding, lambda index: whole[index])
+        return _global(whole, like.sharding)
 
     def collective_counts(self):
         ones = jax.make_array_from_process_local_data(
@@ -332,6 +335,11 @@ class ShardingTrainer(Trainer):
         count = jax.shard_map(lambda one: tuple(lax.psum(one, axes) for axes in (*MESH_AXES, MESH_AXES)),
                               mesh=self.mesh, in_specs=P(MESH_AXES), out_specs=P(MESH_AXES))
         return tuple(int(c.addressable_data(0)[0]) for c in jax.jit(count)(ones))
+
+
+def _global(whole: np.ndarray, sharding) -> jax.Array:
+    """`whole` (every entry) as a global array laid out by `sharding`, this host's parts placed."""
+    return jax.make_array_from_callback(whole.shape, sharding, lambda index: whole[index])
 
 
 TRAINERS = {"pmap": PmapTrainer, "sharding": ShardingTrainer}
