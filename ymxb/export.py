@@ -10,9 +10,12 @@ import math
 import os
 from typing import Dict, List, Sequence
 
-from ymxb import results
+from ymxb import query, results
 from ymxb.errors import UsageError
 from ymxb.results import Store, TrialRecord
+
+# What the HPARAMS table compares trials by (beside the curves' own `loss`): query's metrics.
+METRICS = ("final_loss", "max_error", "converged_step", "verified", "stopped_at")
 
 
 def tensorboard(records: Sequence[TrialRecord], store: Store, out: str) -> List[str]:
@@ -42,7 +45,7 @@ def tensorboard(records: Sequence[TrialRecord], store: Store, out: str) -> List[
                 for step, loss in zip(r.loss_curve["step"], r.loss_curve["loss"]):
                     if loss is not None and math.isfinite(loss):
                         writer.add_scalar("loss", loss, step)
-                metrics = {f"hparam/{k}": float(v) for k, v in _metrics(r).items()
+                metrics = {f"hparam/{k}": float(v) for k in METRICS for v in [query.value(r, k)]
                            if v is not None and math.isfinite(v)}
                 # add_hparams would write them through a second writer, to a second run folder.
                 for summary in hparams({k: _value(r.config[k]) for k in varying}, metrics):
@@ -51,12 +54,6 @@ def tensorboard(records: Sequence[TrialRecord], store: Store, out: str) -> List[
                     writer.add_scalar(tag, value)
             runs.append(run)
     return runs
-
-
-def _metrics(r: TrialRecord) -> dict:
-    """What the HPARAMS table compares trials by (beside the curves' own `loss`)."""
-    return {"final_loss": r.final_loss, "max_error": r.max_error if r.solution else None,
-            "converged_step": r.converged_step(), "verified": r.verified, "stopped_at": r.stopped_at}
 
 
 def _value(value):
