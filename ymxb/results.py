@@ -333,12 +333,10 @@ class Store:
     def whole(self, records: Sequence[TrialRecord]) -> List[TrialRecord]:
         """`records` with everything they say: their curves (`curves`) and, where they came from
         the cache, their checks, read again from the store's rows."""
-        wanted = {r.trial_id for r in records if r.checks is None}
         found = {}
-        for number, line in _lines(self.path)[0] if wanted else []:
-            if _id_of(line) in wanted or _id_of(line) is None:  # None: written otherwise (first layout)
-                record = self._parsed(number, line)
-                found[record.trial_id] = record.checks
+        for number, line in _lines_of(self.path, {r.trial_id for r in records if r.checks is None}):
+            record = self._parsed(number, line)
+            found[record.trial_id] = record.checks
         return [r if r.checks is not None else dataclasses.replace(r, checks=found.get(r.trial_id, []))
                 for r in self.curves(records)]
 
@@ -347,10 +345,7 @@ class Store:
         own (a record whose curve is missing gets an empty one: drawn without it)."""
         wanted = {r.trial_id for r in records if r.loss_curve is None}
         found = {}
-        for _, line in _lines(self.curves_path)[0] if wanted else []:
-            # Parse only the curves asked for (append writes the id first); the last of an id wins.
-            if _id_of(line) not in wanted:
-                continue
+        for _, line in _lines_of(self.curves_path, wanted):  # the last of an id wins
             curve = json.loads(line)
             if curve.get("trial_id") in wanted:
                 found[curve["trial_id"]] = {"step": curve["step"], "loss": curve["loss"]}
@@ -428,14 +423,20 @@ def _lines(path: str, offset: int = 0, first: int = 1) -> Tuple[List[tuple], int
     except FileNotFoundError:
         return [], offset, first
     # A last line without its newline was torn by a crash mid-write: not a record.
-    lines = data[:data.rfind(b"\n") + 1].decode().split("\n")[:-1]
+    whole = data.rfind(b"\n") + 1
+    lines = data[:whole].decode().split("\n")[:-1]
     numbered = [(n, line) for n, line in enumerate(lines, first) if line.strip()]
-    return numbered, offset + data.rfind(b"\n") + 1, first + len(lines)
+    return numbered, offset + whole, first + len(lines)
 
 
-def _id_of(line: str) -> Optional[str]:
-    """The trial id a row or curve line begins with (both are written id first), unparsed."""
-    return line[len(ID_HEAD):line.find('"', len(ID_HEAD))] if line.startswith(ID_HEAD) else None
+def _lines_of(path: str, wanted: set) -> Iterable[tuple]:
+    """(line number, text) of the lines of `path` that may be of a trial in `wanted`, unparsed:
+    its id first (rows and curves are written so), or a line written otherwise (the first
+    layout's rows: parsed to know)."""
+    for number, line in _lines(path)[0] if wanted else []:
+        tid = line[len(ID_HEAD):line.find('"', len(ID_HEAD))] if line.startswith(ID_HEAD) else None
+        if tid is None or tid in wanted:
+            yield number, line
 
 
 @contextlib.contextmanager
