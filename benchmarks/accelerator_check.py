@@ -18,9 +18,10 @@ import jax
 def main() -> int:
     import numpy as np
 
-    from ymxb import data, tasks, verify
-    from ymxb.config import Program, SliceSpec, TrialSpec
-    from ymxb.train import train_host
+    from ymxb.spec import data, tasks
+    from ymxb.results import checks as verify
+    from ymxb.spec.settings import Program, SliceSpec, TrialSpec
+    from ymxb.host.train import train_host
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -49,8 +49,8 @@ def main():
 
 
 def _data(n):
-    from ymxb import data
-    from ymxb.config import TrialSpec
+    from ymxb.spec import data
+    from ymxb.spec.settings import TrialSpec
 
     return data.host_shard(TrialSpec(samples_per_host=n), 0)
 
@@ -61,9 +61,9 @@ def _measure(parallel, model, x, y, steps, rounds):
     import jax.numpy as jnp
 
     from step_throughput import hand_written
-    from ymxb import models
-    from ymxb.config import Program, SliceSpec, TrialSpec
-    from ymxb.steps import TRAINERS
+    from ymxb.spec import models
+    from ymxb.spec.settings import Program, SliceSpec, TrialSpec
+    from ymxb.host.steps import TRAINERS
 
     cfg = TrialSpec(samples_per_host=len(x), parallel=parallel, model=model, steps_per_call=steps)
     trainer = TRAINERS[parallel](models.line(model), Program.of(SliceSpec(hosts=1, devices_per_host=1), [cfg]))

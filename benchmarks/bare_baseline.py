@@ -36,15 +36,15 @@ from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ymxb.reaper import descendants  # noqa: E402
+from ymxb.ops.reaper import descendants  # noqa: E402
 
 # Process 0 prints where its time went, as launch.py's phases do.
 WORKER = """
 import json, sys, time
 started = time.perf_counter()
 import jax
-from ymxb.config import Program, SliceSpec, TrialSpec
-from ymxb.train import train_host
+from ymxb.spec.settings import Program, SliceSpec, TrialSpec
+from ymxb.host.train import train_host
 pid, n, k, addr = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 imported = time.perf_counter()
 jax.distributed.initialize(addr, n, pid, initialization_timeout=60)

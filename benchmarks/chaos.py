@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ymxb.reaper import _start_time, descendants  # noqa: E402
+from ymxb.ops.reaper import _start_time, descendants  # noqa: E402
 
 
 def run(flags, hosts, kill_within_s=None, rng=None) -> dict:

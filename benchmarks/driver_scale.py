@@ -49,8 +49,11 @@ def main():
 
 def measure(hosts: int, devices: int, samples: int, steps: int) -> dict:
     """{piece: (seconds, peak bytes)} of the driver's work for a slice of `hosts` hosts."""
-    from ymxb import checkpoint, protocol, report, results
-    from ymxb.config import Program, SliceSpec, TrialSpec
+    from ymxb.driver import checkpoint
+    from ymxb import protocol
+    from ymxb.results.views import report
+    from ymxb.results import store as results
+    from ymxb.spec.settings import Program, SliceSpec, TrialSpec
     from ymxb.errors import Cause
 
     spec = SliceSpec(hosts=hosts, devices_per_host=devices, platform="cpu-sim")
@@ -116,7 +119,7 @@ def gather_all(timed, identities) -> None:
 
     import ray
 
-    from ymxb import launcher
+    from ymxb.driver import slice as launcher
 
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:

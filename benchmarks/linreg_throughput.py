@@ -48,9 +48,9 @@ def main():
 def _measure(args, features: int, ensemble: int):
     import jax
 
-    from ymxb import data, tasks
-    from ymxb.config import Program, SliceSpec, TrialSpec
-    from ymxb.steps import TRAINERS
+    from ymxb.spec import data, tasks
+    from ymxb.spec.settings import Program, SliceSpec, TrialSpec
+    from ymxb.host.steps import TRAINERS
 
     cfg = TrialSpec(task="linreg", features=features, samples_per_host=args.samples, ensemble=ensemble,
                     steps_per_call=args.steps_per_call)

@@ -8,7 +8,7 @@
 
 Runs the default job (one device a host, 200 steps) at each host count: packed, every host a
 process of one embedded Ray node (`launch.py --hosts N`), and on the network-namespace test bed,
-one Ray node per host (`python -m ymxb.testbed run --cpu N-1 -- launch.py --hosts N`: needs root
+one Ray node per host (`python -m ymxb.ops.testbed run --cpu N-1 -- launch.py --hosts N`: needs root
 and iproute2). From each run's --json `phases_s` it prints every phase's seconds per host count,
 with the run's CPU seconds (every process this script started, sampled from /proc), then a
 least-squares fit of each phase against hosts, seconds = a + b N, and c N^2 beside it where a
@@ -64,7 +64,7 @@ def run(where: str, hosts: int) -> dict:
     """One run of `hosts` hosts: its phases (seconds), wall and CPU seconds."""
     command = [sys.executable, str(ROOT / "launch.py"), "--hosts", str(hosts), *FLAGS]
     if where == "bed":
-        command = [sys.executable, "-m", "ymxb.testbed", "run", "--cpu", str(hosts - 1), "--",
+        command = [sys.executable, "-m", "ymxb.ops.testbed", "run", "--cpu", str(hosts - 1), "--",
                    *command, "--platform", "cpu-sim"]
     started = time.perf_counter()
     with TreeCpu() as cpu:

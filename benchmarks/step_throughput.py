@@ -48,9 +48,9 @@ def main():
 def _measure(args, parallel, model, ensemble):
     import jax
 
-    from ymxb import data, models
-    from ymxb.config import Program, SliceSpec, TrialSpec
-    from ymxb.steps import TRAINERS
+    from ymxb.spec import data, models
+    from ymxb.spec.settings import Program, SliceSpec, TrialSpec
+    from ymxb.host.steps import TRAINERS
 
     cfg = TrialSpec(samples_per_host=args.samples, parallel=parallel, model=model, ensemble=ensemble,
                     steps_per_call=args.steps_per_call)

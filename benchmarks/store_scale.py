@@ -36,7 +36,7 @@ def main():
     p.add_argument("--lrs", type=int, default=320)
     p.add_argument("--seeds", type=int, default=320)
     args = p.parse_args()
-    from ymxb.results import Store
+    from ymxb.results.store import Store
 
     records = synthetic(args.lrs, args.seeds)
     folder = tempfile.mkdtemp(prefix="ymxb-store-")
@@ -67,8 +67,8 @@ def main():
 
 def synthetic(lrs: int, seeds: int) -> list:
     """lrs x seeds records of one program a learning rate, as judge writes them."""
-    from ymxb import results
-    from ymxb.config import SliceSpec, TrialSpec
+    from ymxb.results import store as results
+    from ymxb.spec.settings import SliceSpec, TrialSpec
 
     spec = SliceSpec(hosts=2, devices_per_host=2, platform="cpu-sim")
     checks = [{"name": "all hosts and devices took part", "ok": True,
@@ -100,8 +100,9 @@ def _lr(i: int) -> float:
 
 
 def measure(folder: str, sweep_file: str) -> list:
-    from ymxb import query, results
-    from ymxb.results import Store
+    from ymxb.results.views import query
+    from ymxb.results import store as results
+    from ymxb.results.store import Store
 
     store = Store(folder)
     curves = os.path.join(folder, "curves.jsonl")

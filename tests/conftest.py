@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 import ray  # noqa: E402
 
 from ymxb.names import HOSTS_FILE_ENV  # noqa: E402
-from ymxb.reaper import alive  # noqa: E402
+from ymxb.ops.reaper import alive  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,8 +129,9 @@ def run_one(log=lambda line: None, checkpoints=None, **settings):
     """One trial on a slice of its own, on the connected Ray, as `launch.py` runs it (settings
     named as the flags; checkpoints in memory, or written to the folder `checkpoints`; the run's
     lines to `log`). Returns (protocol.ProgramRun, the report a single run prints)."""
-    from ymxb import experiment, report
-    from ymxb.config import Recovery, SliceSpec, TrialSpec
+    from ymxb import api as experiment
+    from ymxb.results.views import report
+    from ymxb.spec.settings import Recovery, SliceSpec, TrialSpec
 
     spec = SliceSpec(**{k: settings.pop(k) for k in SliceSpec.fields() if k in settings})
     recovery = Recovery(**{k: settings.pop(k) for k in Recovery.fields() if k in settings})
@@ -175,9 +176,9 @@ def stop_processes_of(temp: str, marker: str) -> None:
 def trained(*trials, devices: int = LOCAL_DEVICES):
     """A program of `trials` trained in this process (one host, `devices` CPU devices), as a
     slice would return it: a protocol.ProgramRun."""
-    from ymxb.config import Program, SliceSpec
+    from ymxb.spec.settings import Program, SliceSpec
     from ymxb.protocol import HostRun, ProgramRun, SliceHost
-    from ymxb.train import train_host
+    from ymxb.host.train import train_host
 
     program = Program.of(SliceSpec(hosts=1, devices_per_host=devices, platform="cpu-sim"), trials)
     host = SliceHost(host_index=0, hostname="vm", node_ip="127.0.0.1", pid=os.getpid(), node_id="n0",
@@ -191,8 +192,8 @@ def trained(*trials, devices: int = LOCAL_DEVICES):
 def trial_record(spec=None, trial=None, **changes):
     """A trial's record as `results.judge` writes one, made by hand (for tests of what reads
     records); `changes` replace its fields."""
-    from ymxb import results
-    from ymxb.config import SliceSpec, TrialSpec
+    from ymxb.results import store as results
+    from ymxb.spec.settings import SliceSpec, TrialSpec
 
     spec = spec or SliceSpec(hosts=1, devices_per_host=1, platform="cpu-sim")
     trial = trial or TrialSpec()

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from ymxb import budget
-from ymxb.config import Program, SliceSpec, TrialSpec
+from ymxb.driver import budget
+from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 from ymxb.protocol import SliceHost
 

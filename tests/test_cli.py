@@ -123,7 +123,7 @@ def test_inspect_rejects_bad_input_like_a_run():
 
 
 def test_testbed_refuses_in_one_line_where_it_cannot_work():
-    no_ip = subprocess.run([sys.executable, "-m", "ymxb.testbed", "up", "--cpu", "1"], capture_output=True,
+    no_ip = subprocess.run([sys.executable, "-m", "ymxb.ops.testbed", "up", "--cpu", "1"], capture_output=True,
                            text=True, env={"PATH": "/nonexistent"}, timeout=60)
     assert no_ip.returncode == 2 and no_ip.stdout == ""
     assert no_ip.stderr.strip().count("\n") == 0 and no_ip.stderr.startswith("testbed: error: the test bed needs")

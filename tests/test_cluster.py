@@ -17,7 +17,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from conftest import launch, run_one, wait_until
-from ymxb import names, platforms
+from ymxb import names
+from ymxb.driver import platforms
 from ymxb.errors import HostFailure, UsageError
 
 # name: (pod type, topology, hosts up, accelerator type)
@@ -236,7 +237,7 @@ def _workers_up(name: str) -> list:
 
 def test_a_preempted_host_waits_for_its_node_and_the_run_goes_on(pretend, cpu_devices, tmp_path):
     """Last in this module: it replaces a node of slice-b."""
-    from ymxb import checkpoint
+    from ymxb.driver import checkpoint
 
     said, outcome = [], {}
 

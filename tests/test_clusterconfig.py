@@ -11,8 +11,8 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from ymxb import clusterconfig
-from ymxb.clusterconfig import check, load, node_commands, prepared, script
+from ymxb.ops import clusterconfig
+from ymxb.ops.clusterconfig import check, load, node_commands, prepared, script
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "cluster").glob("*.yaml"))

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ymxb import data
-from ymxb.config import TrialSpec
+from ymxb.spec import data
+from ymxb.spec.settings import TrialSpec
 
 
 def test_shards_concatenate_to_the_global_dataset():

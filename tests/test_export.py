@@ -5,9 +5,9 @@ import math
 import pytest
 
 from conftest import launch, trial_record
-from ymxb import results
-from ymxb.config import TrialSpec
-from ymxb.results import Store
+from ymxb.results import store as results
+from ymxb.spec.settings import TrialSpec
+from ymxb.results.store import Store
 
 
 def _store(folder):
@@ -28,7 +28,7 @@ def _store(folder):
 
 
 def _spec():
-    from ymxb.config import SliceSpec
+    from ymxb.spec.settings import SliceSpec
 
     return SliceSpec(hosts=1, devices_per_host=1, platform="cpu-sim")
 

@@ -35,7 +35,7 @@ from ray.autoscaler._private.util import with_envs
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, node_manager_pb2, node_manager_pb2_grpc
 
 from conftest import ROOT, pids_of, stop_processes_of, wait_until
-from ymxb.clusterconfig import load, script
+from ymxb.ops.clusterconfig import load, script
 from ymxb.names import TEST_CPU_DEVICES_ENV
 
 pytestmark = pytest.mark.slow

@@ -41,14 +41,14 @@ def _until_first_checkpoint(tmpdir: str, within_s: float = 60) -> None:
 
 def _descendants(root: int):
     """(pid, start time) of every living descendant of `root`: the processes this run started."""
-    from ymxb.reaper import descendants
+    from ymxb.ops.reaper import descendants
 
     return descendants(root)
 
 
 def _all_gone(procs, within_s: float) -> list:
     """Those of `procs` still running after `within_s` seconds (the same process: pid + start)."""
-    from ymxb.reaper import _start_time
+    from ymxb.ops.reaper import _start_time
 
     deadline = time.monotonic() + within_s
     while True:

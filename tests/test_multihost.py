@@ -9,9 +9,12 @@ import pytest
 import ray
 
 from conftest import gone, launch, run_one
-from ymxb import data, experiment, launcher, report, tasks
-from ymxb.config import SliceSpec, TrialSpec
-from ymxb.results import Store
+from ymxb.spec import data, tasks
+from ymxb import api as experiment
+from ymxb.driver import slice as launcher
+from ymxb.results.views import report
+from ymxb.spec.settings import SliceSpec, TrialSpec
+from ymxb.results.store import Store
 from ymxb.names import FAULT_ENV
 from ymxb.errors import HostFailure
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, launch, run_one
-from ymxb import experiment, results, sweep as sweeps
-from ymxb.config import SliceSpec
+from ymxb import api as experiment
+from ymxb.results import store as results
+from ymxb.spec import sweep as sweeps
+from ymxb.spec.settings import SliceSpec
 from ymxb.errors import Cause, HostFailure
 from ymxb.names import FAULT_ENV, FAULT_ONCE_ENV
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import ray._raylet
 
-from ymxb import config, names, platforms
-from ymxb.hostsetup import free_tpu
+from ymxb.spec import settings as config
+from ymxb import names
+from ymxb.driver import platforms
+from ymxb.host.setup import free_tpu
 
 
 def test_label_names_are_rays():

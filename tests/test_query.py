@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import launch, trial_record
-from ymxb import query, results
-from ymxb.config import TrialSpec
+from ymxb.results.views import query
+from ymxb.results import store as results
+from ymxb.spec.settings import TrialSpec
 from ymxb.errors import UsageError
-from ymxb.results import Member, Store
+from ymxb.results.store import Member, Store
 
 
 def _trial(optimizer, lr, final_loss, wall_s=1.0, verified=True, diverged_at=None):

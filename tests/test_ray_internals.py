@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ray
 
-from ymxb import autoscaler_state, ray_cluster, ray_internals
+from ymxb.ops import autoscaler_state, ray_cluster, ray_internals
 
 PRIVATE = re.compile(r"^ray\.(_private|_raylet|autoscaler\._private|autoscaler\.v2|experimental)\b")
 

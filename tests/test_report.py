@@ -5,8 +5,11 @@ import json
 
 import numpy as np
 
-from ymxb import protocol, report, results, tasks
-from ymxb.config import Program, SliceSpec, TrialSpec
+from ymxb import protocol
+from ymxb.results.views import report
+from ymxb.results import store as results
+from ymxb.spec import tasks
+from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 
 STEPS = 50
 

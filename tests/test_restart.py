@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import Background, gone, launch, run_one
-from ymxb import checkpoint
+from ymxb.driver import checkpoint
 from ymxb.errors import Cause, HostFailure, UsageError
 from ymxb.names import FAULT_ENV, FAULT_ONCE_ENV
 
@@ -153,7 +153,7 @@ def test_recovery_flags_are_checked_before_launch():
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().startswith(f"launch.py: error: {flag} must be")
     with pytest.raises(UsageError, match="--max-preemptions must be an integer >= 0"):
-        from ymxb.config import Recovery
+        from ymxb.spec.settings import Recovery
         Recovery(max_preemptions=1.5)
 
 
@@ -162,9 +162,9 @@ def test_recovery_flags_are_checked_before_launch():
 def test_training_resumed_from_a_written_checkpoint_is_bit_identical(tmp_path, parallel, ensemble, optimizer, model):
     """In one process: the hosts' pieces assembled, written, read back and restored give
     exactly the run that never stopped (padded ensemble members included)."""
-    from ymxb.config import Program, SliceSpec, TrialSpec
+    from ymxb.spec.settings import Program, SliceSpec, TrialSpec
     from ymxb.protocol import CheckpointPiece
-    from ymxb.train import train_host, train_stream
+    from ymxb.host.train import train_host, train_stream
 
     trials = [TrialSpec(parallel=parallel, ensemble=ensemble, optimizer=optimizer, model=model, lr=lr,
                         steps=300, steps_per_call=50) for lr in (0.05, 0.1)]

@@ -9,10 +9,13 @@ import pytest
 import yaml
 
 from conftest import launch, trial_record as _record
-from ymxb import experiment, plots, results, sweep
-from ymxb.config import SliceSpec, TrialSpec
+from ymxb import api as experiment
+from ymxb.results.views import plots
+from ymxb.results import store as results
+from ymxb.spec import sweep
+from ymxb.spec.settings import SliceSpec, TrialSpec
 from ymxb.errors import UsageError
-from ymxb.results import Store
+from ymxb.results.store import Store
 
 SPEC = SliceSpec(hosts=1, devices_per_host=1, platform="cpu-sim")
 
@@ -219,7 +222,7 @@ def _stored(tmp_path, lrs):
 
 
 def test_a_load_reads_back_the_rows_it_kept_and_parses_only_what_was_appended(tmp_path):
-    from ymxb import rowcache
+    from ymxb.results import rowcache
 
     store, records = _stored(tmp_path, (0.1, 0.2))
     first = store.load()
@@ -236,7 +239,7 @@ def test_a_load_reads_back_the_rows_it_kept_and_parses_only_what_was_appended(tm
 
 
 def test_a_store_changed_under_its_cache_is_read_again_and_a_broken_cache_ignored(tmp_path):
-    from ymxb import rowcache
+    from ymxb.results import rowcache
 
     store, records = _stored(tmp_path, (0.1, 0.2, 0.3))
     store.load()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ymxb import sweep
+from ymxb.spec import sweep
 from ymxb.errors import UsageError
 
 SPACE = {"lr": {"log_uniform": [1.0e-3, 1.0]}, "seed": {"int_uniform": [0, 9]},

@@ -9,10 +9,10 @@ import optax
 import pytest
 
 from conftest import LOCAL_DEVICES
-from ymxb import data, models, tasks
-from ymxb.config import Program, SliceSpec, TrialSpec
-from ymxb.steps import TRAINERS, make_optimizer
-from ymxb.train import train_host
+from ymxb.spec import data, models, tasks
+from ymxb.spec.settings import Program, SliceSpec, TrialSpec
+from ymxb.host.steps import TRAINERS, make_optimizer
+from ymxb.host.train import train_host
 
 ONE_HOST = SliceSpec(hosts=1, devices_per_host=LOCAL_DEVICES)
 SMALL = dict(samples_per_host=256, steps=300)

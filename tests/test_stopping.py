@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from conftest import Background, launch, wait_until
-from ymxb import checkpoint, results, stopping, sweep
-from ymxb.config import Program, SliceSpec, TrialSpec
+from ymxb.driver import checkpoint
+from ymxb.results import store as results
+from ymxb.spec import stopping, sweep
+from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 from ymxb.names import FAULT_ENV
 from ymxb.protocol import HostResult

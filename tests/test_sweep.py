@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, Background, launch, wait_until
-from ymxb import results, sweep
+from ymxb.results import store as results
+from ymxb.spec import sweep
 from ymxb.names import FAULT_ENV
-from ymxb.config import SliceSpec, TrialSpec
-from ymxb.results import Member, Store, TrialRecord
+from ymxb.spec.settings import SliceSpec, TrialSpec
+from ymxb.results.store import Member, Store, TrialRecord
 
 # Two programs (sgd, adam) of 2 lr x 2 seeds each, on one warm slice of 2 hosts.
 SMALL_SWEEP = {
@@ -189,8 +190,9 @@ def test_a_sampled_sweep_runs_its_draws_in_one_program_and_its_kept_copy_draws_n
 
 
 def test_a_program_too_large_for_the_machine_runs_as_several_that_fit(tmp_path):
-    from ymxb import budget, experiment
-    from ymxb.config import Program
+    from ymxb.driver import budget
+    from ymxb import api as experiment
+    from ymxb.spec.settings import Program
     from ymxb.names import MEMORY_ENV
 
     doc = {"name": "split", "slice": {"hosts": 1, "devices_per_host": 1},

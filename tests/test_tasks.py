@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, trained
-from ymxb import cli, results, tasks
-from ymxb.config import TrialSpec
+from ymxb import cli
+from ymxb.results import store as results
+from ymxb.spec import tasks
+from ymxb.spec.settings import TrialSpec
 from ymxb.errors import UsageError
 
 SMALL = dict(samples_per_host=256, steps=300)
@@ -104,7 +106,7 @@ def test_a_broken_users_task_is_refused_in_one_line_before_any_host_starts(capsy
 def test_a_sweep_of_a_users_task_names_its_settings_as_keys(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("base: {task: 'examples.tasks.mlp:TASK'}\ngrid: {hidden: [4, 8], lr: [0.1, 0.2]}\n")
-    from ymxb import sweep
+    from ymxb.spec import sweep
 
     loaded = sweep.load(str(path))
     assert [(t.task, dict(t.settings)["hidden"], t.lr) for _, t in loaded.trials] == [

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from conftest import ROOT, Background, gone, wait_until
-from ymxb import checkpoint, testbed
+from ymxb.driver import checkpoint
+from ymxb.ops import testbed
 from ymxb.names import FAULT_ENV
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_cpu_sim_spreads_one_host_per_node(big_bed):
 def test_testbed_run_passes_on_the_exit_code_and_leaves_nothing():
     bed_id = f"r{os.getpid() % 1000}"
     # --tol no float32 run can meet: launch.py trains, reports, and exits 1 (not verified).
-    run = subprocess.run([sys.executable, "-m", "ymxb.testbed", "run", "--cpu", "1", "--id", bed_id, "--",
+    run = subprocess.run([sys.executable, "-m", "ymxb.ops.testbed", "run", "--cpu", "1", "--id", bed_id, "--",
                           sys.executable, "launch.py", "--platform", "cpu-sim", "--hosts", "3",
                           "--devices-per-host", "1", "--steps", "200", "--tol", "1e-12", "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -2,8 +2,9 @@ import math
 
 import numpy as np
 
-from ymxb import tasks, verify
-from ymxb.config import SliceSpec
+from ymxb.spec import tasks
+from ymxb.results import checks as verify
+from ymxb.spec.settings import SliceSpec
 from ymxb.protocol import HostResult, HostRun, SliceHost
 
 

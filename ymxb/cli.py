@@ -26,15 +26,19 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from ymxb import checkpoint, config, data, experiment, query, report, results, sweep as sweeps, tasks
-from ymxb.config import Program, Recovery, SliceSpec, TrialSpec
+from ymxb.driver import checkpoint
+from ymxb.spec import settings as config, data, sweep as sweeps, tasks
+from ymxb import api as experiment
+from ymxb.results.views import query, report
+from ymxb.results import store as results
+from ymxb.spec.settings import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
-from ymxb.ray_cluster import ray_cluster
-from ymxb.reaper import _start_time
-from ymxb.experiment import Options
+from ymxb.ops.ray_cluster import ray_cluster
+from ymxb.ops.reaper import _start_time
+from ymxb.api import Options
 from ymxb.names import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_VERIFIED, EXIT_TERMINATED, EXIT_VERIFIED, PROG,
                         said)
-from ymxb.results import Store
+from ymxb.results.store import Store
 
 SLICE, TRIAL, RECOVERY = SliceSpec(), TrialSpec(), Recovery()
 RUNS = "runs"  # a sweep's results go to runs/<its name>/ unless --out
@@ -251,7 +255,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _inspect(argv: List[str]) -> int:
-    from ymxb.introspect import inspect
+    from ymxb.host.inspect import inspect
 
     spec, trial, _ = parse(argv, prog=f"{PROG} inspect")
     print(inspect(experiment.settle(spec.replace(address=None)), trial))
@@ -364,7 +368,7 @@ def _results(argv: List[str]) -> int:
     shown = query.select(records, args.where, order, args.top)
     best = query.best_by(metrics, records) if metrics else results.default_best
     if args.tensorboard:
-        from ymxb import export
+        from ymxb.results.views import export
 
         runs = export.tensorboard(shown, store, args.tensorboard)
         _log(said(f"{len(runs)} trials written for TensorBoard: tensorboard --logdir {args.tensorboard}"))
@@ -383,7 +387,7 @@ def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=N
                   best=results.default_best) -> int:
     """The table (`table(shown)`) or JSON of `shown` (default: every record), and the plots of
     every record; with --json, this run's `restarts` too, and the ids of the `best` of `shown`."""
-    from ymxb import plots
+    from ymxb.results.views import plots
 
     shown = records if shown is None else shown
     store = Store(folder)

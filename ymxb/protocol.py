@@ -19,7 +19,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ymxb.config import Program
+from ymxb.spec.settings import Program
 from ymxb.errors import Cause, HostFailure
 
 # How long a live host may take to answer a progress query (it answers from a second thread in

@@ -1,0 +1,168 @@
+"""One host's part of a program, in the order it happens: data, model, step, loop.
+
+Runs inside each host's process after `jax.distributed.initialize` (or alone, as one process).
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterator, Optional, Union
+
+import jax
+import numpy as np
+
+from ymxb.spec import data, tasks
+from ymxb.host import steps
+from ymxb.driver.checkpoint import Checkpoint
+from ymxb.spec.settings import Program
+from ymxb.protocol import CheckpointPiece, HostResult
+
+
+def train_host(program: Program, on_progress: Callable[[int], None] = lambda steps: None) -> HostResult:
+    """Train this process's share of `program` on its local devices, start to end; returns
+    `train_stream`'s result."""
+    for item in train_stream(program, on_progress):
+        pass
+    return item
+
+
+@dataclasses.dataclass
+class Paused:
+    """A program stopped at a call boundary (`until`) with its state still on this host's
+    devices, so that the next call going on from that step needs no restore, data or compile."""
+
+    program: Program
+    step: int
+    task: tasks.Task
+    trainer: steps.Trainer
+    state: Any
+    batch: tuple
+    init_params: list
+    collective: tuple
+
+
+def train_stream(program: Program, on_progress: Callable[[int], None] = lambda steps: None,
+                 resume: Optional[Checkpoint] = None, checkpoint_every: int = 0, until: Optional[int] = None,
+                 paused: Optional[Paused] = None,
+                 keep: Callable[[Paused], None] = lambda p: None) -> Iterator[Union[CheckpointPiece, HostResult]]:
+    """Train this process's share of `program`, yielding its CheckpointPiece after every
+    `checkpoint_every` compiled calls (0: never; none after the last), and finally its
+    HostResult. `resume` (the driver's whole checkpoint) continues from its step.
+    `on_progress(steps)` is called before each compiled call (so a hung call shows where).
+    `until`: stop after that many steps (a call boundary) as if the program ended there, its
+    piece yielded and the state handed to `keep` as Paused; `paused` is used instead of
+    `resume`'s state when it is that program at that step.
+    """
+    started = time.perf_counter()
+    cfg, shape = program.trial, program.slice
+    if jax.local_device_count() != shape.devices_per_host:
+        raise ValueError(f"host {jax.process_index()} has {jax.local_device_count()} local devices, "
+                         f"but --devices-per-host is {shape.devices_per_host}")
+    done = resume.step if resume else 0
+    end = min(cfg.steps, until or cfg.steps)
+    on_progress(done)
+    if not (paused and resume and paused.program == program and paused.step == done):
+        paused = _begin(program, resume, paused)
+    task, trainer, state, batch = paused.task, paused.trainer, paused.state, paused.batch
+
+    chunks, first_call_s, calls, unsent = [], 0.0, 0, 0
+    while done < end:
+        n = min(cfg.steps_per_call, end - done)
+        on_progress(done)
+        call_start = time.perf_counter()
+        state, losses = trainer.run(state, batch, n)
+        # Fetching the losses blocks on the call: never queue collective calls unboundedly.
+        chunks.append(_first_copy(trainer.local(losses)))
+        calls, unsent, done = calls + 1, unsent + 1, done + n
+        if calls == 1:
+            first_call_s = time.perf_counter() - call_start  # compile + run
+        if done < cfg.steps and ((checkpoint_every and calls % checkpoint_every == 0) or done == end):
+            yield _piece(trainer, state, done, chunks[-unsent:])
+            unsent = 0
+    on_progress(done)
+    if done < cfg.steps:
+        keep(dataclasses.replace(paused, step=done, state=state))
+
+    rows = _rows(program, task, trainer.local(state.params), paused.init_params)
+    loss_entry = chunks[0][0]
+    history = [resume.losses[loss_entry]] if resume else []
+    real = loss_entry < program.entries
+    yield HostResult(
+        **rows, loss_entry=loss_entry[real],
+        losses=np.concatenate(history + [losses for _, losses in chunks], axis=1)[real],
+        collective_axes=tuple(paused.collective[:2]),  # over slices, over devices (within a slice)
+        collective_devices=paused.collective[2], train_s=time.perf_counter() - started, first_call_s=first_call_s)
+
+
+def _begin(program: Program, resume: Optional[Checkpoint], before: Optional[Paused]) -> Paused:
+    """The program set up on this host's devices: its data, model and compiled step, its
+    state from the start or from `resume`. After `before`, a program of the same kind on this
+    slice (early stopping's survivors), its data placed and its count of the devices taking
+    part are `before`'s; and of one-model trials, its state is placed from `resume` alone (no
+    initial state made and compiled: theirs are `before`'s)."""
+    cfg = program.trial
+    task = tasks.get(cfg.task)
+    trainer = steps.TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), program, task.loss)
+    step = resume.step if resume else 0
+    if resume and _survivors(program, before):
+        state = trainer.adopt(before.trainer, jax.tree.structure(before.state), resume.leaves)
+        return Paused(program, step, task, trainer, state, before.batch, _init_of(program, before),
+                      before.collective)
+    state = trainer.init()
+    init_params = trainer.local(state.params)
+    if resume:
+        state = trainer.restore(state, resume.leaves)
+    if before and _kind(before.program) == _kind(program):  # the same data on the same slice
+        return Paused(program, step, task, trainer, state, before.batch, init_params, before.collective)
+    batch = trainer.put_data(*data.host_shard(cfg, jax.process_index()))
+    return Paused(program, step, task, trainer, state, batch, init_params, trainer.collective_counts())
+
+
+def _survivors(program: Program, before: Optional[Paused]) -> bool:
+    """Whether `program`'s trials are some of `before`'s one-model trials, on its slice."""
+    if before is None or _kind(before.program) != _kind(program) or program.trial.ensemble:
+        return False
+    return set(zip(program.lrs, program.seeds)) <= set(zip(before.program.lrs, before.program.seeds))
+
+
+def _kind(program: Program) -> tuple:
+    """What programs share that train on the same data on the same slice."""
+    return program.slice, program.trial.structure()
+
+
+def _init_of(program: Program, before: Paused) -> list:
+    """`before`'s initial params of the trials of `program` (one-model trials: each device
+    holds every trial), numbered as `program` numbers them."""
+    where = {pair: k for k, pair in enumerate(zip(before.program.lrs, before.program.seeds))}
+    picked = np.array([where[pair] for pair in zip(program.lrs, program.seeds)])
+    return [(device, np.arange(len(picked)), jax.tree.map(lambda leaf: leaf[picked], tree))
+            for device, _, tree in before.init_params]
+
+
+def _piece(trainer: steps.Trainer, state, step: int, chunks) -> CheckpointPiece:
+    """This host's share of the state after `step` steps, each entry once."""
+    entries, state = _first_copy(trainer.local(state))
+    return CheckpointPiece(step, entries, jax.tree.leaves(state),
+                           np.concatenate([losses for _, losses in chunks], axis=1))
+
+
+def _rows(program: Program, task: tasks.Task, final, init) -> dict:
+    """One row per (device, entry) this host holds, padding dropped: every param, flat (as the
+    task orders them), after and before."""
+    settings = program.trial.of_task
+    columns = {k: [] for k in ("entry", "device", "params", "init")}
+    for (device, entries, params), (_, _, params0) in zip(final, init):
+        keep = entries < program.entries
+        for key, values in (("entry", entries), ("device", np.full(len(entries), device)),
+                            ("params", task.flat(settings, params)), ("init", task.flat(settings, params0))):
+            columns[key].append(np.asarray(values)[keep])
+    return {k: np.concatenate(v) for k, v in columns.items()}
+
+
+def _first_copy(local) -> tuple:
+    """(entries, tree) from Trainer.local's per-device trees, each entry once, in entry order:
+    one-model trials have a copy on every device."""
+    entries = np.concatenate([e for _, e, _ in local])
+    entries, first = np.unique(entries, return_index=True)
+    tree = jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts])[first],
+                        *(t for _, _, t in local))
+    return entries, tree

@@ -1,0 +1,44 @@
+"""Each host's data shard, made by the trial's task (tasks.py) from the data settings
+(`--data-seed`, not the params' `--seed`) and the host index alone, so the driver can make the
+exact data of every host, one shard at a time, without asking the hosts for it.
+"""
+
+from typing import Iterator, Tuple
+
+import numpy as np
+
+from ymxb.spec import tasks
+from ymxb.spec.settings import TrialSpec
+from ymxb.errors import UsageError
+
+
+def host_shard(cfg: TrialSpec, host_index: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The (x, y) points of one host, float32, `cfg.samples_per_host` of each; UsageError,
+    naming the task, where what its `shard` made is not that."""
+    if host_index < 0:
+        raise ValueError(f"host index {host_index} is negative")
+    x, y = tasks.get(cfg.task).shard(cfg.of_task, cfg.data_seed, host_index, cfg.samples_per_host)
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    n = cfg.samples_per_host
+    if len(x) != n or len(y) != n:
+        raise UsageError(f"--task {cfg.task}: its shard of host {host_index} has {len(x)} x and {len(y)} y, "
+                         f"not --samples-per-host ({n}) of each")
+    return x, y
+
+
+def shards(cfg: TrialSpec, hosts: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """Every host's shard, in host order, made one at a time."""
+    return (host_shard(cfg, i) for i in range(hosts))
+
+
+def global_dataset(cfg: TrialSpec, hosts: int) -> Tuple[np.ndarray, np.ndarray]:
+    """All hosts' shards, concatenated in host order: exactly the data the slice trains on."""
+    x, y = zip(*shards(cfg, hosts))
+    return np.concatenate(x), np.concatenate(y)
+
+
+def split_over_devices(a: np.ndarray, devices: int) -> np.ndarray:
+    """Reshape a host's shard to (devices, n / devices, ...): one equal slice per local device."""
+    if a.shape[0] % devices:
+        raise ValueError(f"{a.shape[0]} points do not split evenly over {devices} devices")
+    return a.reshape(devices, a.shape[0] // devices, *a.shape[1:])
