@@ -18,7 +18,7 @@ import jax
 def main() -> int:
     import numpy as np
 
-    from ymxb.spec import data, tasks
+    from ymxb.spec import builtin, data
     from ymxb.results import checks as verify
     from ymxb.spec.settings import Program, SliceSpec, TrialSpec
     from ymxb.host.train import train_host
@@ -34,10 +34,10 @@ def main() -> int:
     for model in ("pure", "haiku"):
         for parallel in ("pmap", "sharding"):
             for ensemble in (0, 512 * k):
-                cfg = TrialSpec(model=model, parallel=parallel, ensemble=ensemble)
+                cfg = TrialSpec.resolve(model=model, parallel=parallel, ensemble=ensemble)
                 started = time.perf_counter()
                 result = train_host(Program.of(SliceSpec(hosts=1, devices_per_host=k), [cfg]))
-                solution = np.array(tasks.normal_equation(*data.global_dataset(cfg, 1)))
+                solution = np.array(builtin.normal_equation(*data.global_dataset(cfg, 1)))
                 params = [(str(e), p) for e, p in zip(result.entry.tolist(), result.params)]
                 show = lambda p: {"m": float(p[0]), "b": float(p[1])}
                 check, error = verify.check_solution(params, solution, cfg.tol, show)

@@ -52,7 +52,7 @@ def _data(n):
     from ymxb.spec import data
     from ymxb.spec.settings import TrialSpec
 
-    return data.host_shard(TrialSpec(samples_per_host=n), 0)
+    return data.host_shard(TrialSpec.resolve(samples_per_host=n), 0)
 
 
 def _measure(parallel, model, x, y, steps, rounds):
@@ -61,12 +61,12 @@ def _measure(parallel, model, x, y, steps, rounds):
     import jax.numpy as jnp
 
     from step_throughput import hand_written
-    from ymxb.spec import models
+    from ymxb.spec import builtin
     from ymxb.spec.settings import Program, SliceSpec, TrialSpec
     from ymxb.host.steps import TRAINERS
 
-    cfg = TrialSpec(samples_per_host=len(x), parallel=parallel, model=model, steps_per_call=steps)
-    trainer = TRAINERS[parallel](models.line(model), Program.of(SliceSpec(hosts=1, devices_per_host=1), [cfg]))
+    cfg = TrialSpec.resolve(samples_per_host=len(x), parallel=parallel, model=model, steps_per_call=steps)
+    trainer = TRAINERS[parallel](builtin.line(model), Program.of(SliceSpec(hosts=1, devices_per_host=1), [cfg]))
     state, batch = trainer.init(), trainer.put_data(x, y)
     ours, ref, probe = trainer.compiled(steps), hand_written(cfg.lr, steps), _probe(steps)
     data, zero = (jnp.asarray(x), jnp.asarray(y)), jnp.zeros(())

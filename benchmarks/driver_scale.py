@@ -57,7 +57,7 @@ def measure(hosts: int, devices: int, samples: int, steps: int) -> dict:
     from ymxb.errors import Cause
 
     spec = SliceSpec(hosts=hosts, devices_per_host=devices, platform="cpu-sim")
-    program = Program.of(spec, [TrialSpec(samples_per_host=samples, steps=steps)])
+    program = Program.of(spec, [TrialSpec.resolve(samples_per_host=samples, steps=steps)])
     figures = {}
 
     def timed(name, work):

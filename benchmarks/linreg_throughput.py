@@ -48,14 +48,14 @@ def main():
 def _measure(args, features: int, ensemble: int):
     import jax
 
-    from ymxb.spec import data, tasks
+    from ymxb.spec import data, registry
     from ymxb.spec.settings import Program, SliceSpec, TrialSpec
     from ymxb.host.steps import TRAINERS
 
-    cfg = TrialSpec(task="linreg", features=features, samples_per_host=args.samples, ensemble=ensemble,
+    cfg = TrialSpec.resolve(task="linreg", features=features, samples_per_host=args.samples, ensemble=ensemble,
                     steps_per_call=args.steps_per_call)
     program = Program.of(SliceSpec(hosts=1, devices_per_host=1), [cfg])
-    task = tasks.get("linreg")
+    task = registry.get("linreg")
     trainer = TRAINERS["pmap"](task.model(cfg.of_task, "pure"), program)
     state = trainer.init()
     x, y = data.host_shard(cfg, 0)

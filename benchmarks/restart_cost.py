@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ymxb.names import FAULT_ENV, FAULT_ONCE_ENV  # noqa: E402
+from ymxb.testing import FAULT_ENV, FAULT_ONCE_ENV  # noqa: E402
 
 PARTS = ("lost_s", "place", "actors", "initialize", "first_call")
 
@@ -59,7 +59,7 @@ def run(hosts: int, cache: bool, fault: bool) -> dict:
         env.update(JAX_COMPILATION_CACHE_DIR=f"{folder}/jax-cache", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     try:
-        done = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--hosts", str(hosts), "--devices-per-host",
+        done = subprocess.run([sys.executable, "-m", "ymxb.testing.launch", "--hosts", str(hosts), "--devices-per-host",
                                "1", "--steps", "1000", "--json"], cwd=ROOT, capture_output=True, text=True,
                               timeout=900, env={**os.environ, **env})
         if done.returncode != 0:

@@ -48,14 +48,14 @@ def main():
 def _measure(args, parallel, model, ensemble):
     import jax
 
-    from ymxb.spec import data, models
+    from ymxb.spec import builtin, data
     from ymxb.spec.settings import Program, SliceSpec, TrialSpec
     from ymxb.host.steps import TRAINERS
 
-    cfg = TrialSpec(samples_per_host=args.samples, parallel=parallel, model=model, ensemble=ensemble,
+    cfg = TrialSpec.resolve(samples_per_host=args.samples, parallel=parallel, model=model, ensemble=ensemble,
                     steps_per_call=args.steps_per_call)
     program = Program.of(SliceSpec(hosts=1, devices_per_host=args.devices), [cfg])
-    trainer = TRAINERS[parallel](models.line(model), program)
+    trainer = TRAINERS[parallel](builtin.line(model), program)
     state = trainer.init()
     x, y = data.host_shard(cfg, 0)
     batch = trainer.put_data(x, y)

@@ -83,7 +83,7 @@ def synthetic(lrs: int, seeds: int) -> list:
         lr = _lr(i)
         group = None
         for seed in range(seeds):
-            trial = TrialSpec(lr=lr, seed=seed, steps=1000)
+            trial = TrialSpec.resolve(lr=lr, seed=seed, steps=1000)
             tid = results.trial_id(spec, trial)
             group = group or tid
             loss = [0.01 + 1.0 / (1 + lr * s * (1 + seed % 7)) for s in steps]

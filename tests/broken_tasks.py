@@ -3,7 +3,7 @@ in one line, before any host starts where the driver can see it, else named with
 
 import numpy as np
 
-from ymxb.spec.tasks import Model, Task
+from ymxb import Model, Task
 
 
 class Line(Task):

@@ -28,7 +28,8 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 import pytest  # noqa: E402
 import ray  # noqa: E402
 
-from ymxb.names import HOSTS_FILE_ENV  # noqa: E402
+from ymxb import testing  # noqa: E402
+from ymxb.testing import HOSTS_FILE_ENV  # noqa: E402
 from ymxb.ops.reaper import alive  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +47,28 @@ def local_ray():
     ray.shutdown()
 
 
+def _hooked(env) -> bool:
+    """Whether `env` asks for test hooks (ymxb/testing/): then launch.py runs with them installed."""
+    return any(name.startswith("YMXB_TEST_") for name in (env or {}))
+
+
+def _command(env) -> list:
+    return [sys.executable, "-m", "ymxb.testing.launch"] if _hooked(env) else [sys.executable, str(ROOT / "launch.py")]
+
+
+def hooks(monkeypatch, env) -> None:
+    """The test hooks of `env` (YMXB_TEST_* names) installed in this process, for this test."""
+    from ymxb.driver import budget, slice as slices
+
+    monkeypatch.setattr(slices, "HOOKS", slices.Hooks())
+    monkeypatch.setattr(budget, "available", budget.available)
+    testing.install(env)
+
+
 def launch(*args, timeout=300, env=None):
-    """Run `python launch.py ARGS` as a user would; return the CompletedProcess."""
-    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
+    """Run `python launch.py ARGS` as a user would (with test hooks, where `env` names them);
+    return the CompletedProcess."""
+    return subprocess.run([*_command(env), *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
@@ -77,7 +97,7 @@ class Background:
     def __init__(self, *args, env=None, prefix=()):
         self.hosts_file = Path(tempfile.mkdtemp(prefix="ymxb-hosts-")) / "hosts.jsonl"
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
+            [*prefix, sys.executable, "-m", "ymxb.testing.launch", *map(str, args)], cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, HOSTS_FILE_ENV: str(self.hosts_file), **(env or {})})
         self.lines, self.out, self._slices = [], [], []
@@ -129,13 +149,14 @@ def run_one(log=lambda line: None, checkpoints=None, **settings):
     """One trial on a slice of its own, on the connected Ray, as `launch.py` runs it (settings
     named as the flags; checkpoints in memory, or written to the folder `checkpoints`; the run's
     lines to `log`). Returns (protocol.ProgramRun, the report a single run prints)."""
-    from ymxb import api as experiment
+    from ymxb import api as experiment, plan
     from ymxb.results.views import report
     from ymxb.spec.settings import Recovery, SliceSpec, TrialSpec
+    from ymxb.spec.sweep import single
 
-    spec = SliceSpec(**{k: settings.pop(k) for k in SliceSpec.fields() if k in settings})
-    recovery = Recovery(**{k: settings.pop(k) for k in Recovery.fields() if k in settings})
-    outcome = experiment.run(experiment.plan([(spec, TrialSpec(**settings))], None), None, log,
+    spec = SliceSpec.resolve({k: settings.pop(k) for k in SliceSpec.fields() if k in settings})
+    recovery = Recovery.resolve({k: settings.pop(k) for k in Recovery.fields() if k in settings})
+    outcome = experiment.run(plan.make(single(spec, TrialSpec.resolve(settings))), None, log,
                              options=experiment.Options(recovery, checkpoints))
     return outcome.last_run, report.build(outcome.records[0], outcome.last_run, 0.0, restarts=outcome.restarts)
 

@@ -14,7 +14,7 @@ SLICE = SliceSpec(hosts=4, devices_per_host=2)
 
 
 def _program(spec=SLICE, trials=1, **settings):
-    return Program.of(spec, [TrialSpec(seed=i, **settings) for i in range(trials)])
+    return Program.of(spec, [TrialSpec.resolve(seed=i, **settings) for i in range(trials)])
 
 
 def test_the_default_run_fits_in_a_few_gib():
@@ -75,13 +75,13 @@ def test_cpu_devices_are_judged_by_the_memory_of_the_node_their_hosts_share():
     (1, 0, [1]),
 ])
 def test_a_program_too_large_is_split_into_the_fewest_that_fit(trials, most, sizes):
-    group = [TrialSpec(seed=i) for i in range(trials)]
+    group = [TrialSpec.resolve(seed=i) for i in range(trials)]
     asked = []
 
     def fits(program):
         asked.append(program.count)
         return program.count <= most
 
-    parts = budget.split(SLICE, group, fits)
-    assert [len(p) for p in parts] == sizes and [t for p in parts for t in p] == group  # in order, none lost
+    parts = budget.split(Program.of(SLICE, group), fits)
+    assert parts == sizes and sum(parts) == trials  # in order, none lost
     assert len(asked) <= 1 + trials.bit_length()  # a binary search, not a scan

@@ -75,7 +75,7 @@ def _add_tpu_host(found, name: str, worker: int) -> None:
 
 @pytest.fixture
 def cpu_devices(monkeypatch):
-    monkeypatch.setenv(names.TEST_CPU_DEVICES_ENV, "2")
+    monkeypatch.setenv(names.CPU_DEVICES_ENV, "2")
 
 
 @pytest.mark.parametrize("choice,slice_name", [(dict(tpu_type="v4-16"), "slice-b"),
@@ -134,7 +134,7 @@ def test_more_gpu_hosts_than_nodes_fails_naming_what_exists(cluster):
 
 def test_launch_py_on_the_two_slice_cluster(cluster, cluster_address):
     result = launch("--address", cluster_address, "--platform", "tpu", "--tpu-type", "v4-16", "--json",
-                    "--steps", 200, env={names.TEST_CPU_DEVICES_ENV: "2"})
+                    "--steps", 200, env={names.CPU_DEVICES_ENV: "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     rep = json.loads(result.stdout)
     assert rep["verified"] and [h["node_id"] for h in rep["hosts"]] == [cluster[("slice-b", w)] for w in range(2)]

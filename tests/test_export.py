@@ -14,7 +14,7 @@ def _store(folder):
     """Two programs (sgd, adam) of two lr each; one adam trial diverged at step 2."""
     records = []
     for optimizer in ("sgd", "adam"):
-        trials = [TrialSpec(optimizer=optimizer, lr=lr) for lr in (0.1, 0.3)]
+        trials = [TrialSpec.resolve(optimizer=optimizer, lr=lr) for lr in (0.1, 0.3)]
         group = results.trial_id(_spec(), trials[0])
         for k, trial in enumerate(trials):
             curve = {"step": [0, 1, 2], "loss": [1.0, 0.5 / (k + 1), 0.25 / (k + 1)]}

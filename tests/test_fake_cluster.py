@@ -36,7 +36,7 @@ from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, node_manag
 
 from conftest import ROOT, pids_of, stop_processes_of, wait_until
 from ymxb.ops.clusterconfig import load, script
-from ymxb.names import TEST_CPU_DEVICES_ENV
+from ymxb.names import CPU_DEVICES_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -186,7 +186,7 @@ def _free_port() -> int:
 
 def test_launch_on_the_fake_tpu_cluster(fake_tpu_cluster, nodes):
     result = ray_exec(fake_tpu_cluster, f"python launch.py --address {fake_tpu_cluster.address} --platform tpu --json",
-                      env={TEST_CPU_DEVICES_ENV: "4"})
+                      env={CPU_DEVICES_ENV: "4"})
     assert result.returncode == 0, result.stderr[-3000:]
     rep = json.loads(result.stdout)
     assert rep["verified"] and rep["platform"] == "tpu"
@@ -223,7 +223,7 @@ def test_a_run_waits_for_the_host_the_autoscaler_adds_late(fake_tpu_cluster, nod
         command = (f"python launch.py --address {fake_tpu_cluster.address} --platform tpu --wait 240 --steps 200 "
                    "--samples-per-host 256 --json")
         run = subprocess.Popen(" ".join(_with_interactive(command)), shell=True, cwd=ROOT, stdin=subprocess.DEVNULL,
-                               env={**fake_tpu_cluster.env, TEST_CPU_DEVICES_ENV: "4"}, text=True,
+                               env={**fake_tpu_cluster.env, CPU_DEVICES_ENV: "4"}, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = [], []  # each pipe read by a thread: neither fills up
         readers = [threading.Thread(target=lambda pipe=pipe, kept=kept: kept.extend(pipe), daemon=True)

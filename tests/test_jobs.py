@@ -32,8 +32,8 @@ import pytest
 from ray._private.authentication.authentication_constants import (
     AUTHORIZATION_BEARER_PREFIX, AUTHORIZATION_HEADER_NAME)
 
-from conftest import ROOT, gone, stop_processes_of, wait_until
-from ymxb.names import HOSTS_FILE_ENV
+from conftest import ROOT, _hooked, gone, stop_processes_of, wait_until
+from ymxb.testing import HOSTS_FILE_ENV
 
 MARKER = "YMXB_JOBS_TEST"  # in the environment of the head's processes: which ones are ours
 SMALL_RUN = ("--hosts", 2, "--devices-per-host", 2, "--steps", 200, "--samples-per-host", 256)
@@ -99,10 +99,11 @@ def _job_command(cluster, *args):
 
 def submit_args(job_id, *flags, env=None):
     """`ray job submit`'s arguments for `python launch.py FLAGS` from this repository (`env`: the
-    job's environment variables, its supervisor's too)."""
+    job's environment variables, its supervisor's too; with test hooks among them, launch.py
+    with them installed: ymxb.testing.launch)."""
     runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
-    return ["submit", "--submission-id", job_id, "--working-dir", ROOT, *runtime_env, "--", "python", "launch.py",
-            *flags]
+    command = ["python", "-m", "ymxb.testing.launch"] if _hooked(env) else ["python", "launch.py"]
+    return ["submit", "--submission-id", job_id, "--working-dir", ROOT, *runtime_env, "--", *command, *flags]
 
 
 def job_info(cluster, job_id) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import Background, gone, launch
-from ymxb.names import FAULT_ENV
+from ymxb.testing import FAULT_ENV
 
 
 def _pids_using(folder: str):

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import ray
 
-from conftest import gone, launch, run_one
-from ymxb.spec import data, tasks
-from ymxb import api as experiment
+from conftest import gone, launch, run_one, hooks
+from ymxb.spec.sweep import Sweep
+from ymxb.spec import builtin, data
+from ymxb import api as experiment, plan
 from ymxb.driver import slice as launcher
 from ymxb.results.views import report
 from ymxb.spec.settings import SliceSpec, TrialSpec
 from ymxb.results.store import Store
-from ymxb.names import FAULT_ENV
+from ymxb.testing import FAULT_ENV, MEMORY_ENV
 from ymxb.errors import HostFailure
 
 SMALL = dict(samples_per_host=256, steps=300)
@@ -35,7 +36,7 @@ def test_slice_trains_to_the_normal_equation(local_ray, hosts, devices):
     params = {tuple(p) for h in got for p in h.result.params.tolist()}
     assert len(params) == 1  # all replicas on all hosts identical
     m, b = params.pop()
-    ref = tasks.normal_equation(*data.global_dataset(TrialSpec(**SMALL), hosts))
+    ref = builtin.normal_equation(*data.global_dataset(TrialSpec.resolve(**SMALL), hosts))
     assert abs(m - ref[0]) < 1e-4 and abs(b - ref[1]) < 1e-4
     assert rep["verified"], rep["checks"]
     assert all(gone(h.host.pid) for h in got)  # no host process outlives the run
@@ -44,7 +45,7 @@ def test_slice_trains_to_the_normal_equation(local_ray, hosts, devices):
 def test_gradient_really_spans_hosts(local_ray):
     """Hosts with different data end with the same params: the mean is global, not per host."""
     run, rep = run_one(hosts=2, devices_per_host=1, **SMALL)
-    per_host = [tasks.normal_equation(*data.host_shard(TrialSpec(**SMALL), i)) for i in range(2)]
+    per_host = [builtin.normal_equation(*data.host_shard(TrialSpec.resolve(**SMALL), i)) for i in range(2)]
     m = float(run.hosts[0].result.params[0, 0])
     assert abs(per_host[0][0] - per_host[1][0]) > 1e-3  # the shards disagree...
     assert min(abs(m - p[0]) for p in per_host) > 1e-4  # ...and neither host's own fit won
@@ -62,9 +63,11 @@ def test_divergence_is_reported_not_verified(local_ray):
 
 def test_a_diverged_trial_shows_as_diverged_sorts_last_and_breaks_nothing(local_ray, tmp_path):
     spec = SliceSpec(hosts=2, devices_per_host=1, platform="cpu-sim")
-    trials = [(spec, TrialSpec(lr=lr, **SMALL)) for lr in (50.0, 0.1)]  # one diverges, one converges
+    trials = [(spec, TrialSpec.resolve(lr=lr, **SMALL)) for lr in (50.0, 0.1)]  # one diverges, one converges
     store = Store(str(tmp_path))
-    outcome = experiment.run(experiment.plan(trials, store), store, log=lambda line: None)
+    todo = plan.make(Sweep("diverged", tuple(trials)))
+    todo.skip_recorded(store.load())
+    outcome = experiment.run(todo, store, log=lambda line: None)
     diverged = next(r for r in outcome.records if r.config["lr"] == 50.0)
     assert diverged.members[0].diverged_step is not None and not diverged.verified
     # What a user does next: the table, the plots and --json, from the store alone.
@@ -108,7 +111,7 @@ HOST = r"host {} \([\d.]+ pid \d+\)"
     ("hang:0:train", rf"^training stalled: {HOST.format(0)} fell behind \(before its first step"),
 ])
 def test_a_dying_or_hanging_host_is_named_within_the_timeout(local_ray, monkeypatch, fault, expected):
-    monkeypatch.setenv(FAULT_ENV, fault)
+    hooks(monkeypatch, {FAULT_ENV: fault})
     with pytest.raises(HostFailure) as failure:
         run_one(hosts=3, devices_per_host=1, timeout=8, max_restarts=0, **SMALL)
     message = str(failure.value)
@@ -117,7 +120,8 @@ def test_a_dying_or_hanging_host_is_named_within_the_timeout(local_ray, monkeypa
     assert pids and all(gone(pid) for pid in pids)  # every host process named is gone
 
 
-def test_impossible_placement_fails_within_the_timeout(local_ray):
+def test_impossible_placement_fails_within_the_timeout(local_ray, monkeypatch):
+    hooks(monkeypatch, {MEMORY_ENV: str(2**50)})  # memory enough: placement is what fails
     with pytest.raises(HostFailure, match=r"could not reserve 500 simulated hosts .* within 3 s; the cluster has CPU=2 free"):
         run_one(hosts=500, devices_per_host=1, timeout=3, **SMALL)  # 500 x 0.01 CPU > 2 CPUs
 

@@ -5,7 +5,7 @@ import json
 import re
 
 from conftest import gone, launch
-from ymxb.names import FAULT_ENV, FAULT_ONCE_ENV
+from ymxb.testing import FAULT_ENV, FAULT_ONCE_ENV
 
 # What a node's environment might still hold from an earlier multislice job.
 STALE = {"MEGASCALE_COORDINATOR_ADDRESS": "10.9.9.9", "MEGASCALE_NUM_SLICES": "5",

@@ -9,13 +9,13 @@ import re
 import numpy as np
 import pytest
 
-from conftest import ROOT, launch, run_one
-from ymxb import api as experiment
+from conftest import ROOT, launch, run_one, hooks
+from ymxb import api as experiment, plan
 from ymxb.results import store as results
 from ymxb.spec import sweep as sweeps
 from ymxb.spec.settings import SliceSpec
 from ymxb.errors import Cause, HostFailure
-from ymxb.names import FAULT_ENV, FAULT_ONCE_ENV
+from ymxb.testing import FAULT_ENV, FAULT_ONCE_ENV
 
 LINREG = dict(task="linreg", features=32, lr=0.3, samples_per_host=256, steps=300)
 
@@ -30,8 +30,7 @@ def test_linreg_verifies_across_hosts(local_ray, parallel, model, ensemble):
 
 def test_linreg_goes_on_bit_identical_after_a_host_dies(local_ray, monkeypatch, tmp_path):
     clean, _ = run_one(hosts=2, devices_per_host=1, **LINREG)
-    monkeypatch.setenv(FAULT_ENV, "die:1:train")
-    monkeypatch.setenv(FAULT_ONCE_ENV, str(tmp_path / "struck"))
+    hooks(monkeypatch, {FAULT_ENV: "die:1:train", FAULT_ONCE_ENV: str(tmp_path / "struck")})
     run, rep = run_one(hosts=2, devices_per_host=1, checkpoints=str(tmp_path), **LINREG)
     assert rep["verified"] and [(r["host"], r["cause"]) for r in rep["restarts"]] == [(1, "died")]
     for a, b in zip(run.hosts, clean.hosts):
@@ -42,9 +41,10 @@ def test_linreg_goes_on_bit_identical_after_a_host_dies(local_ray, monkeypatch, 
 def test_a_linreg_sweep_batches_lrs_and_keeps_what_it_computed(local_ray, tmp_path):
     doc = {"slice": {"hosts": 2, "devices_per_host": 1},
            "base": {**LINREG, "features": 8}, "grid": {"features": [8, 16], "lr": [0.1, 0.3]}}
-    trials = experiment.prepare(sweeps.parse(doc, "linreg.yaml", SliceSpec(address=None)))
+    todo = plan.make(sweeps.parse(doc, "linreg.yaml", SliceSpec(address=None)))
     store = results.Store(str(tmp_path))
-    outcome = experiment.run(experiment.plan(trials, store), store, log=lambda line: None)
+    todo.skip_recorded(store.load())
+    outcome = experiment.run(todo, store, log=lambda line: None)
     records = list(store.load().values())
     assert len(records) == 4 and all(r.verified for r in records)
     assert {r.group_trials for r in records} == {2}  # one program per D, its lrs batched

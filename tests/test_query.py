@@ -17,7 +17,7 @@ from ymxb.results.store import Member, Store
 
 def _trial(optimizer, lr, final_loss, wall_s=1.0, verified=True, diverged_at=None):
     member = Member({"m": 2.0, "b": -1.0}, 1e-6, final_loss, 40, diverged_at)
-    return trial_record(trial=TrialSpec(optimizer=optimizer, lr=lr), members=[member], wall_s=wall_s,
+    return trial_record(trial=TrialSpec.resolve(optimizer=optimizer, lr=lr), members=[member], wall_s=wall_s,
                         verified=verified, max_error=final_loss or 1.0)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from ymxb import protocol
 from ymxb.results.views import report
 from ymxb.results import store as results
-from ymxb.spec import tasks
+from ymxb.spec import builtin, registry
 from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 
 STEPS = 50
@@ -18,8 +18,8 @@ def _run(hosts: int, odd: int = None):
     """A finished one-model program of `hosts` hosts (2 devices each), every replica at the same
     params but host `odd`'s, a little off, and its loss history with it."""
     spec = SliceSpec(hosts=hosts, devices_per_host=2, platform="cpu-sim")
-    program = Program.of(spec, [TrialSpec(samples_per_host=64, steps=STEPS)])
-    reference = tasks.get("ymxb").reference(program.trial.of_task, (tasks.get("ymxb").shard(
+    program = Program.of(spec, [TrialSpec.resolve(samples_per_host=64, steps=STEPS)])
+    reference = registry.get("ymxb").reference(program.trial.of_task, (registry.get("ymxb").shard(
         program.trial.of_task, 0, i, 64) for i in range(hosts)))
     runs = []
     for i in range(hosts):
@@ -60,7 +60,7 @@ def test_a_big_slices_json_gives_loss_histories_only_where_they_differ():
 def test_the_reference_holds_one_shard_at_a_time():
     import weakref
 
-    task, alive, most = tasks.get("ymxb"), [], [0]
+    task, alive, most = registry.get("ymxb"), [], [0]
 
     def shards():
         for i in range(20):
@@ -72,4 +72,4 @@ def test_the_reference_holds_one_shard_at_a_time():
     reference = task.reference(TrialSpec().of_task, shards())
     assert most[0] <= 2  # the one being summed, and the one the loop still names
     x, y = (np.concatenate(part) for part in zip(*(task.shard(TrialSpec().of_task, 0, i, 4096) for i in range(20))))
-    np.testing.assert_allclose(reference.params, tasks.normal_equation(x, y), rtol=1e-12)
+    np.testing.assert_allclose(reference.params, builtin.normal_equation(x, y), rtol=1e-12)

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import Background, gone, launch, run_one
+from conftest import Background, gone, launch, run_one, hooks
 from ymxb.driver import checkpoint
 from ymxb.errors import Cause, HostFailure, UsageError
-from ymxb.names import FAULT_ENV, FAULT_ONCE_ENV
+from ymxb.testing import FAULT_ENV, FAULT_ONCE_ENV
 
 # 20 compiled calls of 100 steps at 2 x 2, a checkpoint after each. The runs below are
 # interrupted after a checkpoint (found by polling every 0.1 s): each of their calls starts
@@ -139,7 +139,7 @@ def test_a_driver_killed_mid_run_is_finished_by_resume(clean, tmp_path):
 
 
 def test_faults_on_every_attempt_stop_after_exactly_the_budget(local_ray, monkeypatch):
-    monkeypatch.setenv(FAULT_ENV, "die:1:initialize")
+    hooks(monkeypatch, {FAULT_ENV: "die:1:initialize"})
     with pytest.raises(HostFailure) as failure:
         run_one(hosts=2, devices_per_host=1, timeout=20, steps=100, max_restarts=1)
     message = str(failure.value)
@@ -154,7 +154,7 @@ def test_recovery_flags_are_checked_before_launch():
         assert result.stderr.strip().startswith(f"launch.py: error: {flag} must be")
     with pytest.raises(UsageError, match="--max-preemptions must be an integer >= 0"):
         from ymxb.spec.settings import Recovery
-        Recovery(max_preemptions=1.5)
+        Recovery.resolve(max_preemptions=1.5)
 
 
 @pytest.mark.parametrize("parallel", ["pmap", "sharding"])
@@ -166,7 +166,7 @@ def test_training_resumed_from_a_written_checkpoint_is_bit_identical(tmp_path, p
     from ymxb.protocol import CheckpointPiece
     from ymxb.host.train import train_host, train_stream
 
-    trials = [TrialSpec(parallel=parallel, ensemble=ensemble, optimizer=optimizer, model=model, lr=lr,
+    trials = [TrialSpec.resolve(parallel=parallel, ensemble=ensemble, optimizer=optimizer, model=model, lr=lr,
                         steps=300, steps_per_call=50) for lr in (0.05, 0.1)]
     program = Program.of(SliceSpec(hosts=1, devices_per_host=4), trials)
     whole = train_host(program)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import launch, trial_record as _record
-from ymxb import api as experiment
+from ymxb import api as experiment, plan
 from ymxb.results.views import plots
 from ymxb.results import store as results
 from ymxb.spec import sweep
@@ -27,8 +27,7 @@ def _sweep_file(tmp_path, doc, name="s.yaml") -> str:
 
 
 def _ids(tmp_path, doc):
-    trials = experiment.prepare(sweep.load(_sweep_file(tmp_path, doc)))
-    return experiment.plan(trials, None).ids
+    return plan.make(sweep.load(_sweep_file(tmp_path, doc))).ids
 
 
 # Ids made by the ymxb of main 64ac210 (before ids were canonical), for trials whose values it
@@ -38,21 +37,21 @@ PINNED = [
     (SliceSpec(hosts=2, devices_per_host=2), TrialSpec(), "fd07fad9aef9"),
     (SliceSpec(slices=2, hosts=2, devices_per_host=2), TrialSpec(), "c482eb27d70c"),
     (SliceSpec(hosts=2, devices_per_host=1),
-     TrialSpec(samples_per_host=256, steps=200, optimizer="adam", lr=0.3, seed=1), "c2e56a1f4716"),
-    (SliceSpec(), TrialSpec(lr=1.0), "fb7dbbad7911"),
+     TrialSpec.resolve(samples_per_host=256, steps=200, optimizer="adam", lr=0.3, seed=1), "c2e56a1f4716"),
+    (SliceSpec(), TrialSpec.resolve(lr=1.0), "fb7dbbad7911"),
 ]
 
 
 @pytest.mark.parametrize("spec,trial,tid", PINNED, ids=[p[2] for p in PINNED])
 def test_ids_of_stores_written_before_stay_valid(spec, trial, tid):
-    assert experiment.plan([(experiment.settle(spec), trial)], None).ids == [tid]
+    assert plan.make(sweep.single(spec, trial)).ids == [tid]
 
 
 def test_a_trial_id_does_not_depend_on_how_a_value_is_written(tmp_path):
     base = {"slice": {"hosts": 1, "devices_per_host": 1}}
     one = _ids(tmp_path, {**base, "base": {"lr": 1}})
     assert one == _ids(tmp_path, {**base, "base": {"lr": 1.0}}) == _ids(tmp_path, {**base, "base": {"lr": "1e0"}})
-    assert one == [results.trial_id(SPEC, TrialSpec(lr=1.0))]  # as `--lr 1` (a float flag) makes it
+    assert one == [results.trial_id(SPEC, TrialSpec.resolve(lr=1.0))]  # as `--lr 1` (a float flag) makes it
     # Defaults written out, or left out: the same trial.
     assert _ids(tmp_path, {**base, "base": {"true_m": 2, "noise": 0.1}}) == _ids(tmp_path, base)
     # The embedded simulation named, or detected: the same trial.
@@ -64,20 +63,20 @@ def test_a_trial_id_does_not_depend_on_how_a_value_is_written(tmp_path):
 def test_a_slice_the_cluster_shapes_has_no_id_until_it_is_up():
     # On TPU (or a platform to detect on a cluster) the shape comes from the cluster: an id made
     # before would skip trials that never ran on a slice of another size.
-    todo = experiment.plan([(SliceSpec(address="auto", platform="tpu"), TrialSpec()),
-                            (experiment.settle(SliceSpec(address="auto", platform="cpu-sim")), TrialSpec())], None)
+    todo = plan.make(sweep.Sweep("t", ((SliceSpec(address="auto", platform="tpu"), TrialSpec()),
+                                       (SliceSpec(address="auto", platform="cpu-sim"), TrialSpec()))))
     assert todo.ids[0] is None and todo.ids[1] == "7cb4e11126e7"
-    assert len(todo.pending) == 2
+    assert todo.pending == 2
     with pytest.raises(ValueError, match="needs the slice it runs on"):
         results.trial_id(SliceSpec(platform="tpu"), TrialSpec())
 
 
 def test_records_of_the_first_layout_are_found_under_todays_ids(tmp_path):
     store = Store(str(tmp_path))
-    new = _record(trial=TrialSpec(lr=0.5))
+    new = _record(trial=TrialSpec.resolve(lr=0.5))
     # As the first layout wrote them: `lr: 1` hashed as an int; a TPU trial's id made from its
     # slice before the platform shaped it; no platform for the simulation; no version or schema.
-    old_int = {**json.loads(_record(trial=TrialSpec(lr=1.0)).to_json()), "trial_id": "cffdb89e7a18"}
+    old_int = {**json.loads(_record(trial=TrialSpec.resolve(lr=1.0)).to_json()), "trial_id": "cffdb89e7a18"}
     old_int["config"] = {**old_int["config"], "lr": 1, "platform": None}
     tpu = SliceSpec(hosts=2, devices_per_host=4, platform="tpu", address="auto")
     old_tpu = {**json.loads(_record(tpu).to_json()), "trial_id": "bb6282aecea2", "slice": "2x4 tpu"}
@@ -89,7 +88,7 @@ def test_records_of_the_first_layout_are_found_under_todays_ids(tmp_path):
         f.write("".join(json.dumps(r) + "\n" for r in (old_int, old_tpu)))
     store.append([new])
     loaded = store.load()
-    assert set(loaded) == {results.trial_id(SPEC, TrialSpec(lr=1.0)), results.trial_id(tpu, TrialSpec()),
+    assert set(loaded) == {results.trial_id(SPEC, TrialSpec.resolve(lr=1.0)), results.trial_id(tpu, TrialSpec()),
                            new.trial_id}
     assert {r.config["platform"] for r in loaded.values()} == {"cpu-sim", "tpu"}
     assert loaded[new.trial_id].ymxb_version == "0.1.0" and loaded[new.trial_id].schema == results.SCHEMA
@@ -104,10 +103,10 @@ def test_a_store_written_by_a_newer_ymxb_is_refused_in_one_line(tmp_path):
 
 def test_a_corrupt_line_is_named_with_its_file_and_line(tmp_path):
     store = Store(str(tmp_path))
-    store.append([_record(trial=TrialSpec(lr=0.5))])
+    store.append([_record(trial=TrialSpec.resolve(lr=0.5))])
     with open(store.path, "a") as f:
         f.write('{"trial_id": "cut short by another wri\n')  # a complete line, not a record
-    store.append([_record(trial=TrialSpec(lr=0.25))])
+    store.append([_record(trial=TrialSpec.resolve(lr=0.25))])
     result = launch("results", tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"launch.py: error: {store.path}, line 2: not a trial record "
@@ -136,7 +135,7 @@ def test_rerunning_the_kept_sweep_file_works_and_each_version_is_kept(tmp_path):
     assert store.keep_sweep_file(sweep.load(path).as_run) == "sweep.yaml"  # the same text: nothing new
     kept = os.path.join(store.directory, "sweep.yaml")
     assert store.keep_sweep_file(sweep.load(kept).as_run) == "sweep.yaml"  # the copy itself
-    store.append([_record(trial=TrialSpec(lr=lr), sweep_file="sweep.yaml") for lr in (0.1, 0.2)])
+    store.append([_record(trial=TrialSpec.resolve(lr=lr), sweep_file="sweep.yaml") for lr in (0.1, 0.2)])
     # Rerun the kept copy, as one would: everything is recorded, nothing runs.
     again = launch("sweep", kept, "--out", store.directory)
     assert again.returncode == 0, again.stderr
@@ -149,8 +148,8 @@ def test_rerunning_the_kept_sweep_file_works_and_each_version_is_kept(tmp_path):
 
 
 def test_the_table_says_which_sweep_file_a_group_came_from_where_they_differ():
-    one = _record(trial=TrialSpec(lr=0.5), sweep_file="sweep.yaml")
-    two = _record(trial=TrialSpec(lr=0.5, steps=100), sweep_file="sweep.1.yaml")
+    one = _record(trial=TrialSpec.resolve(lr=0.5), sweep_file="sweep.yaml")
+    two = _record(trial=TrialSpec.resolve(lr=0.5, steps=100), sweep_file="sweep.1.yaml")
     text = results.table([one, two])
     assert f"group {one.group} (1x1 cpu-sim, 1 trials, from sweep.yaml)" in text
     assert f"group {two.group} (1x1 cpu-sim, 1 trials, from sweep.1.yaml)" in text
@@ -164,7 +163,7 @@ def test_fit_draws_the_data_of_every_slice():
     import matplotlib.pyplot as plt
 
     spec = SliceSpec(slices=2, hosts=2, devices_per_host=1, platform="cpu-sim")
-    record = _record(spec, TrialSpec(samples_per_host=1000))
+    record = _record(spec, TrialSpec.resolve(samples_per_host=1000))
     fig = plots._fit(plt, [record])
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     plt.close(fig)
@@ -173,7 +172,7 @@ def test_fit_draws_the_data_of_every_slice():
 
 def test_the_figures_are_drawn_again_only_when_what_they_show_changed(tmp_path):
     store = Store(str(tmp_path))
-    records = [_record(trial=TrialSpec(lr=lr)) for lr in (0.1, 0.2)]
+    records = [_record(trial=TrialSpec.resolve(lr=lr)) for lr in (0.1, 0.2)]
     store.append(records)
     folder = str(tmp_path / "plots")
     loss = os.path.join(folder, "loss.png")
@@ -189,14 +188,14 @@ def test_the_figures_are_drawn_again_only_when_what_they_show_changed(tmp_path):
     drawn(records[:1])  # other trials of the same store
     assert not marked()
     open(loss, "wb").write(b"kept")
-    store.append([_record(trial=TrialSpec(lr=0.3))])
+    store.append([_record(trial=TrialSpec.resolve(lr=0.3))])
     drawn(records[:1])  # the store changed
     assert not marked()
 
 
 def test_the_curves_are_kept_apart_and_read_only_when_asked_for(tmp_path):
     store = Store(str(tmp_path))
-    records = [_record(trial=TrialSpec(lr=lr), loss_curve={"step": [0, 5], "loss": [lr, lr / 2]}) for lr in (0.1, 0.2)]
+    records = [_record(trial=TrialSpec.resolve(lr=lr), loss_curve={"step": [0, 5], "loss": [lr, lr / 2]}) for lr in (0.1, 0.2)]
     store.append(records[:1])
     # A crash after the curves were written and before the records: a curve no record names.
     open(store.curves_path, "a").write(
@@ -208,14 +207,14 @@ def test_the_curves_are_kept_apart_and_read_only_when_asked_for(tmp_path):
     assert [r.loss_curve for r in loaded] == [None, None]
     assert [r.loss_curve for r in store.curves(loaded)] == [r.loss_curve for r in records]  # the last one wins
     # A record of layout 2 holds its own curve, and keeps it.
-    old = _record(trial=TrialSpec(lr=0.4), schema=2)
+    old = _record(trial=TrialSpec.resolve(lr=0.4), schema=2)
     open(store.path, "a").write(old.to_json() + "\n")
     assert store.curves([store.load()[old.trial_id]])[0].loss_curve == old.loss_curve
 
 
 def _stored(tmp_path, lrs):
     store = Store(str(tmp_path))
-    records = [_record(trial=TrialSpec(lr=lr), checks=[{"name": "loss finite", "ok": True, "detail": f"lr {lr}"}])
+    records = [_record(trial=TrialSpec.resolve(lr=lr), checks=[{"name": "loss finite", "ok": True, "detail": f"lr {lr}"}])
                for lr in lrs]
     store.append(records)
     return store, records
@@ -232,7 +231,7 @@ def test_a_load_reads_back_the_rows_it_kept_and_parses_only_what_was_appended(tm
     assert [r.checks for r in kept.values()] == [None, None]
     assert [dataclasses.replace(r, checks=None) for r in first.values()] == list(kept.values())
     assert [r.checks for r in store.whole(list(kept.values()))] == [r.checks for r in records]
-    more = _record(trial=TrialSpec(lr=0.3))
+    more = _record(trial=TrialSpec.resolve(lr=0.3))
     store.append([more])
     assert list(store.load()) == [r.trial_id for r in records] + [more.trial_id]
     assert store.load()[more.trial_id].checks is None  # the cache covers the appended line now

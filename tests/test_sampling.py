@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ymxb import plan
 from ymxb.spec import sweep
 from ymxb.errors import UsageError
 
@@ -47,7 +48,7 @@ def test_a_sample_with_a_grid_is_their_product_and_lr_and_seed_share_a_program()
                grid={"optimizer": ["sgd", "adam"]})
     assert len(s.trials) == 10 and _values(s, "optimizer") == ["sgd"] * 5 + ["adam"] * 5
     assert _values(s, "lr")[:5] == _values(s, "lr")[5:]  # every sample with every combination
-    assert [len(trials) for _, trials in sweep.programs(list(s.trials))] == [5, 5]  # on the shared trial axis
+    assert [len(g.trials) for g in plan.make(s).groups] == [5, 5]  # on the shared trial axis
 
 
 def test_the_file_as_run_keeps_what_was_drawn_and_running_it_draws_nothing():

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import LOCAL_DEVICES
-from ymxb.spec import data, models, tasks
+from ymxb.spec import builtin, data
 from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 from ymxb.host.steps import TRAINERS, make_optimizer
 from ymxb.host.train import train_host
@@ -29,39 +29,39 @@ def _params(result, entry=0):
 
 
 def test_haiku_params_map_to_m_and_b():
-    model = models.line("haiku")
+    model = builtin.line("haiku")
     params = model.init(jax.random.key(0))
     assert jax.tree.map(np.shape, params) == {"linear": {"w": (), "b": ()}}
     x = np.array([-1.0, 0.0, 2.0], np.float32)
-    m, b = models.line_mb(jax.device_get(params))
+    m, b = builtin.line_mb(jax.device_get(params))
     np.testing.assert_allclose(model.apply(params, x), m * x + b, rtol=1e-6)
     # With a leading member axis, one (m, b) per member.
     stacked = jax.tree.map(lambda a: np.stack([a, 2 * a]), jax.device_get(params))
-    ms, bs = models.line_mb(stacked)
+    ms, bs = builtin.line_mb(stacked)
     np.testing.assert_allclose(ms, [m, 2 * m])
     np.testing.assert_allclose(bs, [b, 2 * b])
 
 
-def _hk_linear() -> models.Model:
+def _hk_linear() -> builtin.Model:
     """The haiku model as it was: hk.Linear(1) on x[:, None]."""
     import haiku as hk
 
     forward = lambda x: hk.Linear(1, b_init=hk.initializers.RandomNormal())(x[:, None])[:, 0]
     net = hk.without_apply_rng(hk.transform(forward))
-    return models.Model(lambda key: net.init(key, np.zeros(1, np.float32)), net.apply)
+    return builtin.Model(lambda key: net.init(key, np.zeros(1, np.float32)), net.apply)
 
 
 def test_haiku_starts_where_hk_linear_did():
-    new, old = models.line("haiku"), _hk_linear()
+    new, old = builtin.line("haiku"), _hk_linear()
     for seed in (0, 1, 2**32 - 1):
-        m, b = models.line_mb(jax.device_get(new.init(jax.random.key(seed))))
+        m, b = builtin.line_mb(jax.device_get(new.init(jax.random.key(seed))))
         was = jax.device_get(old.init(jax.random.key(seed)))["linear"]
         assert (m, b) == (was["w"][0, 0], was["b"][0])
 
 
-def _ensemble_step_hlo(model: models.Model) -> str:
+def _ensemble_step_hlo(model: builtin.Model) -> str:
     """The compiled text of one fused step of an 8-member ensemble, as the trainer runs it."""
-    trial = TrialSpec(model="haiku", ensemble=8, parallel="sharding", samples_per_host=256)
+    trial = TrialSpec.resolve(model="haiku", ensemble=8, parallel="sharding", samples_per_host=256)
     trainer = TRAINERS["sharding"](model, Program.of(ONE_HOST, [trial]))
     state, batch = trainer.init(), trainer.put_data(*data.host_shard(trial, 0))
     return trainer.compiled(1).lower(state, *batch).compile().as_text()
@@ -71,31 +71,31 @@ def test_haiku_ensemble_step_is_elementwise():
     """vmap over members of hk.Linear(1) is a batched (n, 1) x (1, 1) dot (slow on a GPU); the
     haiku model's step compiles to elementwise work and reductions, no dot."""
     assert re.search(r"\bdot\(", _ensemble_step_hlo(_hk_linear()))  # the check can fail
-    assert not re.search(r"\bdot\(", _ensemble_step_hlo(models.line("haiku")))
+    assert not re.search(r"\bdot\(", _ensemble_step_hlo(builtin.line("haiku")))
 
 
 @pytest.mark.parametrize("model", ["pure", "haiku"])
 def test_pmap_and_sharding_agree_on_the_same_data(model):
     got = {}
     for parallel in ("pmap", "sharding"):
-        trial = TrialSpec(model=model, parallel=parallel, **SMALL)
+        trial = TrialSpec.resolve(model=model, parallel=parallel, **SMALL)
         result = _train(trial)
         assert result.collective_devices == LOCAL_DEVICES
         got[parallel] = _params(result)
         assert len(got[parallel]) == 1 and len(result.params) == LOCAL_DEVICES  # replicas identical
     (pm, pb), (sm, sb) = got["pmap"].pop(), got["sharding"].pop()
     np.testing.assert_allclose([pm, pb], [sm, sb], rtol=0, atol=1e-6)  # float32 round-off
-    solution = tasks.normal_equation(*data.global_dataset(trial, 1))
+    solution = builtin.normal_equation(*data.global_dataset(trial, 1))
     np.testing.assert_allclose([pm, pb], solution, atol=1e-4)
 
 
 @pytest.mark.parametrize("parallel", ["pmap", "sharding"])
 def test_ensemble_members_are_distinct_at_init_and_all_converge(parallel):
-    trial = TrialSpec(model="haiku", optimizer="adam", ensemble=8, parallel=parallel, **{**SMALL, "steps": 600})
+    trial = TrialSpec.resolve(model="haiku", optimizer="adam", ensemble=8, parallel=parallel, **{**SMALL, "steps": 600})
     result = _train(trial)
     assert sorted(result.entry.tolist()) == list(range(8))
     assert len({tuple(p) for p in result.init.tolist()}) == 8
-    solution = tasks.normal_equation(*data.global_dataset(trial, 1))
+    solution = builtin.normal_equation(*data.global_dataset(trial, 1))
     np.testing.assert_allclose(result.params[:, 0], solution[0], atol=1e-4)
     np.testing.assert_allclose(result.params[:, 1], solution[1], atol=1e-4)
 
@@ -103,7 +103,7 @@ def test_ensemble_members_are_distinct_at_init_and_all_converge(parallel):
 def test_member_j_is_the_same_member_in_both_modes():
     inits = {}
     for parallel in ("pmap", "sharding"):
-        result = _train(TrialSpec(ensemble=8, parallel=parallel, **{**SMALL, "steps": 1}))
+        result = _train(TrialSpec.resolve(ensemble=8, parallel=parallel, **{**SMALL, "steps": 1}))
         order = np.argsort(result.entry)
         inits[parallel] = result.init[order]
     assert inits["pmap"].shape == (8, 2)
@@ -115,7 +115,7 @@ def test_member_j_is_the_same_member_in_both_modes():
 def test_a_trial_trains_the_same_in_a_program_of_many_as_alone(parallel, ensemble):
     """The sweep invariant, in one process: lr and seed batched on the model axis (members
     padded: 3 trials x 3 members on 4 devices) change nothing but float32 round-off."""
-    base = TrialSpec(optimizer="adam", parallel=parallel, ensemble=ensemble, **{**SMALL, "steps": 100})
+    base = TrialSpec.resolve(optimizer="adam", parallel=parallel, ensemble=ensemble, **{**SMALL, "steps": 100})
     trials = [base.replace(lr=lr, seed=seed) for lr, seed in ((0.03, 0), (0.1, 7), (0.3, 2**32 - 1))]
     together = _train(*trials)
     members = base.members

@@ -15,7 +15,7 @@ from ymxb.results import store as results
 from ymxb.spec import stopping, sweep
 from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
-from ymxb.names import FAULT_ENV
+from ymxb.testing import FAULT_ENV
 from ymxb.protocol import HostResult
 
 RULES = {"diverged": True, "rungs": {"every": 2, "keep": 0.5}}
@@ -89,7 +89,7 @@ def test_a_trial_loss_is_its_members_mean_and_repacking_waits_for_the_share():
 
 def _ensemble_program(trials: int) -> Program:
     spec = SliceSpec(hosts=2, devices_per_host=2, platform="cpu-sim")
-    return Program.of(spec, [TrialSpec(ensemble=3, seed=s) for s in range(trials)])
+    return Program.of(spec, [TrialSpec.resolve(ensemble=3, seed=s) for s in range(trials)])
 
 
 def test_a_checkpoint_of_some_trials_is_their_entries_padded_as_their_program_lays_them_out():

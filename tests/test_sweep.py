@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, Background, launch, wait_until
+from ymxb import plan
 from ymxb.results import store as results
 from ymxb.spec import sweep
-from ymxb.names import FAULT_ENV
+from ymxb.testing import FAULT_ENV
 from ymxb.spec.settings import SliceSpec, TrialSpec
 from ymxb.results.store import Member, Store, TrialRecord
 
@@ -33,8 +34,8 @@ def _write(tmp_path, doc, name="sweep.yaml") -> str:
 def test_the_example_sweep_is_three_programs_of_41_trials():
     loaded = sweep.load(str(ROOT / "examples/sweeps/optimizers.yaml"))
     assert loaded.name == "optimizers" and len(loaded.trials) == 41
-    groups = sweep.programs(list(loaded.trials))
-    assert [(g[1][0].optimizer, len(g[1])) for g in groups] == [("sgd", 20), ("adam", 20), ("adagrad", 1)]
+    groups = plan.make(loaded).groups
+    assert [(g.trials[0].optimizer, len(g.trials)) for g in groups] == [("sgd", 20), ("adam", 20), ("adagrad", 1)]
     assert {spec for spec, _ in loaded.trials} == {SliceSpec(hosts=4, devices_per_host=2)}
 
 
@@ -46,10 +47,10 @@ def test_every_example_sweep_loads():
 def test_shapes_in_the_grid_are_slices_and_1e_numbers_are_numbers(tmp_path):
     loaded = sweep.load(_write(tmp_path, {"grid": {"hosts": [1, 2], "lr": ["1e-2", 0.1]}}))
     assert [(s.hosts, t.lr) for s, t in loaded.trials] == [(1, 0.01), (1, 0.1), (2, 0.01), (2, 0.1)]
-    assert len(sweep.programs(list(loaded.trials))) == 2  # one per slice shape
+    assert len(plan.make(loaded).groups) == 2  # one per slice shape
     loaded = sweep.load(_write(tmp_path, {"slice": {"hosts": 2}, "grid": {"slices": [1, 2]}}))
     assert [(s.slices, s.hosts) for s, _ in loaded.trials] == [(1, 2), (2, 2)]
-    assert len(sweep.programs(list(loaded.trials))) == 2
+    assert len(plan.make(loaded).groups) == 2
 
 
 def test_a_trial_id_covers_what_it_computes_and_nothing_else():
@@ -191,15 +192,14 @@ def test_a_sampled_sweep_runs_its_draws_in_one_program_and_its_kept_copy_draws_n
 
 def test_a_program_too_large_for_the_machine_runs_as_several_that_fit(tmp_path):
     from ymxb.driver import budget
-    from ymxb import api as experiment
     from ymxb.spec.settings import Program
-    from ymxb.names import MEMORY_ENV
+    from ymxb.testing import MEMORY_ENV
 
     doc = {"name": "split", "slice": {"hosts": 1, "devices_per_host": 1},
            "base": {"samples_per_host": 256, "steps": 200}, "grid": {"seed": [0, 1, 2, 3]}}
     path = _write(tmp_path, doc)
-    [(spec, group)] = sweep.programs(experiment.prepare(sweep.load(path)))
-    two = sum(budget.needed(Program.of(spec, group[:2])).values())  # a machine that holds 2 of the 4
+    [group] = plan.make(sweep.load(path)).groups
+    two = sum(budget.needed(Program.of(group.slice, group.trials[:2])).values())  # a machine that holds 2 of the 4
     done = launch("sweep", path, "--out", tmp_path / "out", "--json", env={MEMORY_ENV: str(two)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "running it as 2 programs of up to 2 trials" in done.stderr

@@ -1,4 +1,4 @@
-"""Tasks (ymxb/tasks.py): the default one unchanged, linreg's reference and training, a user's
+"""Tasks (ymxb/spec/): the default one unchanged, linreg's reference and training, a user's
 task, and each way a user's task is broken refused in one line (in this process: 4 CPU devices)."""
 
 import json
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, trained
+from ymxb import plan
 from ymxb import cli
 from ymxb.results import store as results
-from ymxb.spec import tasks
+from ymxb.spec import registry
 from ymxb.spec.settings import TrialSpec
 from ymxb.errors import UsageError
 
@@ -22,14 +23,14 @@ def test_the_default_task_keeps_every_setting_where_it_was():
     assert list(TrialSpec().asdict()) == [
         "true_m", "true_b", "noise", "data_seed", "samples_per_host", "model", "optimizer", "lr", "seed", "steps",
         "steps_per_call", "parallel", "ensemble", "tol"]
-    assert TrialSpec(true_m=3).asdict()["true_m"] == 3.0 and TrialSpec(true_m=3) == TrialSpec(true_m=3.0)
-    assert TrialSpec(task="linreg").asdict()["task"] == "linreg"
+    assert TrialSpec.resolve(true_m=3).asdict()["true_m"] == 3.0 and TrialSpec.resolve(true_m=3) == TrialSpec.resolve(true_m=3.0)
+    assert TrialSpec.resolve(task="linreg").asdict()["task"] == "linreg"
     with pytest.raises(UsageError, match=r"'features' is not a setting of task ymxb \(its settings: true_m, true_b, noise\)"):
-        TrialSpec(features=8)
+        TrialSpec.resolve(features=8)
 
 
 def test_a_default_trials_record_has_the_fields_it_had():
-    [record] = results.judge(trained(TrialSpec(**SMALL)))
+    [record] = results.judge(trained(TrialSpec.resolve(**SMALL)))
     written = json.loads(record.to_json())
     assert list(written) == ["trial_id", "config", "verified", "max_error", "solution", "optimal_loss", "members",
                              "loss_curve", "checks", "group", "slice", "group_trials", "wall_s", "sweep_file",
@@ -42,7 +43,7 @@ def test_a_default_trials_record_has_the_fields_it_had():
 
 
 def test_linreg_reference_is_the_least_squares_solution_made_shard_by_shard():
-    task, s = tasks.get("linreg"), {"features": 5, "noise": 0.3}
+    task, s = registry.get("linreg"), {"features": 5, "noise": 0.3}
     shards = [task.shard(s, 7, host, 300) for host in range(3)]
     reference = task.reference(s, iter(shards))  # a generator: each shard seen once
     x, y = (np.concatenate(part).astype(np.float64) for part in zip(*shards))
@@ -57,7 +58,7 @@ def test_linreg_reference_is_the_least_squares_solution_made_shard_by_shard():
 @pytest.mark.parametrize("parallel,model,ensemble", [("pmap", "pure", 0), ("sharding", "haiku", 0),
                                                      ("pmap", "haiku", 6), ("sharding", "pure", 6)])
 def test_linreg_trains_to_its_reference_every_way(parallel, model, ensemble):
-    trial = TrialSpec(task="linreg", features=16, parallel=parallel, model=model, ensemble=ensemble, lr=0.3, **SMALL)
+    trial = TrialSpec.resolve(task="linreg", features=16, parallel=parallel, model=model, ensemble=ensemble, lr=0.3, **SMALL)
     [record] = results.judge(trained(trial))
     assert record.verified, record.checks
     assert list(record.solution) == ["w[0]", "w[15]", "b"] and record.max_error < 1e-4
@@ -65,7 +66,7 @@ def test_linreg_trains_to_its_reference_every_way(parallel, model, ensemble):
 
 
 def test_a_users_task_without_a_reference_is_judged_on_what_holds_without_one():
-    trial = TrialSpec(task="examples.tasks.mlp:TASK", hidden=4, optimizer="adam", lr=0.03, **SMALL)
+    trial = TrialSpec.resolve(task="examples.tasks.mlp:TASK", hidden=4, optimizer="adam", lr=0.03, **SMALL)
     [record] = results.judge(trained(trial))
     assert record.verified and record.solution == {} and record.max_error is None
     assert [c["name"] for c in record.checks][-1] == "loss went down"
@@ -84,7 +85,7 @@ def _line_of(text: str) -> int:
 BROKEN = [
     ("tests.broken_task_import:TASK", "cannot import tests.broken_task_import (ZeroDivisionError: division by zero)"),
     ("tests.broken_tasks:NOTHING", "tests.broken_tasks has no NOTHING"),
-    ("tests.broken_tasks:NOT_A_TASK", "NOT_A_TASK is not a task: make it a subclass of ymxb.tasks.Task"),
+    ("tests.broken_tasks:NOT_A_TASK", "NOT_A_TASK is not a task: make it a subclass of ymxb.Task"),
     ("tests.broken_tasks:NO_MODEL", "NO_MODEL does not say how to make its model"),
     ("tests.broken_tasks:COLUMN", "model pure predicts shape (8, 1) for 8 points whose y has shape (8,): apply "
                                   "must give one prediction per point"),
@@ -112,7 +113,7 @@ def test_a_sweep_of_a_users_task_names_its_settings_as_keys(tmp_path):
     assert [(t.task, dict(t.settings)["hidden"], t.lr) for _, t in loaded.trials] == [
         ("examples.tasks.mlp:TASK", 4, 0.1), ("examples.tasks.mlp:TASK", 4, 0.2),
         ("examples.tasks.mlp:TASK", 8, 0.1), ("examples.tasks.mlp:TASK", 8, 0.2)]
-    assert len(sweep.programs(list(loaded.trials))) == 2  # a width each; lr batched
+    assert len(plan.make(loaded).groups) == 2  # a width each; lr batched
     path.write_text("grid: {hidden: [4, 8]}\n")  # the default task has no hidden layer
     with pytest.raises(UsageError, match=r"unknown key in grid 'hidden'; valid: task, true_m, true_b, noise"):
         sweep.load(str(path))

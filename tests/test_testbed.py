@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, Background, gone, wait_until
 from ymxb.driver import checkpoint
 from ymxb.ops import testbed
-from ymxb.names import FAULT_ENV
+from ymxb.testing import FAULT_ENV
 
 pytestmark = pytest.mark.slow
 

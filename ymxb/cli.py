@@ -27,11 +27,11 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ymxb.driver import checkpoint
-from ymxb.spec import settings as config, data, sweep as sweeps, tasks
-from ymxb import api as experiment
+from ymxb.spec import data, registry, settings as config, sweep as sweeps, tasks
+from ymxb import api as experiment, plan as plans
 from ymxb.results.views import query, report
 from ymxb.results import store as results
-from ymxb.spec.settings import Program, Recovery, SliceSpec, TrialSpec
+from ymxb.spec.settings import Recovery, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
 from ymxb.ops.ray_cluster import ray_cluster
 from ymxb.ops.reaper import _start_time
@@ -95,8 +95,8 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
     g.add_argument("--tpu-topology", metavar="TOPOLOGY", default=d.tpu_topology,
                    help="tpu: the slice to use, by topology (2x2x4)")
     g = p.add_argument_group("task")
-    g.add_argument("--task", metavar="NAME", default=tasks.DEFAULT,
-                   help="the model and its data: " + ", ".join(f"{t.name} ({t.summary})" for t in tasks.BUILT_IN.values())
+    g.add_argument("--task", metavar="NAME", default=registry.DEFAULT,
+                   help="the model and its data: " + ", ".join(f"{t.name} ({t.summary})" for t in registry.BUILT_IN.values())
                         + ", or package.module:NAME, a task of your own (README: Your own model); `--task NAME "
                         "--help` lists its settings")
     g = p.add_argument_group(task.about)
@@ -139,6 +139,8 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
     g.add_argument("--tol", type=float, metavar="TOL", default=t.tol,
                    help="max |param - the task's reference solution (the normal equation)| for the run to verify")
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    g.add_argument("--dry-run", action="store_true", help="check the flags and the plan (slice, memory, "
+                   "task), say what would run, and start nothing")
     g.add_argument("--dump-data", metavar="PATH",
                    help="write the global dataset (arrays x and y) to PATH as .npz")
     g = p.add_argument_group("surviving host loss (a host that dies, hangs or is preempted: the "
@@ -166,7 +168,7 @@ def _recovery_flags(g) -> None:
 
 def parse(argv: List[str], prog: str = PROG):
     """Flags -> (SliceSpec, TrialSpec, the other options). Raises UsageError on bad input."""
-    args = _parser(prog, tasks.get(_task_named(argv))).parse_args(argv)
+    args = _parser(prog, registry.get(_task_named(argv))).parse_args(argv)
     args.address = _address(args.address)
     args.recovery = Recovery.of(args)
     return SliceSpec.of(args), TrialSpec.of(args), args
@@ -174,9 +176,12 @@ def parse(argv: List[str], prog: str = PROG):
 
 def _task_named(argv: List[str]) -> str:
     """The --task of `argv` (its settings are flags too), else the default."""
-    named = argparse.ArgumentParser(add_help=False)
-    named.add_argument("--task", default=tasks.DEFAULT)
-    return named.parse_known_args(argv)[0].task
+    named = _Parser(add_help=False)
+    named.add_argument("--task", default=registry.DEFAULT)
+    try:
+        return named.parse_known_args(argv)[0].task
+    except UsageError:  # the whole parser says what is wrong, as for any flag
+        return registry.DEFAULT
 
 
 def _address(given: Optional[str]) -> Optional[str]:
@@ -198,6 +203,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
                    "see examples/sweeps/ and the README)")
     p.add_argument("--out", metavar="DIR", help=f"the results folder; default: {RUNS}/<the sweep's name>")
     p.add_argument("--fresh", action="store_true", help="forget the recorded trials and run them all")
+    p.add_argument("--dry-run", action="store_true", help="check the file and the plan (slices, memory, "
+                   "tasks), say what would run (the recorded trials skipped), and start nothing")
     p.add_argument("--json", action="store_true", help="print one JSON document with every record instead of the table")
     p.add_argument("--address", metavar="HOST:PORT", help="Ray cluster to join (as for a single run); "
                    "default: $RAY_ADDRESS, else an embedded local Ray")
@@ -249,8 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if argv[:1] and argv[0] in commands:
             return commands[argv[0]](argv[1:])
         return _launch(argv)
-    except UsageError as err:
-        _log(said(f"error: {err}"))
+    except UsageError as err:  # one line, whatever a value it quotes holds
+        _log(said("error: " + " ".join(str(err).splitlines())))
         return EXIT_FAILED
 
 
@@ -258,25 +265,26 @@ def _inspect(argv: List[str]) -> int:
     from ymxb.host.inspect import inspect
 
     spec, trial, _ = parse(argv, prog=f"{PROG} inspect")
-    print(inspect(experiment.settle(spec.replace(address=None)), trial))
+    print(inspect(plans.settle(spec.replace(address=None)), trial))
     return 0
 
 
 def _launch(argv: List[str]) -> int:
     spec, trial, args = parse(argv)
-    todo = experiment.plan(experiment.prepare(sweeps.single(spec, trial)), None)
+    todo = plans.make(sweeps.single(spec, trial))
     if args.dump_data:
         _check_writable(args.dump_data)
     if args.resume and args.checkpoint_dir and args.resume != args.checkpoint_dir:
         raise UsageError("--resume DIR continues with DIR as its --checkpoint-dir: give one of them")
     folder = args.resume or args.checkpoint_dir
+    if args.dry_run:
+        return _dry_run(todo)
     if args.resume:
         if not os.path.isdir(args.resume):
             raise UsageError(f"--resume {args.resume}: no such folder (give the --checkpoint-dir of "
                              f"the run, or the folder a failed run named)")
-        for settled, group in sweeps.programs(todo.trials):
-            if settled.shaped:  # else known once the platform shapes the slice
-                experiment.resume_point(args.resume, Program.of(settled, group), required=True)
+        for program in todo.known_programs():  # the others: once the platform shapes the slice
+            experiment.resume_point(args.resume, program, required=True)
     if folder:
         _check_folder(folder, "checkpoints", "--resume" if args.resume else "--checkpoint-dir")
 
@@ -319,16 +327,20 @@ def _sweep(argv: List[str]) -> int:
     if given:  # the command line wins over the file
         sweep = dataclasses.replace(sweep, trials=tuple((s.replace(**given), t) for s, t in sweep.trials))
     try:
-        trials = experiment.prepare(sweep)
+        todo = plans.make(sweep)
     except UsageError as err:
         raise UsageError(f"{args.file}: {sweeps.as_key(str(err))}") from None
     folder = args.out or os.path.join(RUNS, sweep.name)
+    if args.dry_run:
+        if os.path.isdir(folder) and not args.fresh:
+            todo.skip_recorded(Store(folder).load())
+        return _dry_run(todo)
     _check_folder(folder)
     with Store(folder).locked() as store:  # one sweep at a time writes a store
         if args.fresh:
             store.clear()
-        todo = experiment.plan(trials, store)
-        pending = len(todo.pending)
+        todo.skip_recorded(store.load())
+        trials, pending = todo.trials, todo.pending
         # The file as it ran, beside its records (each version kept: the file may be this copy).
         sweep_file = store.keep_sweep_file(sweep.as_run) if pending else None
 
@@ -348,6 +360,17 @@ def _sweep(argv: List[str]) -> int:
             progress.close()
 
 
+def _dry_run(todo: plans.Plan) -> int:
+    """What a plan would run, in a line on stdout; nothing is started."""
+    known = todo.known_programs()
+    later = sum(1 for g in todo.groups if g.parts is None)
+    slices = sorted({g.slice.label() if g.slice.shaped else "a slice the cluster shapes" for g in todo.groups})
+    programs = f"{len(known)} programs" + (f" (and {later} groups shaped on the cluster)" if later else "")
+    print(f"dry run: {todo.pending} of {len(todo.trials)} trials to run, as {programs} on "
+          f"{', '.join(slices) or 'no slice'}; nothing started")
+    return 0
+
+
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -361,7 +384,7 @@ def _results(argv: List[str]) -> int:
         raise UsageError(f"{args.dir} holds no results ({results.STORE} missing): give the folder a "
                          f"sweep wrote (its --out, or {RUNS}/<name>)")
     records = list(store.load().values())
-    # Kept till the process ends: the collector need never walk them (10^5 records: ~0.3 s a time).
+    # Kept till the process ends: the garbage collector need never walk them (docs/benchmarks.md).
     gc.freeze()
     metrics = [m.strip() for m in args.best_by.split(",")] if args.best_by else []
     order = args.sort or (metrics[0] if metrics and args.top else None)
@@ -410,7 +433,7 @@ def _verdict(records) -> int:
     return EXIT_VERIFIED if all(r.verified or r.pruned for r in records) else EXIT_NOT_VERIFIED
 
 
-def _run(todo: experiment.Plan, address: Optional[str], show: Callable, options: Options,
+def _run(todo: plans.Plan, address: Optional[str], show: Callable, options: Options,
          store: Optional[Store] = None, progress: Optional[experiment.Progress] = None, launch: bool = True) -> int:
     """Run the plan `todo` as `options` say (`launch`: on a Ray cluster, else none is needed),
     then `show(outcome, stdout, wall_s, phases)` (phases: seconds the driver took to get here,

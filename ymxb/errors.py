@@ -1,8 +1,12 @@
 """The two ways a run fails before a verdict (both end with exit code 2 and one line), what a
-host failure's cause is, and how an error reads in one line."""
+host failure's cause is, how an error reads in one line, and where in a user's code it was
+raised."""
 
 import enum
-from typing import Optional
+import os
+import re
+import traceback
+from typing import Optional, Sequence, Tuple
 
 
 class UsageError(ValueError):
@@ -40,3 +44,29 @@ class HostFailure(RuntimeError):
 def first_line(err: BaseException, limit: int = 400) -> str:
     """An error's first line (its type's name if it says nothing), cut to `limit` characters."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
+def where_raised(err: BaseException) -> str:
+    """Where in a user's code `err` was raised: " (at FILE:LINE in FUNCTION)", from the last
+    frame outside ymxb, JAX, haiku and the other installed packages; "" if none is."""
+    frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ else []
+    return _user_frame([(f.filename, f.lineno, f.name) for f in frames])
+
+
+def where_raised_text(text: str) -> str:
+    """where_raised, from a traceback as text (a host's, as Ray passes it on)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text or "")
+    return _user_frame([(path, int(line), name) for path, line, name in frames])
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_frame(frames: Sequence[Tuple[str, int, str]]) -> str:
+    mine = [(path, line, name) for path, line, name in frames
+            if not os.path.abspath(path).startswith(_PACKAGE) and "-packages" not in path
+            and not path.startswith("<") and f"{os.sep}lib{os.sep}python" not in path]
+    if not mine:
+        return ""
+    path, line, name = mine[-1]
+    return f" (at {os.path.relpath(path) if path.startswith(os.getcwd()) else path}:{line} in {name})"

@@ -32,11 +32,25 @@ class HostSetup:
     """What a host does to its process, as its platform asks (platforms.py): `env` before JAX is
     imported (CPU devices, test settings); before it joins, `free_tpu`: make sure no other
     process holds the chips and no stale libtpu lock is left; `cpu_collectives`: have gloo,
-    JAX's CPU collectives, listen on the node's address."""
+    JAX's CPU collectives, listen on the node's address; `faults`: what a test makes the host
+    suffer (ymxb/testing/faults.py), None in a run."""
 
     env: Dict[str, str]
     free_tpu: bool = False
     cpu_collectives: bool = False
+    faults: Optional[object] = None
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A program's whole training state at a call boundary, as the driver assembles it from
+    every host's pieces (driver/checkpoint.py writes and reads it), and a host resumes from."""
+
+    step: int  # steps done
+    leaves: List[np.ndarray]  # TrainState leaves, (padded entries, ...) each
+    losses: np.ndarray  # (padded entries, step)
+    config: Dict  # what wrote it: the program's slice, shared trial settings, lrs and seeds
+    taken_at: float = 0.0  # time.time() when the driver had every piece
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ restarts, the store, the table and plots) is ymxb's, as for the built-in tasks.
 
 import numpy as np
 
-from ymxb.spec.tasks import Model, Setting, Task
+from ymxb import Model, Setting, Task
 
 
 def _positive(value):

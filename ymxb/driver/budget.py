@@ -16,19 +16,18 @@ as several smaller ones (`split`); only a single trial too large is refused.
 
 import functools
 import math
-import os
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ymxb.spec import tasks
-from ymxb.spec.settings import Program, SliceSpec, TrialSpec
+from ymxb.spec import registry
+from ymxb.spec.settings import Program, TrialSpec
 from ymxb.errors import UsageError
-from ymxb.names import MEMORY_ENV
+from ymxb.host.setup import available
 from ymxb.protocol import SliceHost
 
-HOST_BASE = 350 << 20  # one idle host process: Python, JAX, XLA's CPU client, Ray's worker (~315 MiB seen)
+HOST_BASE = 350 << 20  # one idle host process: Python, JAX, XLA's CPU client, Ray's worker, with room
 RAY_BASE = 700 << 20  # the embedded Ray: GCS, raylet, agents, and the driver itself
 MEMBER_RECORD = 2 << 10  # the driver's per-model record (a dict of a dozen floats)
 F32, F64 = 4, 8
@@ -61,7 +60,7 @@ def width(trial: TrialSpec) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _width(task: str, settings: tuple, data_seed: int) -> int:
-    x, y = tasks.get(task).shard(dict(settings), data_seed, 0, 1)
+    x, y = registry.get(task).shard(dict(settings), data_seed, 0, 1)
     return int(np.size(x) + np.size(y))
 
 
@@ -90,19 +89,20 @@ def per_host(program: Program) -> Dict[str, int]:
     return {"--samples-per-host": data, key: models, "--steps": losses}
 
 
-def split(spec: SliceSpec, group: List[TrialSpec], fits: Callable[[Program], bool]) -> List[List[TrialSpec]]:
-    """`group` (one program's trials) as programs that each `fits`: all of it where it does,
+def split(whole: Program, fits: Callable[[Program], bool]) -> List[int]:
+    """The sizes of the programs `whole` runs as so that each `fits`: all of it where it does,
     else the fewest of even size that do (the need grows with the trials: a binary search for
     the most that fit). A trial that does not fit alone stays alone, for the check to refuse."""
-    if len(group) < 2 or fits(Program.of(spec, group)):
-        return [group]
-    most, too_many = 1, len(group)
+    n = whole.count
+    if n < 2 or fits(whole):
+        return [n]
+    most, too_many = 1, n
     while too_many - most > 1:
         middle = (most + too_many) // 2
-        most, too_many = (middle, too_many) if fits(Program.of(spec, group[:middle])) else (most, middle)
-    count = math.ceil(len(group) / most)
-    bounds = [len(group) * i // count for i in range(count + 1)]  # sizes differ by one at most
-    return [group[start:end] for start, end in zip(bounds, bounds[1:])]
+        most, too_many = (middle, too_many) if fits(whole.only(range(middle))) else (most, middle)
+    count = math.ceil(n / most)
+    bounds = [n * i // count for i in range(count + 1)]  # sizes differ by one at most
+    return [end - start for start, end in zip(bounds, bounds[1:])]
 
 
 def fits_here(program: Program) -> bool:
@@ -142,23 +142,6 @@ def _on_slice(program: Program, hosts: Sequence[SliceHost]) -> Tuple[Dict[str, i
     node = max(on_node, key=lambda n: on_node[n] / (free[n] or float("inf")))
     need = {k: v * on_node[node] for k, v in per_host(program).items()}
     return need, free[node], f"on the node of {on_node[node]} of its hosts, which has {_gib(free[node] or 0)} available"
-
-
-@functools.lru_cache(maxsize=1)
-def available() -> Optional[int]:
-    """Bytes of memory this machine can give (MemAvailable), or None where it cannot tell: as
-    first measured in this process (a driver measures before its embedded Ray and hosts take
-    their share, which `needed` counts, and decides alike before and after they start)."""
-    if os.environ.get(MEMORY_ENV):
-        return int(os.environ[MEMORY_ENV])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) << 10
-    except OSError:
-        pass
-    return None
 
 
 def check_fits(program: Program, free: Optional[int] = None, what: str = "this run") -> None:

@@ -23,18 +23,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ymxb.protocol import CheckpointPiece
+from ymxb.protocol import Checkpoint, CheckpointPiece
 
 SUFFIX = ".ckpt.npz"
-
-
-@dataclasses.dataclass
-class Checkpoint:
-    step: int  # steps done
-    leaves: List[np.ndarray]  # TrainState leaves, (padded entries, ...) each
-    losses: np.ndarray  # (padded entries, step)
-    config: Dict  # what wrote it: the program's slice, shared trial settings, lrs and seeds
-    taken_at: float = 0.0  # time.time() when the driver had every piece
 
 
 def program_config(program) -> Dict:

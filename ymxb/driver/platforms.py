@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ymxb.spec.settings import SliceSpec
 from ymxb.errors import HostFailure, UsageError
-from ymxb.names import (ACCELERATOR_LABEL, TEST_CPU_DEVICES_ENV, TPU_POD_TYPE_LABEL, TPU_SLICE_LABEL,
+from ymxb.names import (ACCELERATOR_LABEL, CPU_DEVICES_ENV, TPU_POD_TYPE_LABEL, TPU_SLICE_LABEL,
                         TPU_TOPOLOGY_LABEL, TPU_WORKER_LABEL)
 from ymxb.protocol import HostSetup
 
@@ -115,7 +115,7 @@ class Platform:
 
     def setup(self, spec: SliceSpec) -> HostSetup:
         """What each host's process needs: as on the platform, or CPU devices under test."""
-        test = _test_cpu_devices()
+        test = _pretend_cpu_devices()
         return HostSetup(cpu_device_env(test) if test else {}, cpu_collectives=bool(test))
 
     def waiting_for(self, spec: SliceSpec, cluster: Cluster) -> str:
@@ -180,7 +180,7 @@ class Tpu(Platform):
         wanted, exists = _whole_slices(spec, cluster)
         kind = wanted[0]
         _check_explicit("--hosts", spec.hosts, kind.hosts, f"a {kind.pod_type} slice has hosts:")
-        devices = _test_cpu_devices() or kind.chips_per_host
+        devices = _pretend_cpu_devices() or kind.chips_per_host
         _check_explicit("--devices-per-host", spec.devices_per_host, devices, f"each {kind.pod_type} host has chips:")
         if len(wanted) < spec.slices:  # all of one kind now
             raise HostFailure(f"--slices {spec.slices}, but the cluster has {len(wanted)} whole "
@@ -217,7 +217,7 @@ class Tpu(Platform):
                            slice_group=group)
 
     def setup(self, spec):
-        test = _test_cpu_devices()  # CPU devices under test: no chips to free
+        test = _pretend_cpu_devices()  # CPU devices under test: no chips to free
         return dataclasses.replace(super().setup(spec), free_tpu=not test)
 
     def waiting_for(self, spec, cluster):
@@ -279,7 +279,7 @@ class Gpu(Platform):
         if not count or hosts > count:
             raise HostFailure(f"asked for {hosts or 'some'} GPU node(s) with {gpus} GPUs each, "
                               f"but the cluster has {exists}")
-        return spec.replace(platform=self.name, hosts=hosts, devices_per_host=_test_cpu_devices() or gpus)
+        return spec.replace(platform=self.name, hosts=hosts, devices_per_host=_pretend_cpu_devices() or gpus)
 
     def reserve(self, spec, cluster):
         gpus = _gpu_nodes(spec, cluster)[0]
@@ -305,7 +305,7 @@ def _gpu_nodes(spec: SliceSpec, cluster: Cluster) -> Tuple[int, int, str]:
     exists = ", ".join(f"{n} node(s) with {g} GPUs" for g, n in sorted(sizes.items()))
     if not sizes:
         raise HostFailure("--platform gpu, but the cluster has no GPU nodes")
-    if spec.devices_per_host is None or _test_cpu_devices():
+    if spec.devices_per_host is None or _pretend_cpu_devices():
         if len(sizes) > 1:
             raise UsageError(f"GPU nodes differ ({exists}): choose a size with --devices-per-host")
         gpus = next(iter(sizes))
@@ -391,9 +391,9 @@ def _check_explicit(flag: str, given: Optional[int], actual: int, why: str) -> N
         raise UsageError(f"{flag} is {given}, but {why} {actual}: omit {flag} to use that")
 
 
-def _test_cpu_devices() -> Optional[int]:
-    """Test-only: the CPU devices each host uses instead of its chips (names.TEST_CPU_DEVICES_ENV)."""
-    return int(os.environ.get(TEST_CPU_DEVICES_ENV, 0)) or None
+def _pretend_cpu_devices() -> Optional[int]:
+    """A pretend slice's CPU devices per host (names.CPU_DEVICES_ENV), None for a real one."""
+    return int(os.environ.get(CPU_DEVICES_ENV, 0)) or None
 
 
 def _resources_summary(resources: Dict[str, float]) -> str:

@@ -13,7 +13,6 @@ way out (after `jax.distributed.initialize` a host ignores SIGTERM).
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -24,12 +23,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 import ray
 
 from ymxb.driver import checkpoint, placing, platforms
-from ymxb.spec import tasks
 from ymxb.driver.checkpoint import Checkpoint
 from ymxb.spec.settings import Program, SliceSpec
-from ymxb.errors import Cause, HostFailure, first_line
+from ymxb.errors import Cause, HostFailure, first_line, where_raised_text
 from ymxb.host.actor import Host
-from ymxb.names import FAULT_ENV, FAULT_ONCE_ENV, HOSTS_FILE_ENV, said
+from ymxb.names import said
 from ymxb.protocol import (ANSWER_S, CallEnd, CheckpointPiece, Failed, HostIdentity, HostRun, ProgramRun,
                            SliceHost, Stall, blame, blame_stall, describe, settled_by)
 from ymxb.ops.reaper import wait_gone
@@ -173,7 +171,8 @@ class WarmSlice:
                       for i, (ident, info) in enumerate(zip(self.identities, joined))]
         for host in self.hosts:
             self.log(host.line())
-        _tell_tests(self.hosts)
+        for listener in HOOKS.slice_up:
+            listener(self.hosts)
 
     def _gather(self, refs: List, phase: str, timeout: float, **options) -> List:
         return _gather(self.actors[:len(refs)], refs, phase, timeout, self.identities, **options)
@@ -182,9 +181,8 @@ class WarmSlice:
 def _start_hosts(reservation: platforms.Reservation) -> List:
     """One actor per host of the reservation, in process order, each on its bundle."""
     setup = reservation.setup
-    tests = {name: os.environ[name] for name in (FAULT_ENV, FAULT_ONCE_ENV) if os.environ.get(name)}
-    if tests:
-        setup = dataclasses.replace(setup, env={**setup.env, **tests})
+    if HOOKS.faults:
+        setup = dataclasses.replace(setup, faults=HOOKS.faults)
     # Two threads per actor: `progress` must answer while `train` runs.
     actor = ray.remote(max_concurrency=2, max_restarts=0)(Host)
     # The environment goes as an argument, not as a runtime_env: an actor with an environment
@@ -192,12 +190,16 @@ def _start_hosts(reservation: platforms.Reservation) -> List:
     return [actor.options(**reservation.options(i)).remote(i, setup) for i in range(reservation.spec.processes)]
 
 
-def _tell_tests(hosts: Sequence[SliceHost]) -> None:
-    """Test-only (names.HOSTS_FILE_ENV): append this slice's hosts, one JSON line."""
-    path = os.environ.get(HOSTS_FILE_ENV)
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps([dataclasses.asdict(h) for h in hosts]) + "\n")
+@dataclasses.dataclass
+class Hooks:
+    """Where tests reach in (ymxb/testing/): faults every host's setup carries, and listeners
+    told of each slice's hosts as it comes up. Empty in a run."""
+
+    faults: Optional[object] = None
+    slice_up: List[Callable[[Sequence[SliceHost]], None]] = dataclasses.field(default_factory=list)
+
+
+HOOKS = Hooks()
 
 
 def _gather(actors: List, refs: List, phase: str, timeout: float,
@@ -224,7 +226,7 @@ def _gather(actors: List, refs: List, phase: str, timeout: float,
         ready, pending = ray.wait(pending, num_returns=1, timeout=min(wait_s, POLL_S) if progress else wait_s)
         if ready and pending:
             # Every other one in already, at once: a wait costs O(pending), so one wait per
-            # result would cost O(hosts^2) per call (1.7 s a call at 1,500 hosts, 10 s at 3,000).
+            # result would cost O(hosts^2) per call (docs/benchmarks.md: thousands of hosts).
             more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
             ready += more
         if not ready:
@@ -379,7 +381,7 @@ def _reason(err: Exception) -> str:
     if isinstance(err, ray.exceptions.RayTaskError):
         cause = err.cause
         # Our code or a user's task raised: where, in the user's code, if it was there.
-        where = tasks.traceback_text_line(str(err)) if _cause(err) is Cause.FINAL else ""  # its text holds the traceback
+        where = where_raised_text(str(err)) if _cause(err) is Cause.FINAL else ""  # its text holds the traceback
         return f"raised {type(cause).__name__}: {first_line(cause, 300) if str(cause).strip() else ''}{where}"[:400]
     if isinstance(err, ray.exceptions.ActorDiedError):
         return "its process exited unexpectedly (crashed, killed, or aborted by JAX)"

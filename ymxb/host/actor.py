@@ -9,17 +9,14 @@ platform asked (the XLA device-count flag must be in place before JAX starts).
 import importlib
 import os
 import socket
-import sys
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, Optional, Union
 
-from ymxb.driver import budget
 from ymxb.host import setup as hostsetup
-from ymxb.driver.checkpoint import Checkpoint
+from ymxb.names import MEGASCALE_PREFIX
+from ymxb.protocol import Checkpoint, CheckpointPiece, HostIdentity, HostResult, HostSetup, Joined
 from ymxb.spec.settings import Program
-from ymxb.names import FAULT_ENV, FAULT_ONCE_ENV, MEGASCALE_PREFIX
-from ymxb.protocol import CheckpointPiece, HostIdentity, HostResult, HostSetup, Joined
 
 
 class Host:
@@ -29,9 +26,9 @@ class Host:
         os.environ.update(setup.env)  # before anything imports JAX
         self.host_index, self.setup = host_index, setup
         self._steps_started = None  # None until training starts
-        self._paused = None  # a program paused at a call boundary (train.Paused), to go on with
+        self._resident = None  # a program stopped at a call boundary, on the devices (train.Resident)
         self._lock = threading.Lock()
-        # Importing JAX takes 1-2 s: begin now, while the other hosts start, not at initialize.
+        # Importing JAX takes seconds: begin now, while the other hosts start, not at initialize.
         # (Importing it touches no device: initialize still comes first.)
         self._jax_imported = threading.Thread(target=importlib.import_module, args=("jax",), daemon=True)
         self._jax_imported.start()
@@ -86,27 +83,27 @@ class Host:
             megascale={n: v for n, v in os.environ.items() if n.startswith(MEGASCALE_PREFIX)},
             # What a program may use here (budget.check_slice): the node's free memory, and
             # the least any local device holds where JAX says (TPU, GPU; not CPU devices).
-            memory_available=budget.available(), device_memory=_device_memory(devices))
+            memory_available=hostsetup.available(), device_memory=_device_memory(devices))
 
     def train(self, program: Program, resume: Optional[Checkpoint] = None, checkpoint_every: int = 0,
               until: Optional[int] = None) -> Iterator[Union[CheckpointPiece, HostResult]]:
         """train.train_stream's items: this host's checkpoint pieces, then its result (called
-        as a stream: the driver keeps each piece as it comes). A program paused at `until` is
+        as a stream: the driver keeps each piece as it comes). A program stopped at `until` is
         kept on the devices for the call that goes on from there (early stopping's)."""
         from ymxb.host.train import train_stream
 
-        paused, self._paused = self._paused, None  # whatever comes, the old state is let go
+        resident, self._resident = self._resident, None  # whatever comes, the old state is let go
 
         self._set_progress(None)
         self._maybe_fault("train")
-        slow = sum(float(seconds) for kind, seconds in self._faults("train") if kind == "slow")
+        slow = self.setup.faults.slow_s(self.host_index, "train") if self.setup.faults else 0.0
 
-        def late(steps: int) -> None:  # test-only: each compiled call starts `slow` seconds late
+        def late(steps: int) -> None:  # a test's fault: each compiled call starts `slow` seconds late
             self._set_progress(steps)
             time.sleep(slow)
 
         yield from train_stream(program, late if slow else self._set_progress, resume, checkpoint_every, until,
-                                paused, keep=lambda p: setattr(self, "_paused", p))
+                                resident, keep=lambda r: setattr(self, "_resident", r))
 
     def progress(self) -> Optional[int]:
         """Steps done (by the compiled calls completed so far), None before training starts.
@@ -125,30 +122,9 @@ class Host:
         with self._lock:
             self._steps_started = steps
 
-    def _faults(self, phase: str) -> List[Tuple[str, Optional[str]]]:
-        """(kind, argument) of each test fault (names.FAULT_ENV) that strikes this host in `phase`."""
-        found = []
-        for fault in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
-            kind, host, where, *argument = fault.split(":")
-            if where == phase and host in (str(self.host_index), "all"):
-                found.append((kind, argument[0] if argument else None))
-        return found
-
     def _maybe_fault(self, phase: str) -> None:
-        kind = next((kind for kind, _ in self._faults(phase) if kind in ("die", "hang")), None)
-        if kind is None:
-            return
-        once = os.environ.get(FAULT_ONCE_ENV)
-        if once:  # the first process to get here takes the fault; later ones run normally
-            try:
-                os.close(os.open(once, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return
-        print(f"ymxb test fault: host {self.host_index} {kind}s in {phase}", file=sys.stderr, flush=True)
-        if kind == "die":
-            os._exit(17)
-        if kind == "hang":
-            time.sleep(3600)
+        if self.setup.faults:
+            self.setup.faults.strike(self.host_index, phase)
 
 
 def _device_memory(devices) -> Optional[int]:

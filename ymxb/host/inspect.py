@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from typing import Iterator, List
 
-from ymxb.spec import data, tasks
+from ymxb.spec import data, registry
 from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 
 # Primitives that move data between devices, and the param naming their axes.
@@ -33,7 +33,7 @@ def inspect(spec: SliceSpec, cfg: TrialSpec) -> str:
     if jax.local_device_count() != spec.devices_per_host:
         raise RuntimeError(f"JAX was started with {jax.local_device_count()} devices before inspect "
                            f"could ask for {spec.devices_per_host}: run inspect in a fresh process")
-    task = tasks.get(cfg.task)
+    task = registry.get(cfg.task)
     trainer = TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), one, task.loss)
     state = trainer.init()
     batch = trainer.put_data(*data.host_shard(cfg, 0))
@@ -41,7 +41,7 @@ def inspect(spec: SliceSpec, cfg: TrialSpec) -> str:
     jaxpr = jax.make_jaxpr(step)(state, *batch)
     compiled = step.lower(state, *batch).compile()
 
-    out = [f"# {'' if cfg.task == tasks.DEFAULT else f'task {cfg.task}, '}{cfg.model} model, {cfg.parallel}, {cfg.optimizer}, "
+    out = [f"# {'' if cfg.task == registry.DEFAULT else f'task {cfg.task}, '}{cfg.model} model, {cfg.parallel}, {cfg.optimizer}, "
            + (f"ensemble of {cfg.ensemble}" if cfg.ensemble else "one data-parallel model")
            + f": one process with {spec.devices_per_host} CPU devices. On the slice, axis "
              f"'{AXIS}' spans {spec.global_devices} devices ({spec.label()}: "

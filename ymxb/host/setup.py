@@ -1,12 +1,13 @@
 """What a host does to its own process before it joins the slice, as its platform asks
 (protocol.HostSetup): JAX's CPU collectives listening on the node's address, and the TPU's
-chips free for this process. Runs inside the host's actor."""
+chips free for this process; and the memory it has available. Runs inside the host's actor
+(and, for `available`, in the driver)."""
 
 import contextlib
 import functools
 import glob
 import os
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 from ymxb.names import MEGASCALE_PREFIX
 
@@ -75,3 +76,18 @@ def _cmdline(proc: str) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
     except OSError:
         return "?"
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> Optional[int]:
+    """Bytes of memory this machine can give (MemAvailable), or None where it cannot tell: as
+    first measured in this process (a driver measures before its embedded Ray and hosts take
+    their share, which `needed` counts, and decides alike before and after they start)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) << 10
+    except OSError:
+        pass
+    return None

@@ -34,7 +34,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ymxb.spec.settings import Program
-from ymxb.spec.models import Model
+from ymxb.spec.tasks import Model
 
 # pmap's one axis: it spans every device of every host of every slice.
 AXIS = "devices"
@@ -69,8 +69,8 @@ def make_step(model: Model, opt: optax.GradientTransformation, reduce: Callable 
 
     def step(state, x, y):
         # The mean's 1/n is applied once to the sums, not inside every point's product: there
-        # it is a broadcast in each of XLA:CPU's reductions (the step ran at 0.67x the
-        # hand-written loop at E = 8). Same math, float32 round-off apart.
+        # it is a broadcast in each of XLA:CPU's reductions, which slows the step (docs/
+        # benchmarks.md). Same math, float32 round-off apart.
         total, grads = jax.value_and_grad(objective)(state.params, x, y)
         factor = scale / x.shape[0]
         mean, grads = reduce((total * factor, jax.tree.map(lambda g: g * factor, grads)))
@@ -93,8 +93,8 @@ def fuse(step: Callable, n_steps: int) -> Callable:
             state, losses = steps_of(batched, state, x, y)
             return state, losses.T
         # One model: the axis of 1 dropped around the whole loop. vmap over it leaves (1, n)
-        # arrays, whose reductions XLA:CPU (jaxlib 0.10.2) runs 20-35x slower than those of
-        # (n,) arrays at 2^20-2^22 points; and a loop carrying (1,) params copied them each step.
+        # arrays, whose reductions XLA:CPU runs many times slower than those of (n,) arrays
+        # (docs/benchmarks.md); and a loop carrying (1,) params copied them each step.
         state, losses = steps_of(step, jax.tree.map(lambda a: a[0], state), x, y)
         return jax.tree.map(lambda a: a[None], state), losses[None]
 

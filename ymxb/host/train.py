@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterator, Optional, Union
 import jax
 import numpy as np
 
-from ymxb.spec import data, tasks
+from ymxb.spec import data, registry, tasks
 from ymxb.host import steps
-from ymxb.driver.checkpoint import Checkpoint
+from ymxb.protocol import Checkpoint
 from ymxb.spec.settings import Program
 from ymxb.protocol import CheckpointPiece, HostResult
 
@@ -26,9 +26,10 @@ def train_host(program: Program, on_progress: Callable[[int], None] = lambda ste
 
 
 @dataclasses.dataclass
-class Paused:
-    """A program stopped at a call boundary (`until`) with its state still on this host's
-    devices, so that the next call going on from that step needs no restore, data or compile."""
+class Resident:
+    """A program resident on this host's devices: its task, compiled step, state, data and
+    initial params. Kept between calls where the program stops at a call boundary (early
+    stopping's `until`), so the call that goes on from there needs no restore, data or compile."""
 
     program: Program
     step: int
@@ -39,18 +40,68 @@ class Paused:
     init_params: list
     collective: tuple
 
+    @classmethod
+    def begin(cls, program: Program, resume: Optional[Checkpoint], before: Optional["Resident"]) -> "Resident":
+        """The program set up on this host's devices: its data, model and compiled step, its
+        state from the start or from `resume`. After `before`, a program of the same kind on
+        this slice (early stopping's survivors), its data placed and its count of the devices
+        taking part are `before`'s; and of one-model trials, its state is placed from `resume`
+        alone (no initial state made and compiled: theirs are `before`'s)."""
+        cfg = program.trial
+        task = registry.get(cfg.task)
+        trainer = steps.TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), program, task.loss)
+        step = resume.step if resume else 0
+        if resume and before and before.holds(program):
+            state = trainer.adopt(before.trainer, jax.tree.structure(before.state), resume.leaves)
+            return cls(program, step, task, trainer, state, before.batch, before.init_of(program), before.collective)
+        state = trainer.init()
+        init_params = trainer.local(state.params)
+        if resume:
+            state = trainer.restore(state, resume.leaves)
+        if before and before.kind == _kind(program):  # the same data on the same slice
+            return cls(program, step, task, trainer, state, before.batch, init_params, before.collective)
+        batch = trainer.put_data(*data.host_shard(cfg, jax.process_index()))
+        return cls(program, step, task, trainer, state, batch, init_params, trainer.collective_counts())
+
+    @property
+    def kind(self) -> tuple:
+        return _kind(self.program)
+
+    def goes_on_as(self, program: Program, resume: Optional[Checkpoint]) -> bool:
+        """Whether `program` from `resume` is this program from where it stopped."""
+        return resume is not None and self.program == program and self.step == resume.step
+
+    def holds(self, program: Program) -> bool:
+        """Whether `program`'s trials are some of this one's one-model trials, on its slice."""
+        if self.kind != _kind(program) or program.trial.ensemble:
+            return False
+        return set(zip(program.lrs, program.seeds)) <= set(zip(self.program.lrs, self.program.seeds))
+
+    def init_of(self, program: Program) -> list:
+        """The initial params of the trials of `program` (one-model trials: each device holds
+        every trial), numbered as `program` numbers them."""
+        where = {pair: k for k, pair in enumerate(zip(self.program.lrs, self.program.seeds))}
+        picked = np.array([where[pair] for pair in zip(program.lrs, program.seeds)])
+        return [(device, np.arange(len(picked)), jax.tree.map(lambda leaf: leaf[picked], tree))
+                for device, _, tree in self.init_params]
+
+
+def _kind(program: Program) -> tuple:
+    """What programs share that train on the same data on the same slice."""
+    return program.slice, program.trial.shared()
+
 
 def train_stream(program: Program, on_progress: Callable[[int], None] = lambda steps: None,
                  resume: Optional[Checkpoint] = None, checkpoint_every: int = 0, until: Optional[int] = None,
-                 paused: Optional[Paused] = None,
-                 keep: Callable[[Paused], None] = lambda p: None) -> Iterator[Union[CheckpointPiece, HostResult]]:
+                 resident: Optional[Resident] = None,
+                 keep: Callable[[Resident], None] = lambda r: None) -> Iterator[Union[CheckpointPiece, HostResult]]:
     """Train this process's share of `program`, yielding its CheckpointPiece after every
     `checkpoint_every` compiled calls (0: never; none after the last), and finally its
     HostResult. `resume` (the driver's whole checkpoint) continues from its step.
     `on_progress(steps)` is called before each compiled call (so a hung call shows where).
     `until`: stop after that many steps (a call boundary) as if the program ended there, its
-    piece yielded and the state handed to `keep` as Paused; `paused` is used instead of
-    `resume`'s state when it is that program at that step.
+    piece yielded and the program handed to `keep`, resident; `resident` (one kept so) is
+    used instead of `resume`'s state when it is that program at that step.
     """
     started = time.perf_counter()
     cfg, shape = program.trial, program.slice
@@ -60,9 +111,9 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
     done = resume.step if resume else 0
     end = min(cfg.steps, until or cfg.steps)
     on_progress(done)
-    if not (paused and resume and paused.program == program and paused.step == done):
-        paused = _begin(program, resume, paused)
-    task, trainer, state, batch = paused.task, paused.trainer, paused.state, paused.batch
+    if not (resident and resident.goes_on_as(program, resume)):
+        resident = Resident.begin(program, resume, resident)
+    task, trainer, state, batch = resident.task, resident.trainer, resident.state, resident.batch
 
     chunks, first_call_s, calls, unsent = [], 0.0, 0, 0
     while done < end:
@@ -80,62 +131,17 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
             unsent = 0
     on_progress(done)
     if done < cfg.steps:
-        keep(dataclasses.replace(paused, step=done, state=state))
+        keep(dataclasses.replace(resident, step=done, state=state))
 
-    rows = _rows(program, task, trainer.local(state.params), paused.init_params)
+    rows = _rows(program, task, trainer.local(state.params), resident.init_params)
     loss_entry = chunks[0][0]
     history = [resume.losses[loss_entry]] if resume else []
     real = loss_entry < program.entries
     yield HostResult(
         **rows, loss_entry=loss_entry[real],
         losses=np.concatenate(history + [losses for _, losses in chunks], axis=1)[real],
-        collective_axes=tuple(paused.collective[:2]),  # over slices, over devices (within a slice)
-        collective_devices=paused.collective[2], train_s=time.perf_counter() - started, first_call_s=first_call_s)
-
-
-def _begin(program: Program, resume: Optional[Checkpoint], before: Optional[Paused]) -> Paused:
-    """The program set up on this host's devices: its data, model and compiled step, its
-    state from the start or from `resume`. After `before`, a program of the same kind on this
-    slice (early stopping's survivors), its data placed and its count of the devices taking
-    part are `before`'s; and of one-model trials, its state is placed from `resume` alone (no
-    initial state made and compiled: theirs are `before`'s)."""
-    cfg = program.trial
-    task = tasks.get(cfg.task)
-    trainer = steps.TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), program, task.loss)
-    step = resume.step if resume else 0
-    if resume and _survivors(program, before):
-        state = trainer.adopt(before.trainer, jax.tree.structure(before.state), resume.leaves)
-        return Paused(program, step, task, trainer, state, before.batch, _init_of(program, before),
-                      before.collective)
-    state = trainer.init()
-    init_params = trainer.local(state.params)
-    if resume:
-        state = trainer.restore(state, resume.leaves)
-    if before and _kind(before.program) == _kind(program):  # the same data on the same slice
-        return Paused(program, step, task, trainer, state, before.batch, init_params, before.collective)
-    batch = trainer.put_data(*data.host_shard(cfg, jax.process_index()))
-    return Paused(program, step, task, trainer, state, batch, init_params, trainer.collective_counts())
-
-
-def _survivors(program: Program, before: Optional[Paused]) -> bool:
-    """Whether `program`'s trials are some of `before`'s one-model trials, on its slice."""
-    if before is None or _kind(before.program) != _kind(program) or program.trial.ensemble:
-        return False
-    return set(zip(program.lrs, program.seeds)) <= set(zip(before.program.lrs, before.program.seeds))
-
-
-def _kind(program: Program) -> tuple:
-    """What programs share that train on the same data on the same slice."""
-    return program.slice, program.trial.structure()
-
-
-def _init_of(program: Program, before: Paused) -> list:
-    """`before`'s initial params of the trials of `program` (one-model trials: each device
-    holds every trial), numbered as `program` numbers them."""
-    where = {pair: k for k, pair in enumerate(zip(before.program.lrs, before.program.seeds))}
-    picked = np.array([where[pair] for pair in zip(program.lrs, program.seeds)])
-    return [(device, np.arange(len(picked)), jax.tree.map(lambda leaf: leaf[picked], tree))
-            for device, _, tree in before.init_params]
+        collective_axes=tuple(resident.collective[:2]),  # over slices, over devices (within a slice)
+        collective_devices=resident.collective[2], train_s=time.perf_counter() - started, first_call_s=first_call_s)
 
 
 def _piece(trainer: steps.Trainer, state, step: int, chunks) -> CheckpointPiece:

@@ -44,11 +44,11 @@ REAPER_WAIT_S = 15.0
 EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # The embedded head's settings that differ from ray.init()'s (see above). The dashboard
 # agent's HTTP port is otherwise fixed (52365): while another Ray on this machine holds it, the
-# agent retries for 3.5 s, and the raylet waits for the agent before the node comes up.
+# agent retries for seconds, and the raylet waits for the agent before the node comes up.
 HEAD_PARAMS = {"no_monitor": True, "include_log_monitor": False, "dashboard_agent_listen_port": 0}
 # Ray starts its workers at nice 15, below every other process on the machine; the hosts are
 # the work of a simulation, so they run at 0, as the processes of a bare run do. And it starts
-# a worker per CPU for the first driver, whose ray.init() waits for them (0.6-0.8 s here): the
+# a worker per CPU for the first driver, whose ray.init() waits for them (docs/benchmarks.md): the
 # hosts' actors start the workers they need anyway, while the driver reserves the slice.
 HEAD_CONFIG = {"worker_niceness": 0, "prestart_worker_first_driver": False}
 

@@ -49,7 +49,7 @@ def start_head(temp_dir: str, params: Dict[str, object], system_config: Dict[str
             """Not started (ray_cluster.py says why)."""
 
         def start_raylet(self, *args, **kwargs):
-            # Ray imports the dashboard's dependencies here (0.4 s, before the raylet starts)
+            # Ray imports the dashboard's dependencies here (slow, before the raylet starts)
             # only to learn whether they are installed, for the agent's --minimal flag
             # (services.start_raylet looks the check up on the module each time).
             check = ray_utils.get_dashboard_dependency_error
@@ -61,8 +61,8 @@ def start_head(temp_dir: str, params: Dict[str, object], system_config: Dict[str
 
         def start_ray_processes(self):
             super().start_ray_processes()
-            # Node then waits for the raylet to register, asking the GCS once a second (0.5 s
-            # lost on average): ask every NODE_POLL_S first, so that its first question finds it.
+            # Node then waits for the raylet to register, asking the GCS once a second (half a
+            # second lost on average): ask every NODE_POLL_S first, so its first question finds it.
             raylet = self.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
             deadline = time.monotonic() + 30  # then Node's own wait says what went wrong
             gcs = self.get_gcs_client()

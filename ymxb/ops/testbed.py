@@ -9,7 +9,7 @@ Node 0 (the head, CPU only) and one node per pretend TPU host, GPU node or CPU n
 addresses 198.18.0.1, .2, ... from the block reserved for network testing (198.18.0.0/15).
 The bridge has no address in the main namespace and no namespace has a default route, so
 nothing leaves the bed. Pretend TPU hosts register the resources, `ray.io/tpu-*` labels and
-environment a TPU VM does; their JAX uses CPU devices (`YMXB_TEST_CPU_DEVICES`, set by `run`).
+environment a TPU VM does; their JAX uses CPU devices (`YMXB_CPU_DEVICES`, set by `run`).
 Every name carries the prefix and the bed's id, so beds never collide; `down` kills exactly the
 processes inside the bed's namespaces and removes every namespace and link it made.
 Needs root and iproute2.
@@ -27,7 +27,7 @@ import sys
 import uuid
 from typing import Dict, List, Optional
 
-from ymxb.names import (ACCELERATOR_LABEL, AUTH_MODE_ENV, EXIT_FAILED, TEST_CPU_DEVICES_ENV, TPU_POD_TYPE_LABEL,
+from ymxb.names import (ACCELERATOR_LABEL, AUTH_MODE_ENV, EXIT_FAILED, CPU_DEVICES_ENV, TPU_POD_TYPE_LABEL,
                         TPU_SLICE_LABEL, TPU_TOPOLOGY_LABEL, TPU_WORKER_LABEL)
 from ymxb.ops.reaper import wait_gone
 
@@ -91,7 +91,7 @@ class Bed:
 
     def env(self) -> Dict[str, str]:
         """Environment for a Ray client in the head's namespace."""
-        return {"RAY_ADDRESS": self.address, AUTH_MODE_ENV: "token", TEST_CPU_DEVICES_ENV: str(CPU_DEVICES)}
+        return {"RAY_ADDRESS": self.address, AUTH_MODE_ENV: "token", CPU_DEVICES_ENV: str(CPU_DEVICES)}
 
     def exec(self, i: int, cmd: List[str], **kwargs) -> subprocess.CompletedProcess:
         """Run `cmd` in node i's namespace (environment: ours plus the bed's)."""

@@ -27,7 +27,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 import numpy as np
 
 from ymxb import __version__
-from ymxb.spec import data, tasks
+from ymxb.spec import data, registry, tasks
 from ymxb.results import checks as verify
 from ymxb.spec.settings import BATCHED, Program, SliceSpec, TrialSpec
 from ymxb.errors import UsageError, first_line
@@ -163,7 +163,7 @@ def trial_id(spec: SliceSpec, trial: TrialSpec) -> str:
 def reference_of(program: Program) -> Optional[tasks.Reference]:
     """The task's reference solution of the program's data (None: the task has none)."""
     cfg = program.trial
-    return tasks.get(cfg.task).reference(cfg.of_task, data.shards(cfg, program.slice.processes))
+    return registry.get(cfg.task).reference(cfg.of_task, data.shards(cfg, program.slice.processes))
 
 
 def judge(run: ProgramRun, sweep_file: Optional[str] = None,
@@ -173,9 +173,9 @@ def judge(run: ProgramRun, sweep_file: Optional[str] = None,
     program's (reference_of), if it was made already."""
     program = run.program
     spec, cfg = program.slice, program.trial
-    task = tasks.get(cfg.task)
+    task = registry.get(cfg.task)
     reference = reference or reference_of(program)
-    show = tasks.shower(cfg)
+    show = registry.get(cfg.task).shown_of(cfg.of_task)
     participation = verify.check_participation(run.hosts, spec)
     results = [h.result for h in run.hosts]
     rows = {k: np.concatenate([getattr(r, k) for r in results]) for k in ("entry", "device", "params", "init")}

@@ -7,7 +7,7 @@ from typing import Iterator, Tuple
 
 import numpy as np
 
-from ymxb.spec import tasks
+from ymxb.spec import registry
 from ymxb.spec.settings import TrialSpec
 from ymxb.errors import UsageError
 
@@ -17,7 +17,7 @@ def host_shard(cfg: TrialSpec, host_index: int) -> Tuple[np.ndarray, np.ndarray]
     naming the task, where what its `shard` made is not that."""
     if host_index < 0:
         raise ValueError(f"host index {host_index} is negative")
-    x, y = tasks.get(cfg.task).shard(cfg.of_task, cfg.data_seed, host_index, cfg.samples_per_host)
+    x, y = registry.get(cfg.task).shard(cfg.of_task, cfg.data_seed, host_index, cfg.samples_per_host)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
     n = cfg.samples_per_host
     if len(x) != n or len(y) != n:

@@ -1,39 +1,46 @@
-"""What a run is made of, each part a frozen dataclass validated once when it is made:
+"""What a run is made of, as plain frozen data:
 
 - `SliceSpec`: where it runs (the cluster, the platform, the slice's shape, the timeout);
-- `TrialSpec`: what one trial trains (data, model, optimiser, lr, seed, steps, ...);
+- `TrialSpec`: what one trial trains (its task and the task's settings, data, model, optimiser,
+  lr, seed, steps, ...);
+- `Recovery`: checkpoints and the restart budgets (how a run survives host loss);
 - `Program`: trials that differ only in lr and seed, trained together as one compiled program
-  on one slice shape (a single run is a program of one trial);
-- `Recovery`: checkpoints and the restart budgets (how a run survives host loss).
+  on one shaped slice (a single run is a program of one trial).
 
-Field names are the flags' names with underscores; errors name the flag (`--data-seed`), and
-sweep files use the same names.
+Made directly, a spec holds what it is given, unchecked (tests and benchmarks write valid values).
+User values come in through `resolve`, the one boundary: every value coerced by its rule (one
+Rule per field, below), the task imported, its settings checked; UsageError in one line naming
+the flag. Field names are the flags' names with underscores, and sweep files use them too.
 """
 
 import dataclasses
-import functools
-import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
-from ymxb.spec import tasks
 from ymxb.errors import UsageError
+from ymxb.spec import registry
+from ymxb.spec.coerce import INT32, SECONDS, Rule, coerce, flag
 
-PLATFORMS = ("tpu", "gpu", "cpu-sim")  # the names of the classes in platforms.py
+PLATFORMS = ("tpu", "gpu", "cpu-sim")  # the platforms of driver/platforms.py
 PARALLEL_MODES = ("pmap", "sharding")
 # optax optimisers offered by --optimizer, each built as optax.<name>(learning_rate=lr). No
 # weight decay (adamw) here: it moves the optimum away from the normal-equation solution.
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: 2**32 would silently be seed 0
+MAX_HOSTS = 100_000
+MAX_DEVICES = 4096  # per host
 
 
-@functools.lru_cache(maxsize=None)
-def _fields(cls) -> tuple:
-    """dataclasses.fields, asked once per class (10^5 trials asked it ~5 times each)."""
-    return dataclasses.fields(cls)
+def _count(high: int = INT32, none: bool = False) -> Rule:
+    return Rule(int, low=1, high=high, none=none, wants="a positive integer")
+
+
+_POSITIVE = Rule(float, above=0, wants="a positive finite number")
 
 
 class _Spec:
-    """What every spec shares: replace, its fields (as names and as a dict), made from flags."""
+    """What every spec shares: replace, its fields as a dict, `resolve` from user values."""
+
+    RULES: Dict[str, Rule] = {}
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -43,12 +50,22 @@ class _Spec:
 
     @classmethod
     def fields(cls) -> Tuple[str, ...]:
-        return tuple(f.name for f in _fields(cls))
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def resolve(cls, values: Optional[Mapping] = None, /, **more):
+        """The spec of user values (a mapping, keywords, or both): each coerced by its rule,
+        the rest defaults; UsageError naming the flag where one is wrong or unknown."""
+        values = {**(values or {}), **more}
+        unknown = [k for k in values if k not in cls.RULES]
+        if unknown:
+            raise UsageError(f"{flag(unknown[0])} is not a setting of {cls.__name__}")
+        return cls(**{k: coerce(flag(k), v, cls.RULES[k]) for k, v in values.items()})
 
     @classmethod
     def of(cls, source):
-        """The spec made of `source`'s attributes of the same names (parsed flags)."""
-        return cls(**{f: getattr(source, f) for f in cls.fields()})
+        """The spec of `source`'s attributes of the same names (parsed flags), resolved."""
+        return cls.resolve({f: getattr(source, f) for f in cls.fields()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +77,7 @@ class SliceSpec(_Spec):
     # Multislice: this many slices of one kind, `hosts` each, joined into one JAX program
     # (TPU: over the data-centre network; cpu-sim: simulated). Process order is slice-major.
     slices: int = 1
-    platform: Optional[str] = None  # None: detect from the cluster (see platforms.py)
+    platform: Optional[str] = None  # None: detect from the cluster (see driver/platforms.py)
     tpu_type: Optional[str] = None  # which slice: pod type ("v4-32") or generation ("v4")
     tpu_topology: Optional[str] = None  # which slice: chip topology ("2x2x4")
     address: Optional[str] = None  # the Ray cluster; None: $RAY_ADDRESS, else an embedded one
@@ -69,17 +86,17 @@ class SliceSpec(_Spec):
     # autoscaler makes the TPU slice or GPU nodes in minutes (0: fail at once, as an embedded run).
     wait: float = 900.0
 
-    def __post_init__(self):
-        for name in ("hosts", "devices_per_host"):
-            if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
-        _check_positive_int("slices", self.slices)
-        _check_positive_float("timeout", self.timeout)
-        if isinstance(self.wait, bool) or not isinstance(self.wait, (int, float)) or not 0 <= self.wait < math.inf:
-            raise UsageError(f"--wait must be 0 (fail at once) or more seconds, got {self.wait!r}")
-        if self.platform is not None:
-            _check_choice("platform", self.platform, PLATFORMS)
-        _as_floats(self, ("timeout", "wait"))
+    RULES = {
+        "hosts": _count(MAX_HOSTS, none=True),
+        "devices_per_host": _count(MAX_DEVICES, none=True),
+        "slices": _count(1024),
+        "platform": Rule(str, choices=PLATFORMS, none=True),
+        "tpu_type": Rule(str, none=True),
+        "tpu_topology": Rule(str, none=True),
+        "address": Rule(str, none=True),
+        "timeout": Rule(float, above=0, high=SECONDS, wants="a positive finite number"),
+        "wait": Rule(float, low=0, high=SECONDS, wants="0 (fail at once) or more seconds"),
+    }
 
     @property
     def shaped(self) -> bool:
@@ -114,14 +131,18 @@ class SliceSpec(_Spec):
         return f"{self.slices}x" * (self.slices > 1) + f"{self.hosts}x{self.devices_per_host}"
 
 
-@dataclasses.dataclass(frozen=True, init=False)
-class TrialSpec(_Spec):
-    """What one trial trains: its task (tasks.py) with the task's own settings, and the
-    settings every task shares. Made as `TrialSpec(lr=0.3, true_m=3.0)`: a name that is not a
-    field here is one of the task's settings; the task fills in the rest and checks them."""
+_SEED = Rule(int, low=0, high=MAX_SEED,
+             wants=f"an integer from 0 to {MAX_SEED} (2**32 - 1: JAX keys take 32 bits)")
 
-    task: str = tasks.DEFAULT  # a built-in task's name, or package.module:NAME
-    settings: Tuple[Tuple[str, object], ...] = ()  # the task's, every one, in its order
+
+@dataclasses.dataclass(frozen=True)
+class TrialSpec(_Spec):
+    """What one trial trains: its task (spec/tasks.py) with every one of the task's settings,
+    and the settings every task shares. `TrialSpec.resolve(lr=0.3, true_m=3.0)`: a name that is
+    not a field here is one of the task's settings; the task fills in the rest and checks them."""
+
+    task: str = registry.DEFAULT  # a built-in task's name, or package.module:NAME
+    settings: Tuple[Tuple[str, object], ...] = registry.BUILT_IN[registry.DEFAULT].settled({})
     data_seed: int = 0  # with the host index, what each host's shard is made from
     samples_per_host: int = 1024
     # Training: full-batch gradient descent on the task's loss (default: mean squared error).
@@ -135,59 +156,55 @@ class TrialSpec(_Spec):
     ensemble: int = 0  # 0: one model, data-parallel; E > 0: E members split over all devices
     tol: float = 1e-4  # max |param - reference solution| to pass
 
-    def __init__(self, task: str = tasks.DEFAULT, settings=(), **values):
-        the_task = tasks.get(task)
-        shared = {f.name: values.pop(f.name) for f in _fields(type(self)) if f.name in values}
-        shared.setdefault("model", the_task.models[0])
-        for f in _fields(type(self)):
-            object.__setattr__(self, f.name, shared.get(f.name, f.default))
-        object.__setattr__(self, "task", task)
-        self.__post_init__()
-        object.__setattr__(self, "settings", tasks.settle(the_task, {**dict(settings), **values}))
-
-    def __post_init__(self):
-        for name in ("samples_per_host", "steps", "steps_per_call"):
-            _check_positive_int(name, getattr(self, name))
-        for name in ("lr", "tol"):
-            _check_positive_float(name, getattr(self, name))
-        for name in ("seed", "data_seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-                raise UsageError(f"{_flag(name)} must be an integer from 0 to {MAX_SEED} (2**32 - 1: "
-                                 f"JAX keys take 32 bits), got {value!r}")
-        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 0:
-            raise UsageError(f"--ensemble must be 0 (off) or a positive member count, got {self.ensemble!r}")
-        _check_choice("model", self.model, tasks.get(self.task).models)
-        _check_choice("parallel", self.parallel, PARALLEL_MODES)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _as_floats(self, ("lr", "tol"))
+    RULES = {
+        "data_seed": _SEED,
+        "samples_per_host": _count(2**40),  # the memory budget refuses the large ones, saying why
+        "model": Rule(str),  # the task's models: checked in resolve
+        "optimizer": Rule(str, choices=OPTIMIZERS),
+        "lr": _POSITIVE,
+        "seed": _SEED,
+        "steps": _count(),
+        "steps_per_call": _count(),
+        "parallel": Rule(str, choices=PARALLEL_MODES),
+        "ensemble": Rule(int, low=0, high=2**40, wants="0 (off) or a positive member count"),
+        "tol": _POSITIVE,
+    }
 
     @classmethod
-    def keys(cls, task: str = tasks.DEFAULT) -> Tuple[str, ...]:
+    def resolve(cls, values: Optional[Mapping] = None, /, **more) -> "TrialSpec":
+        values = {**(values or {}), **more}
+        name = values.pop("task", None) or registry.DEFAULT
+        task = registry.get(name)
+        given = dict(values.pop("settings", ()))
+        shared = {k: coerce(flag(k), values.pop(k), rule) for k, rule in cls.RULES.items() if k in values}
+        shared.setdefault("model", task.models[0])
+        coerce("--model", shared["model"], Rule(str, choices=task.models))
+        return cls(task=name, settings=task.settled({**given, **values}), **shared)
+
+    @classmethod
+    def keys(cls, task: str = registry.DEFAULT) -> Tuple[str, ...]:
         """The settings a trial of `task` has, by name, as flags and sweep files name them:
         the task's own, then the shared ones."""
-        shared = tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("task", "settings"))
-        return tuple(s.name for s in tasks.get(task).settings) + shared
+        return tuple(s.name for s in registry.get(task).settings) + tuple(cls.RULES)
 
     @classmethod
     def of(cls, source) -> "TrialSpec":
-        """The trial made of `source`'s attributes of the same names (parsed flags)."""
-        task = getattr(source, "task", tasks.DEFAULT)
-        return cls(task, **{k: getattr(source, k) for k in cls.keys(task)})
+        """The trial of `source`'s attributes of the same names (parsed flags), resolved."""
+        task = getattr(source, "task", registry.DEFAULT)
+        return cls.resolve({k: getattr(source, k) for k in cls.keys(task)}, task=task)
 
     @classmethod
-    def of_config(cls, config: dict) -> "TrialSpec":
+    def of_config(cls, config: Mapping) -> "TrialSpec":
         """The trial a record's flat config describes (asdict's inverse; other keys ignored)."""
-        task = config.get("task", tasks.DEFAULT)
-        return cls(task, **{k: config[k] for k in cls.keys(task) if k in config})
+        task = config.get("task", registry.DEFAULT)
+        return cls.resolve({k: config[k] for k in cls.keys(task) if k in config}, task=task)
 
     def asdict(self) -> dict:
         """Every setting, flat, named as the flags: the task (left out for the default task, as
         records were before there were others), its settings, then the shared ones."""
-        named = {} if self.task == tasks.DEFAULT else {"task": self.task}
+        named = {} if self.task == registry.DEFAULT else {"task": self.task}
         named.update(self.settings)
-        named.update((f.name, getattr(self, f.name)) for f in _fields(type(self))
-                     if f.name not in ("task", "settings"))
+        named.update((k, getattr(self, k)) for k in self.RULES)
         return named
 
     @property
@@ -209,37 +226,30 @@ class TrialSpec(_Spec):
     def global_samples(self, hosts: int) -> int:
         return hosts * self.samples_per_host
 
-    def structure(self) -> "TrialSpec":
-        """This trial but for the settings a program batches (BATCHED, set to their defaults):
-        trials with the same structure train together in one program. Made once per trial
-        (a sweep of 10^5 trials asks ~3 times each; making it checks every setting again)."""
-        made = self.__dict__.get("_structure")
-        if made is None:  # this valid trial with valid defaults: no need to check it all again
-            made = object.__new__(TrialSpec)
-            made.__dict__.update({**self.__dict__, **{name: _TRIAL_DEFAULTS[name] for name in BATCHED}})
-            object.__setattr__(self, "_structure", made)  # not a field: equality and hash ignore it
-        return made
+    def shared(self) -> "TrialSpec":
+        """This trial with the settings a program batches (BATCHED) at their defaults: trials
+        with the same `shared()` train together in one program."""
+        return dataclasses.replace(self, **_BATCHED_DEFAULTS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Recovery(_Spec):
-    """How a run survives host loss (supervisor.py): none of it changes a result."""
+    """How a run survives host loss (driver/supervisor.py): none of it changes a result."""
 
     checkpoint_every: int = 1  # compiled calls between the driver's checkpoints
     max_restarts: int = 2  # restarts after failures: a host died, crashed or hung
     max_preemptions: int = 10  # restarts after a host or its node was taken away
 
-    def __post_init__(self):
-        _check_positive_int("checkpoint_every", self.checkpoint_every)
-        for name in ("max_restarts", "max_preemptions"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UsageError(f"{_flag(name)} must be an integer >= 0, got {value!r}")
+    RULES = {
+        "checkpoint_every": _count(),
+        "max_restarts": Rule(int, low=0, high=INT32, wants="an integer >= 0"),
+        "max_preemptions": Rule(int, low=0, high=INT32, wants="an integer >= 0"),
+    }
 
 
 # The settings trials of one program may differ in: each is one entry on the program's model axis.
 BATCHED = ("lr", "seed")
-_TRIAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialSpec)}
+_BATCHED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialSpec) if f.name in BATCHED}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,16 +263,16 @@ class Program:
     """
 
     slice: SliceSpec
-    trial: TrialSpec  # the shared settings (its own lr and seed are those of trials[0])
+    trial: TrialSpec  # the settings the trials share (its own lr and seed: the first trial's)
     lrs: Tuple[float, ...]
     seeds: Tuple[int, ...]
 
     @classmethod
     def of(cls, slice_spec: SliceSpec, trials) -> "Program":
         """The program of `trials` (TrialSpecs equal but for lr and seed) on a shaped slice."""
-        trials = list(trials)
-        if len({t.structure() for t in trials}) > 1:
-            raise ValueError("a program's trials may differ only in " + " and ".join(BATCHED))
+        trials = tuple(trials)
+        if len({t.shared() for t in trials}) != 1:
+            raise ValueError("a program holds one or more trials that differ only in " + " and ".join(BATCHED))
         return cls(slice_spec, trials[0], tuple(t.lr for t in trials), tuple(t.seed for t in trials))
 
     def trials(self) -> Tuple[TrialSpec, ...]:
@@ -290,29 +300,7 @@ class Program:
     def entries_per_device(self) -> int:
         return self.padded_entries // self.slice.global_devices if self.trial.ensemble else self.count
 
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _as_floats(spec, names) -> None:
-    """Numbers as floats, however they were written (`lr: 1` in YAML is an int): equal
-    settings are equal values, and a trial's id (results.trial_id) does not depend on the
-    spelling."""
-    for name in names:
-        object.__setattr__(spec, name, float(getattr(spec, name)))
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UsageError(f"{_flag(name)} must be a positive integer, got {value!r}")
-
-
-def _check_positive_float(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{_flag(name)} must be a positive finite number, got {value!r}")
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise UsageError(f"{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")
+    def only(self, positions) -> "Program":
+        """The program of the trials at `positions` (early stopping keeps some, drops the rest)."""
+        return Program(self.slice, self.trial, tuple(self.lrs[i] for i in positions),
+                       tuple(self.seeds[i] for i in positions))

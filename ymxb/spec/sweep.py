@@ -1,4 +1,4 @@
-"""Sweep files -> trials -> programs.
+"""Sweep files -> trials.
 
 A sweep file (YAML, read with yaml.safe_load) names settings exactly as the flags do, with
 underscores:
@@ -14,7 +14,7 @@ underscores:
 With both a grid and a sample, every combination of the grid is run with every sample.
 
 `slices`, `hosts` and `devices_per_host` may also be set in base, grid or trials: each shape is its
-own warm slice. Trials that differ only in lr and seed become one program (config.Program).
+own warm slice. Trials that differ only in lr and seed become one program (plan.py).
 """
 
 import dataclasses
@@ -24,21 +24,19 @@ import itertools
 import math
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Optional, Tuple
 
 import yaml
 
-from ymxb.spec import sampling, stopping, tasks
+from ymxb.spec import registry, sampling, stopping
 from ymxb.spec.settings import SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 
 TOP_KEYS = ("name", "slice", "base", "grid", "sample", "trials", "stop", "drawn")
 SLICE_KEYS = tuple(k for k in SliceSpec.fields() if k != "address")  # the cluster is --address
 SHAPE_KEYS = ("slices", "hosts", "devices_per_host")  # a shape may vary per trial
-FLOATS = ("lr", "tol", "timeout", "wait")  # a task's own settings take 1e-2 as a number themselves
-# The most trials one sweep file may make. Measured on this 2-core machine: 100,000 trials
-# (a 1000 x 100 grid) take ~4 s to expand, check and give ids; a store of that size is issue
-# enough. A grid is counted before it is built: 10 axes of 10 values are refused at once.
+# The most trials one sweep file may make (docs/benchmarks.md: what 10^5 cost to plan and store).
+# A grid is counted before it is built: 10 axes of 10 values are refused at once.
 MAX_TRIALS = 200_000
 
 Trial = Tuple[SliceSpec, TrialSpec]
@@ -83,6 +81,9 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec(), text: str = "
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name:
         raise fail(f"name must be a non-empty string without '/', got {name!r}")
     slice_settings = _mapping(doc, "slice", SLICE_KEYS, fail)
+    extra = doc.get("trials") or []
+    if not isinstance(extra, list) or not all(isinstance(t, dict) for t in extra):
+        raise fail("trials must be a list of mappings, e.g. [{optimizer: adagrad, lr: 0.5}]")
     trial_keys = _trial_keys(doc, fail)
     base = _mapping(doc, "base", trial_keys, fail)
     grid = _mapping(doc, "grid", trial_keys, fail)
@@ -91,9 +92,6 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec(), text: str = "
             raise fail(f"grid: {key} must be a list of values, got {_kind(values)} (for one value, put it in base)")
         if not values:
             raise fail(f"grid: {key} is empty: give it at least one value, or remove it")
-    extra = doc.get("trials") or []
-    if not isinstance(extra, list) or not all(isinstance(t, dict) for t in extra):
-        raise fail("trials must be a list of mappings, e.g. [{optimizer: adagrad, lr: 0.5}]")
     for i, t in enumerate(extra):
         _check_keys(t, trial_keys, f"key in trials[{i}]", fail)
 
@@ -109,8 +107,7 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec(), text: str = "
         more = f" and {len(extra)} in trials" if extra else ""
         made = "grid and sample" if grid and sampled else "sample" if sampled else "grid"
         raise fail(f"{made}: {axes} is {count:,} trials{more}, more than the {MAX_TRIALS:,} one sweep may "
-                   f"hold (100,000 take ~4 s to expand and check on 2 cores); split it into several "
-                   f"sweeps, or give fewer values")
+                   f"hold; split it into several sweeps, or give fewer values")
     drawn = sampling.values(doc, trial_keys, fail)
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid or drawn else []
     combos = [{**c, **d} for c in combos for d in drawn] if drawn else combos
@@ -129,16 +126,6 @@ def parse(doc, path: str, slice_defaults: SliceSpec = SliceSpec(), text: str = "
     return Sweep(name, tuple(trials), sampling.as_run(text, drawn) if fresh else text, rules)
 
 
-def programs(trials: List[Trial]) -> List[Tuple[SliceSpec, List[TrialSpec]]]:
-    """Trials grouped into programs: same slice and same settings but for lr and seed, in the
-    order their first trial appears. Each group is (slice, trials)."""
-    groups: Dict[tuple, Tuple[SliceSpec, List[TrialSpec]]] = {}
-    for spec, trial in trials:
-        key = (spec, trial.structure())
-        groups.setdefault(key, (spec, []))[1].append(trial)
-    return list(groups.values())
-
-
 def _trial_keys(doc: dict, fail) -> Tuple[str, ...]:
     """What a trial of this file may set: the task, the settings of every task the file
     names (each trial is then checked against its own task's), the shared ones, its shape."""
@@ -146,7 +133,7 @@ def _trial_keys(doc: dict, fail) -> Tuple[str, ...]:
     grid = doc.get("grid")
     named += list(grid.get("task") or []) if isinstance(grid, dict) and isinstance(grid.get("task"), list) else []
     keys = {"task": None}
-    for task in [tasks.DEFAULT] + [t for t in named if t is not None]:
+    for task in [registry.DEFAULT] + [t for t in named if t is not None]:
         try:
             keys.update(dict.fromkeys(TrialSpec.keys(task)))
         except UsageError as err:
@@ -155,23 +142,21 @@ def _trial_keys(doc: dict, fail) -> Tuple[str, ...]:
 
 
 def _make(defaults: SliceSpec, slice_settings: dict, values: dict, fail, label: str) -> Trial:
-    values = {k: _number(k, v) for k, v in values.items()}
     slice_values = {**slice_settings, **{k: values.pop(k) for k in SHAPE_KEYS if k in values}}
     try:
-        settings = tuple((k, _number(k, v)) for k, v in slice_values.items())
         try:
-            spec = _slice(defaults, settings)
-        except TypeError:  # a list where a number belongs: not a key to cache by; refused below
-            spec = defaults.replace(**dict(settings))
-        trial = TrialSpec(**values)
+            spec = _slice(defaults, tuple(slice_values.items()))
+        except TypeError:  # a list where a number belongs: no key to cache by; refused here
+            spec = SliceSpec.resolve({**defaults.asdict(), **slice_values})
+        trial = TrialSpec.resolve(values)
     except UsageError as err:
         raise fail(f"{label}: {as_key(str(err))}") from None
     return spec, trial
 
 
-@functools.lru_cache(maxsize=64)  # a sweep's 10^5 trials have a few slices
+@functools.lru_cache(maxsize=64)  # a sweep's many trials have a few slices
 def _slice(defaults: SliceSpec, settings: tuple) -> SliceSpec:
-    return defaults.replace(**dict(settings))
+    return SliceSpec.resolve({**defaults.asdict(), **dict(settings)})
 
 
 def _mapping(doc: dict, key: str, allowed, fail) -> dict:
@@ -190,16 +175,6 @@ def _check_keys(mapping: dict, allowed, what: str, fail) -> None:
             if key == "address":
                 hint = ": give the cluster on the command line (--address)"
             raise fail(f"unknown {what} {key!r}{hint}")
-
-
-def _number(key: str, value):
-    """YAML reads 1e-2 (no dot) as a string: take it as the number it spells."""
-    if key in FLOATS and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def as_key(message: str) -> str:

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ymxb import __version__
-from ymxb.spec import data, tasks
+from ymxb.spec import data, registry
 from ymxb.spec.settings import TrialSpec
 from ymxb.results.store import Store, TrialRecord, rank, varying_settings
 
@@ -52,7 +52,7 @@ def draw(records: Sequence[TrialRecord], folder: str, source: Optional[Store] = 
     paths = []
     figures = [("loss.png", _loss), ("error_vs_lr.png", _error_vs_lr)]
     best = _best(records)
-    if best.solution and tasks.draws_fit(tasks.of_config(best.config)):
+    if best.solution and registry.of_config(best.config).draws_fit:
         figures.append(("fit.png", _fit))
     for name, figure in figures:
         fig = figure(plt, records)
@@ -167,7 +167,7 @@ def _fit(plt, records):
     ax.scatter(x[pick], y[pick], s=3, alpha=0.3, color="grey", label=f"data ({len(pick)} of {len(x)} points)")
     fitted = [m.shown for m in best.members if None not in m.shown.values()]  # diverged: none to draw
     trial = TrialSpec.of_config(best.config)
-    tasks.of_config(best.config).draw_fit(trial.of_task, ax, x, y, fitted, best.solution)
+    registry.of_config(best.config).draw_fit(trial.of_task, ax, x, y, fitted, best.solution)
     ax.set_title(f"Best trial {best.trial_id}: {_label(best, varying_settings(records)) or 'the only trial'}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ymxb.spec import tasks
+from ymxb.spec import registry
 from ymxb.protocol import HostRun, ProgramRun, Restart
 from ymxb.results.store import TrialRecord, jsonable
 
@@ -21,8 +21,8 @@ def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[
           restarts: Sequence[Restart] = ()) -> Dict:
     """The report of a one-trial run `run` judged as `record`; `phases`: where its wall time
     went, in seconds (default: the slice's own, `run.phases`); the restarts it took."""
-    cfg, task = record.config, tasks.of_config(record.config)
-    show = tasks.shower(run.program.trial)
+    cfg, task = record.config, registry.of_config(record.config)
+    show = registry.get(run.program.trial.task).shown_of(run.program.trial.of_task)
     report = {
         "config": cfg,
         "trial_id": record.trial_id,
@@ -59,7 +59,7 @@ def to_json(report: Dict) -> str:
 
 def summary(report: Dict) -> str:
     """A short human summary: one row per host (and per member), the solution, the verdict."""
-    cfg, task = report["config"], tasks.of_config(report["config"])
+    cfg, task = report["config"], registry.of_config(report["config"])
     slices = f"{cfg['slices']} slices x " if cfg["slices"] > 1 else ""
     own = ", ".join(f"{s.name} {cfg[s.name]:g}" if isinstance(cfg[s.name], float) else f"{s.name} {cfg[s.name]}"
                     for s in task.settings)

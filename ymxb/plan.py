@@ -1,0 +1,233 @@
+"""What a sweep runs, worked out in one pass before any host starts, each part once:
+
+1. every trial's slice settled as far as the settings tell (the CPU simulation's shape);
+2. every trial checked against its slice, and a user's task tried out on this machine's CPU;
+3. every trial's id, where its slice is settled;
+4. the trials grouped into programs (same slice, same settings but for lr and seed), each
+   slice's programs together;
+5. each program split where it would not fit in memory (an embedded run: this machine's).
+
+Then `Plan.skip_recorded` leaves out the trials a store holds. A slice the cluster shapes (TPU,
+GPU, a platform to detect, or memory only its hosts can tell) leaves steps 3 and 5 of its
+trials, and the skipping, to `Group.shaped`, done once when the slice is up.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ymxb.driver import budget
+from ymxb.errors import UsageError, first_line, where_raised
+from ymxb.results.store import TrialRecord, trial_id
+from ymxb.spec import registry
+from ymxb.spec.settings import Program, SliceSpec, TrialSpec
+from ymxb.spec.sweep import Sweep
+
+Trial = Tuple[SliceSpec, TrialSpec]
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One program to run, with its trials' ids in its order."""
+
+    program: Program
+    ids: Tuple[str, ...]
+
+    def without(self, done: Dict[str, TrialRecord]) -> "Part":
+        keep = [k for k, tid in enumerate(self.ids) if tid not in done]
+        if len(keep) == len(self.ids):
+            return self
+        return Part(self.program.only(keep), tuple(self.ids[k] for k in keep)) if keep else Part(self.program, ())
+
+
+@dataclasses.dataclass
+class Group:
+    """Pending trials that train as one program on one slice, or as several (`parts`) where
+    one would not fit in memory. Until its slice is shaped, `parts` is None."""
+
+    slice: SliceSpec
+    trials: List[TrialSpec]
+    ids: Optional[List[str]] = None  # the trials' (None: the slice is not shaped yet)
+    parts: Optional[List[Part]] = None
+
+    def recorded(self, done: Dict[str, TrialRecord]) -> None:
+        """Leave out the trials `done` holds, from the group and from each of its programs."""
+        keep = [k for k, tid in enumerate(self.ids) if tid not in done]
+        self.trials, self.ids = [self.trials[k] for k in keep], [self.ids[k] for k in keep]
+        if self.parts is not None:
+            self.parts = [p for p in (part.without(done) for part in self.parts) if p.ids]
+
+    def shaped(self, spec: SliceSpec, hosts: Sequence, done: Dict[str, TrialRecord]) -> List[Part]:
+        """The programs of this group on `spec`, as its slice came up (its `hosts` said what
+        memory they hold): the trials already recorded left out, split to fit."""
+        if self.parts is not None:
+            return self.parts
+        if self.ids is None:  # first known now
+            for trial in self.trials:
+                trial.check_fits(spec)
+            self.ids = [trial_id(spec, t) for t in self.trials]
+        pending = [(t, i) for t, i in zip(self.trials, self.ids) if i not in done]
+        fits = budget.fits_here if spec.address is None else (lambda p: budget.fits_slice(p, hosts))
+        self.parts = _split(spec, pending, fits) if pending else []
+        return self.parts
+
+
+@dataclasses.dataclass
+class Plan:
+    """A sweep's trials (slices settled as far as known), their ids (None: the slice's shape is
+    known only once it is up), the records its store holds, and the pending trials' groups."""
+
+    trials: List[Trial]
+    ids: List[Optional[str]]
+    done: Dict[str, TrialRecord]
+    groups: List[Group]
+
+    @property
+    def pending(self) -> int:
+        """Trials not recorded (those of unshaped slices count until their slice is up)."""
+        return sum(1 for tid in self.ids if tid is None or tid not in self.done)
+
+    def skip_recorded(self, done: Dict[str, TrialRecord]) -> None:
+        """Leave out the trials `done` holds (a store's records) from the programs to run."""
+        self.done = done
+        for group in self.groups:
+            if group.ids is not None:
+                group.recorded(done)
+        self.groups = [g for g in self.groups if g.trials]
+
+    def by_slice(self) -> List[Tuple[SliceSpec, List[Group]]]:
+        by: Dict[SliceSpec, List[Group]] = {}
+        for group in self.groups:
+            by.setdefault(group.slice, []).append(group)
+        return list(by.items())
+
+    def all_ids(self) -> List[str]:
+        """Every trial's id, those of slices shaped since the plan was made included."""
+        found = {(g.slice, t): tid for g in self.groups if g.ids for t, tid in zip(g.trials, g.ids)}
+        return [tid or found[trial] for tid, trial in zip(self.ids, self.trials)]
+
+    def known_programs(self) -> List[Program]:
+        """The programs known before launching (those of shaped slices)."""
+        return [part.program for group in self.groups for part in (group.parts or [])]
+
+
+def make(sweep: Sweep) -> Plan:
+    """The plan of every trial of `sweep`; UsageError names a trial that cannot run (on its
+    slice, in this machine's memory, or as its task is written). Nothing is recorded yet: see
+    `Plan.skip_recorded`."""
+    trials = [(settle(spec), trial) for spec, trial in sweep.trials]
+    for i, (spec, trial) in enumerate(trials):
+        if spec.shaped:
+            try:
+                trial.check_fits(spec)
+            except UsageError as err:
+                where = f"trial {i + 1} ({changed(trial)})" if len(trials) > 1 else None
+                raise UsageError(f"{where}: {err}" if where else str(err)) from None
+    _try_out_tasks(trial for _, trial in trials)
+    ids = [trial_id(spec, trial) if spec.settled else None for spec, trial in trials]
+    groups = [_group(spec, members, len(trials) == 1) for spec, members in _programs(zip(trials, ids))]
+    return Plan(trials, ids, {}, groups)
+
+
+@functools.lru_cache(maxsize=None)  # a sweep's 10^5 trials have a few slices
+def settle(spec: SliceSpec) -> SliceSpec:
+    """The slice as far as it is known before launching: the CPU simulation's shape follows
+    from the settings alone, and an embedded cluster can only simulate. A TPU or GPU slice
+    (or a platform left to detect on a cluster) is shaped once the cluster is joined."""
+    if spec.platform == "cpu-sim" or (spec.address is None and spec.platform is None):
+        from ymxb.driver.platforms import CpuSim
+
+        return CpuSim().shape(spec)
+    return spec
+
+
+def changed(trial: TrialSpec) -> str:
+    """The settings of a trial that differ from its task's defaults, as `key: value`."""
+    default = TrialSpec.resolve(task=trial.task).asdict()
+    return ", ".join(f"{k}: {v}" for k, v in trial.asdict().items() if default.get(k) != v) or "defaults"
+
+
+def _programs(pending) -> List[Tuple[SliceSpec, List[Tuple[TrialSpec, Optional[str]]]]]:
+    """Trials grouped into programs: same slice, same settings but for lr and seed;
+    each slice's programs together, in the order their first trial appears."""
+    groups: Dict[tuple, list] = {}
+    for (spec, trial), tid in pending:
+        groups.setdefault((spec, trial.shared()), []).append((trial, tid))
+    by_slice: Dict[SliceSpec, list] = {}
+    for (spec, _), members in groups.items():
+        by_slice.setdefault(spec, []).append(members)
+    return [(spec, members) for spec, programs in by_slice.items() for members in programs]
+
+
+def _group(spec: SliceSpec, members: List[Tuple[TrialSpec, Optional[str]]], single: bool) -> Group:
+    """A group; split to fit this machine where every host is a process here (embedded)."""
+    group = Group(spec, [t for t, _ in members])
+    if spec.settled:
+        group.ids = [tid for _, tid in members]
+    if spec.settled and spec.address is None:
+        group.parts = _split(spec, members, budget.fits_here)
+        for part in group.parts:
+            what = "this run" if single else f"a trial ({changed(part.program.trial)})"
+            budget.check_fits(part.program, what=what)
+    return group
+
+
+def _split(spec: SliceSpec, members: List[Tuple[TrialSpec, str]], fits) -> List[Part]:
+    """The trials as the fewest programs that fit (`budget.split`)."""
+    whole = Program.of(spec, [t for t, _ in members])
+    parts, start = [], 0
+    for size in budget.split(whole, fits):
+        positions = range(start, start + size)
+        parts.append(Part(whole.only(positions), tuple(members[i][1] for i in positions)))
+        start += size
+    return parts
+
+
+def _try_out_tasks(trials) -> None:
+    """Each user task's programs tried once on this machine: what can go wrong is found here,
+    not on the hosts."""
+    tried = set()
+    for trial in trials:
+        if trial.task not in registry.BUILT_IN and trial.shared() not in tried:
+            tried.add(trial.shared())
+            try_out(trial)
+
+
+def try_out(trial: TrialSpec) -> None:
+    """Before any host starts, what the driver can check of a user's task, on this machine's
+    CPU: host 0's shard (its size), the model's init and apply on a few of its points (the
+    predictions shaped like y) and the loss there (finite). UsageError, in one line naming
+    where in the task it went wrong, if any of it fails."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the driver's JAX: no accelerator needed
+    import jax
+    import jax.numpy as jnp
+
+    from ymxb.spec import data
+
+    task, s, where = registry.get(trial.task), trial.of_task, f"--task {trial.task}"
+    try:
+        x, y = data.host_shard(trial, 0)
+        model = task.model(s, trial.model)
+        params = model.init(jax.random.key(trial.seed))
+        predictions = model.apply(params, jnp.asarray(x[:8]))
+        if np.shape(predictions) != np.shape(y[:8]):
+            raise UsageError(f"{where}: model {trial.model} predicts shape {np.shape(predictions)} for 8 points "
+                             f"whose y has shape {np.shape(y[:8])}: apply must give one prediction per point")
+        loss = (task.loss(predictions, y[:8]) if task.loss else (predictions - y[:8]) ** 2)
+        if np.shape(loss) != np.shape(y[:8]) or not np.all(np.isfinite(loss)):
+            raise UsageError(f"{where}: its loss on host 0's first points is {np.asarray(loss)!r}: it must be a "
+                             f"finite number per point")
+        flat = task.flat(s, jax.tree.map(lambda leaf: np.asarray(leaf)[None], params))  # as the hosts call it
+        if np.ndim(flat) != 2 or len(flat) != 1:
+            raise UsageError(f"{where}: flat gives shape {np.shape(flat)} for one model's params: it must be "
+                             f"(models, params)")
+        shown = task.shown(s, np.asarray(flat)[0])
+        if any(np.ndim(value) for value in shown.values()):
+            raise UsageError(f"{where}: shown gives {shown!r} for one model: each must be one number")
+    except UsageError:
+        raise
+    except Exception as err:  # the user's code raised: say what and where, in one line
+        raise UsageError(f"{where}: {type(err).__name__}: {first_line(err, 200)}{where_raised(err)}") from None
