@@ -48,11 +48,11 @@ def _descendants(root: int):
 
 def _all_gone(procs, within_s: float) -> list:
     """Those of `procs` still running after `within_s` seconds (the same process: pid + start)."""
-    from ymxb.ops.reaper import _start_time
+    from ymxb.ops.reaper import start_time
 
     deadline = time.monotonic() + within_s
     while True:
-        left = [(p, s) for p, s in procs if _start_time(p) == s]
+        left = [(p, s) for p, s in procs if start_time(p) == s]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)

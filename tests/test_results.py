@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import launch, trial_record as _record
-from ymxb import api as experiment, plan
+from ymxb import plan
 from ymxb.results.views import plots
 from ymxb.results import store as results
 from ymxb.spec import sweep

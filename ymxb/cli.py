@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import types
-from typing import Callable, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from ymxb.results import store as results
 from ymxb.spec.settings import Recovery, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
 from ymxb.ops.ray_cluster import ray_cluster
-from ymxb.ops.reaper import _start_time
+from ymxb.ops.reaper import start_time
 from ymxb.api import Options
 from ymxb.names import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_VERIFIED, EXIT_TERMINATED, EXIT_VERIFIED, PROG,
                         said)
@@ -288,20 +288,21 @@ def _launch(argv: List[str]) -> int:
     if folder:
         _check_folder(folder, "checkpoints", "--resume" if args.resume else "--checkpoint-dir")
 
-    def show(outcome, out, wall_s, phases):
-        run = outcome.last_run
-        if args.dump_data:
-            x, y = data.global_dataset(trial, run.program.slice.processes)
-            with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
-                np.savez(f, x=x, y=y)
-        # Where the time went, in the order it passed.
-        phases = {"driver": phases["driver"], "ray_start": phases["ray_start"], **outcome.phases,
-                  "ray_stop": phases["ray_stop"]}
-        result = report.build(outcome.records[0], run, wall_s, phases, outcome.restarts)
-        print(report.to_json(result) if args.json else report.summary(result), file=out, flush=True)
-
     with _checkpoint_folder(folder) as checkpoints:
-        return _run(todo, spec.address, show, Options(args.recovery, checkpoints, resume=bool(args.resume)))
+        ended = _run(todo, spec.address, Options(args.recovery, checkpoints, resume=bool(args.resume)))
+    if isinstance(ended, int):
+        return ended
+    outcome, run = ended.outcome, ended.outcome.last_run
+    if args.dump_data:
+        x, y = data.global_dataset(trial, run.program.slice.processes)
+        with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
+            np.savez(f, x=x, y=y)
+    # Where the time went, in the order it passed.
+    phases = {"driver": ended.phases["driver"], "ray_start": ended.phases["ray_start"], **outcome.phases,
+              "ray_stop": ended.phases["ray_stop"]}
+    result = report.build(outcome.records[0], run, ended.wall_s, phases, outcome.restarts)
+    print(report.to_json(result) if args.json else report.summary(result), flush=True)
+    return _verdict(outcome.records)
 
 
 @contextlib.contextmanager
@@ -344,9 +345,6 @@ def _sweep(argv: List[str]) -> int:
         # The file as it ran, beside its records (each version kept: the file may be this copy).
         sweep_file = store.keep_sweep_file(sweep.as_run) if pending else None
 
-        def show(outcome, out, wall_s, phases):
-            _show_results(outcome.records, folder, args.json, out, outcome.restarts)
-
         if not pending:
             _log(said(f"all {len(trials)} trials of {args.file} are recorded in {store.path}; "
                       f"nothing to run (--fresh runs them again)"))
@@ -355,9 +353,12 @@ def _sweep(argv: List[str]) -> int:
         os.makedirs(checkpoints, exist_ok=True)
         try:
             options = Options(Recovery.of(args), checkpoints, sweep_file=sweep_file, stop=sweep.stop)
-            return _run(todo, address, show, options, store, progress, launch=bool(pending))
+            ended = _run(todo, address, options, store, progress, launch=bool(pending))
         finally:
             progress.close()
+        if isinstance(ended, int):
+            return ended
+        return _show_results(ended.outcome.records, folder, args.json, sys.stdout, ended.outcome.restarts)
 
 
 def _dry_run(todo: plans.Plan) -> int:
@@ -433,15 +434,25 @@ def _verdict(records) -> int:
     return EXIT_VERIFIED if all(r.verified or r.pruned for r in records) else EXIT_NOT_VERIFIED
 
 
-def _run(todo: plans.Plan, address: Optional[str], show: Callable, options: Options,
-         store: Optional[Store] = None, progress: Optional[experiment.Progress] = None, launch: bool = True) -> int:
+@dataclasses.dataclass
+class _Ended:
+    """A run that ended with a result: its outcome, its wall time, and the seconds the driver
+    took to get to it and Ray to come up and to go (`phases`)."""
+
+    outcome: experiment.Outcome
+    wall_s: float
+    phases: Dict[str, float]
+
+
+def _run(todo: plans.Plan, address: Optional[str], options: Options, store: Optional[Store] = None,
+         progress: Optional[experiment.Progress] = None, launch: bool = True) -> Union[_Ended, int]:
     """Run the plan `todo` as `options` say (`launch`: on a Ray cluster, else none is needed),
-    then `show(outcome, stdout, wall_s, phases)` (phases: seconds the driver took to get here,
-    and Ray to come up and to go); return the exit code."""
+    stdout kept for the result (printed by the caller once the run ended); the exit code where
+    it ended without one."""
     log = progress.log if progress else _log
     started = time.perf_counter()
     phases = {"driver": _process_age_s()}
-    with _stdout_kept_for_result() as out, _sigterm_as_interrupt() as signals:
+    with _stdout_kept_for_result(), _sigterm_as_interrupt() as signals:
         try:
             with ray_cluster(address, log) if launch else contextlib.nullcontext({}) as ray_phases:
                 outcome = experiment.run(todo, store, log, progress, options)
@@ -454,13 +465,12 @@ def _run(todo: plans.Plan, address: Optional[str], show: Callable, options: Opti
                 return EXIT_TERMINATED
             log(said("interrupted; all hosts stopped"))
             return EXIT_INTERRUPTED
-        show(outcome, out, time.perf_counter() - started, {**phases, **ray_phases})
-    return _verdict(outcome.records)
+    return _Ended(outcome, time.perf_counter() - started, {**phases, **ray_phases})
 
 
 def _process_age_s() -> float:
     """Seconds since this process started (Linux: /proc), interpreter start-up included."""
-    started_ticks = int(_start_time(os.getpid()))
+    started_ticks = int(start_time(os.getpid()))
     with open("/proc/uptime") as f:
         uptime_s = float(f.read().split()[0])
     return uptime_s - started_ticks / os.sysconf("SC_CLK_TCK")
@@ -486,14 +496,12 @@ def _sigterm_as_interrupt():
 @contextlib.contextmanager
 def _stdout_kept_for_result():
     """Stdout carries the result alone: whatever else writes to file descriptor 1 while the
-    run lasts (Ray's "(raylet) ..." lines, processes Ray starts) goes to stderr instead.
-    Yields a file for the real stdout."""
+    run lasts (Ray's "(raylet) ..." lines, processes Ray starts) goes to stderr instead."""
     sys.stdout.flush()
     kept = os.dup(1)
     os.dup2(2, 1)
     try:
-        with os.fdopen(os.dup(kept), "w") as out:
-            yield out
+        yield
     finally:
         sys.stdout.flush()
         os.dup2(kept, 1)

@@ -61,13 +61,13 @@ def kill(procs: Set[Proc], wait_s: float = 5.0) -> None:
     """SIGKILL each process that is still the one noted, and wait (bounded) for it to go."""
     mine = os.getpid()
     for pid, start in procs:
-        if pid != mine and _start_time(pid) == start:
+        if pid != mine and start_time(pid) == start:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and any(_start_time(p) == s for p, s in procs if p != mine):
+    while time.monotonic() < deadline and any(start_time(p) == s for p, s in procs if p != mine):
         time.sleep(0.05)
 
 
@@ -101,7 +101,9 @@ def _stat(pid: int):
     return None if fields[0] == "Z" else fields
 
 
-def _start_time(pid: int):
+def start_time(pid: int):
+    """When process `pid` started, in clock ticks since boot (with its pid, what names one
+    process for good: pids are reused); None if it is gone."""
     stat = _stat(pid)
     return stat[19] if stat else None
 
