@@ -194,7 +194,7 @@ def test_a_joined_run_waits_for_hosts_that_join_late(pretend, cluster_address, c
     """A slice with a host missing (as while the autoscaler sets it up): the run says what it
     waits for and goes on once the host joins. This cluster was started by hand (its autoscaler
     read-only), so nothing but the test adds the host."""
-    said, outcome = [], {}
+    lines, outcome = [], {}
     pretend.cluster.remove_node(pretend.nodes[("slice-b", 1)])
     try:
         assert wait_until(lambda: _workers_up("slice-b") == [0], 60)
@@ -202,7 +202,7 @@ def test_a_joined_run_waits_for_hosts_that_join_late(pretend, cluster_address, c
         def train():  # in a thread: nodes can only be added from the main one
             try:
                 outcome["run"] = run_one(platform="tpu", tpu_type="v4-16", address=cluster_address, wait=120,
-                                         log=said.append, **SMALL)
+                                         log=lines.append, **SMALL)
             except BaseException as err:
                 outcome["error"] = err
 
@@ -210,12 +210,12 @@ def test_a_joined_run_waits_for_hosts_that_join_late(pretend, cluster_address, c
         trainer.start()
         waiting = ("launch.py: waiting for a whole TPU slice (--tpu-type v4-16): slice-b has 1 of 2 hosts up; "
                    "the autoscaler: none that makes nodes (the cluster was started by hand) (")
-        wait_until(lambda: any(line.startswith(waiting) for line in said) or not trainer.is_alive(), 60)
-        assert any(line.startswith(waiting) for line in said), (said, outcome)
+        wait_until(lambda: any(line.startswith(waiting) for line in lines) or not trainer.is_alive(), 60)
+        assert any(line.startswith(waiting) for line in lines), (lines, outcome)
     finally:
         _add_tpu_host(pretend, "slice-b", 1)
     trainer.join(timeout=180)
-    assert "error" not in outcome, (outcome.get("error"), said)
+    assert "error" not in outcome, (outcome.get("error"), lines)
     run, rep = outcome["run"]
     assert rep["verified"] and [h.host.node_id for h in run.hosts] == [pretend.ids[("slice-b", w)] for w in range(2)]
 
@@ -239,11 +239,11 @@ def test_a_preempted_host_waits_for_its_node_and_the_run_goes_on(pretend, cpu_de
     """Last in this module: it replaces a node of slice-b."""
     from ymxb.driver import checkpoint
 
-    said, outcome = [], {}
+    lines, outcome = [], {}
 
     def train():  # in a thread: nodes can only be added from the main one
         try:
-            outcome["run"] = run_one(platform="tpu", tpu_type="v4-16", log=said.append, checkpoints=str(tmp_path),
+            outcome["run"] = run_one(platform="tpu", tpu_type="v4-16", log=lines.append, checkpoints=str(tmp_path),
                                      **{**SMALL, "steps": 3000, "timeout": 30})
         except BaseException as err:
             outcome["error"] = err
@@ -256,11 +256,11 @@ def test_a_preempted_host_waits_for_its_node_and_the_run_goes_on(pretend, cpu_de
     # Training under way: its first checkpoint (100 steps of 3000) is written.
     wait_for(lambda: checkpoint.files(str(tmp_path)))
     pretend.cluster.remove_node(pretend.nodes[("slice-b", 1)])
-    wait_for(lambda: any("; restarting the slice" in line for line in said))  # it waits for a whole slice
+    wait_for(lambda: any("; restarting the slice" in line for line in lines))  # it waits for a whole slice
     _add_tpu_host(pretend, "slice-b", 1)  # then the autoscaler brings a VM back
     trainer.join(timeout=240)
-    assert "error" not in outcome, (outcome.get("error"), said)
+    assert "error" not in outcome, (outcome.get("error"), lines)
     run, rep = outcome["run"]
     assert rep["verified"], rep["checks"]
-    assert [(r["host"], r["cause"]) for r in rep["restarts"]] == [(1, "preempted")], said
+    assert [(r["host"], r["cause"]) for r in rep["restarts"]] == [(1, "preempted")], lines
     assert [h.host.node_id for h in run.hosts] == [pretend.ids[("slice-b", w)] for w in range(2)]

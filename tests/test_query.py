@@ -47,17 +47,17 @@ def test_where_picks_the_trials_its_condition_holds_for(condition, expected):
     assert _lr(query.select(TRIALS, condition, None, None)) == expected
 
 
-@pytest.mark.parametrize("condition,said", [
+@pytest.mark.parametrize("condition,says", [
     ("optimzer==adam", "'optimzer' is not a key of these trials; keys:"),
     ("__import__('os').system('true')", "is not a comparison"),
     ("lr < len(optimizer)", "is neither a key nor a value"),
     ("lr <", "is not a condition"),
     ("optimizer < 3", "cannot order 'sgd' against 3"),
 ])
-def test_a_bad_condition_is_one_usage_error_saying_what_is_wrong(condition, said):
+def test_a_bad_condition_is_one_usage_error_saying_what_is_wrong(condition, says):
     with pytest.raises(UsageError) as err:
         query.select(TRIALS, condition, None, None)
-    assert said in str(err.value) and "\n" not in str(err.value)
+    assert says in str(err.value) and "\n" not in str(err.value)
 
 
 def test_sort_and_top_order_every_trial_and_put_those_without_a_value_last():

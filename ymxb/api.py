@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional
 from ymxb.driver import budget, checkpoint
 from ymxb.driver.stopping import EarlyStopping
 from ymxb.errors import UsageError
-from ymxb.names import said
+from ymxb.names import launch_line
 from ymxb.plan import Group, Part, Plan, changed
 from ymxb.protocol import ProgramRun, Restart
 from ymxb.results import store as results
@@ -78,7 +78,7 @@ def run(plan: Plan, store: Optional[Store], log: Callable[[str], None],
 
 def _say_split(group: Group, parts: List[Part], log: Callable[[str], None]) -> None:
     where = "here" if group.slice.address is None else "on the slice"
-    log(said(f"a program of {len(group.trials)} trials ({changed(group.trials[0])}, ...) would not fit in memory "
+    log(launch_line(f"a program of {len(group.trials)} trials ({changed(group.trials[0])}, ...) would not fit in memory "
              f"{where}: running it as {len(parts)} programs of up to {max(p.program.count for p in parts)} trials"))
 
 
@@ -94,7 +94,7 @@ def _run_program(part: Part, supervisor, store: Optional[Store], progress: "Prog
     path = os.path.join(folder, checkpoint.name_of(program)) if folder else None
     start = resume_point(folder, program, options.resume) if folder else None
     if start:
-        log(said(f"going on from the checkpoint at step {start.step} in {path}"))
+        log(launch_line(f"going on from the checkpoint at step {start.step} in {path}"))
     progress.start(program)
     if options.stop:
         stopper = EarlyStopping(program, part.ids, options.stop, supervisor, store, progress, options, log, start)

@@ -37,7 +37,7 @@ from ymxb.ops.ray_cluster import ray_cluster
 from ymxb.ops.reaper import start_time
 from ymxb.api import Options
 from ymxb.names import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_VERIFIED, EXIT_TERMINATED, EXIT_VERIFIED, PROG,
-                        said)
+                        launch_line)
 from ymxb.results.store import Store
 
 SLICE, TRIAL, RECOVERY = SliceSpec(), TrialSpec(), Recovery()
@@ -257,7 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return commands[argv[0]](argv[1:])
         return _launch(argv)
     except UsageError as err:  # one line, whatever a value it quotes holds
-        _log(said("error: " + " ".join(str(err).splitlines())))
+        _log(launch_line("error: " + " ".join(str(err).splitlines())))
         return EXIT_FAILED
 
 
@@ -265,7 +265,7 @@ def _inspect(argv: List[str]) -> int:
     from ymxb.host.inspect import inspect
 
     spec, trial, _ = parse(argv, prog=f"{PROG} inspect")
-    print(inspect(plans.settle(spec.replace(address=None)), trial))
+    print(inspect(plans.known_shape(spec.replace(address=None)), trial))
     return 0
 
 
@@ -314,7 +314,7 @@ def _checkpoint_folder(given: Optional[str]):
         yield folder
     finally:
         if checkpoint.files(folder):
-            _log(said(f"the run's checkpoint is kept in {folder}; `{PROG} --resume {folder}` "
+            _log(launch_line(f"the run's checkpoint is kept in {folder}; `{PROG} --resume {folder}` "
                       f"with the same flags continues it"))
         elif not given:
             shutil.rmtree(folder, ignore_errors=True)
@@ -346,7 +346,7 @@ def _sweep(argv: List[str]) -> int:
         sweep_file = store.keep_sweep_file(sweep.as_run) if pending else None
 
         if not pending:
-            _log(said(f"all {len(trials)} trials of {args.file} are recorded in {store.path}; "
+            _log(launch_line(f"all {len(trials)} trials of {args.file} are recorded in {store.path}; "
                       f"nothing to run (--fresh runs them again)"))
         progress = experiment.Progress(len(trials), len(trials) - pending)
         checkpoints = os.path.join(folder, "checkpoints")
@@ -395,7 +395,7 @@ def _results(argv: List[str]) -> int:
         from ymxb.results.views import export
 
         runs = export.tensorboard(shown, store, args.tensorboard)
-        _log(said(f"{len(runs)} trials written for TensorBoard: tensorboard --logdir {args.tensorboard}"))
+        _log(launch_line(f"{len(runs)} trials written for TensorBoard: tensorboard --logdir {args.tensorboard}"))
     if args.format == "csv":  # one list: its best among every trial listed
         sys.stdout.write(query.to_csv(shown, best(shown)))
         return _verdict(shown)
@@ -457,13 +457,13 @@ def _run(todo: plans.Plan, address: Optional[str], options: Options, store: Opti
             with ray_cluster(address, log) if launch else contextlib.nullcontext({}) as ray_phases:
                 outcome = experiment.run(todo, store, log, progress, options)
         except HostFailure as err:
-            log(said(f"error: {err}"))
+            log(launch_line(f"error: {err}"))
             return EXIT_FAILED
         except KeyboardInterrupt:
             if signals.terminated:
-                log(said("terminated; all hosts stopped"))
+                log(launch_line("terminated; all hosts stopped"))
                 return EXIT_TERMINATED
-            log(said("interrupted; all hosts stopped"))
+            log(launch_line("interrupted; all hosts stopped"))
             return EXIT_INTERRUPTED
     return _Ended(outcome, time.perf_counter() - started, {**phases, **ray_phases})
 

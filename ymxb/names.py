@@ -26,6 +26,6 @@ MEGASCALE_PREFIX = "MEGASCALE_"
 # devices instead of their chips, so a TPU or GPU slice's placement runs end to end without them.
 CPU_DEVICES_ENV = "YMXB_CPU_DEVICES"
 
-def said(text: str) -> str:
+def launch_line(text: str) -> str:
     """A line of the tool's own, as the user reads it: `launch.py: text`."""
     return f"{PROG}: {text}"

@@ -118,7 +118,7 @@ def make(sweep: Sweep) -> Plan:
     """The plan of every trial of `sweep`; UsageError names a trial that cannot run (on its
     slice, in this machine's memory, or as its task is written). Nothing is recorded yet: see
     `Plan.skip_recorded`."""
-    trials = [(settle(spec), trial) for spec, trial in sweep.trials]
+    trials = [(known_shape(spec), trial) for spec, trial in sweep.trials]
     for i, (spec, trial) in enumerate(trials):
         if spec.shaped:
             try:
@@ -133,7 +133,7 @@ def make(sweep: Sweep) -> Plan:
 
 
 @functools.lru_cache(maxsize=None)  # a sweep's 10^5 trials have a few slices
-def settle(spec: SliceSpec) -> SliceSpec:
+def known_shape(spec: SliceSpec) -> SliceSpec:
     """The slice as far as it is known before launching: the CPU simulation's shape follows
     from the settings alone, and an embedded cluster can only simulate. A TPU or GPU slice
     (or a platform left to detect on a cluster) is shaped once the cluster is joined."""

@@ -11,7 +11,7 @@ import ray
 from ymxb.driver import platforms
 from ymxb.spec.settings import SliceSpec
 from ymxb.errors import HostFailure, first_line
-from ymxb.names import said
+from ymxb.names import launch_line
 from ymxb.driver.platforms import Cluster, Reservation
 
 # How often a slice is tried again while the run waits for it.
@@ -29,7 +29,7 @@ def place(spec: SliceSpec, log: Callable[[str], None], wait_whole_s: float = 0.0
         try:
             return platform.reserve(platform.shape(spec, cluster), cluster)
         except HostFailure as failure:
-            wait.went_on(failure, platform, Cluster.now())  # raises once the wait is over
+            wait.after_failed_try(failure, platform, Cluster.now())  # raises once the wait is over
         time.sleep(RETRY_S)
 
 
@@ -50,9 +50,9 @@ class _SliceWait:
         self.wait_s, self.log = max(joined, wait_whole_s), log
         self.deadline = time.monotonic() + self.wait_s
         self.restart_deadline = time.monotonic() + wait_whole_s  # a restart waits this long anyway
-        self.said, self.said_at = None, -math.inf
+        self.launch_line, self.said_at = None, -math.inf
 
-    def went_on(self, failure: HostFailure, platform: platforms.Platform, cluster: Cluster) -> None:
+    def after_failed_try(self, failure: HostFailure, platform: platforms.Platform, cluster: Cluster) -> None:
         """After a try that failed: return to try again, or raise once the wait is over."""
         now = time.monotonic()
         if not self.announced:
@@ -72,8 +72,8 @@ class _SliceWait:
             autoscaler.describe() if autoscaler else "no report yet")
         line = f"{platform.waiting_for(self.spec, cluster)}; the autoscaler: {reported}"
         if line != self.said or now - self.said_at >= self.SAY_EVERY_S:
-            self.log(said(f"waiting for {line} ({self.deadline - now:.0f} s left of --wait {self.wait_s:g})"))
-            self.said, self.said_at = line, now
+            self.log(launch_line(f"waiting for {line} ({self.deadline - now:.0f} s left of --wait {self.wait_s:g})"))
+            self.launch_line, self.said_at = line, now
 
 
 def _autoscaler_state():

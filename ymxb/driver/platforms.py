@@ -324,7 +324,7 @@ class CpuSim(Platform):
         return True  # any cluster can simulate
 
     def shape(self, spec, cluster=None):
-        # Known from the settings alone, on any cluster: experiment.settle shapes it up front.
+        # Known from the settings alone, on any cluster: plan.known_shape shapes it up front.
         return spec.replace(platform=self.name, hosts=spec.hosts or SIM_HOSTS,
                             devices_per_host=spec.devices_per_host or SIM_DEVICES)
 

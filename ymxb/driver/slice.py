@@ -27,7 +27,7 @@ from ymxb.driver.checkpoint import Checkpoint
 from ymxb.spec.settings import Program, SliceSpec
 from ymxb.errors import Cause, HostFailure, first_line, where_raised_text
 from ymxb.host.actor import Host
-from ymxb.names import said
+from ymxb.names import launch_line
 from ymxb.protocol import (ANSWER_S, CallEnd, CheckpointPiece, Failed, HostIdentity, HostRun, ProgramRun,
                            SliceHost, Stall, blame, blame_stall, describe, settled_by)
 from ymxb.ops.reaper import wait_gone
@@ -124,7 +124,7 @@ class WarmSlice:
                 self._gather([a.shutdown.remote() for a in self.actors], "jax.distributed.shutdown",
                              self.spec.timeout)
             except HostFailure as failure:  # the results are in: every host is killed anyway
-                self.log(said(f"note: {failure}"))
+                self.log(launch_line(f"note: {failure}"))
             self._phases["shutdown"] = time.perf_counter() - started
         if self.reservation is not None:
             started = time.perf_counter()

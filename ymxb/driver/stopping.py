@@ -15,7 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from ymxb.driver import checkpoint
-from ymxb.names import said
+from ymxb.names import launch_line
 from ymxb.protocol import ProgramRun
 from ymxb.results import store as results
 from ymxb.spec import stopping
@@ -46,7 +46,7 @@ class EarlyStopping:
         """(the last run, every trial's record in the program's order, the seconds judging took)"""
         cfg = self.program.trial
         if self.rules.converged and self.reference is None:
-            self.log(said(f"stop: converged needs an optimal loss, and task {cfg.task} has no reference "
+            self.log(launch_line(f"stop: converged needs an optimal loss, and task {cfg.task} has no reference "
                           f"solution: its trials stop by the other rules only"))
         run = None
         while self.running:
@@ -131,5 +131,5 @@ class EarlyStopping:
         if stopped:
             whole = self.program.padded_entries * (self.program.trial.steps - self.first)
             why = ", ".join(f"{n} {rule}" for rule, n in collections.Counter(stopped).items())
-            self.log(said(f"{len(stopped)} of {len(self.records)} trials stopped early ({why}); the hosts "
+            self.log(launch_line(f"{len(stopped)} of {len(self.records)} trials stopped early ({why}); the hosts "
                           f"computed {self.computed:,} of {whole:,} model-steps ({self.computed / whole:.0%})"))

@@ -21,7 +21,7 @@ from ymxb.driver.checkpoint import Checkpoint
 from ymxb.spec.settings import Program, Recovery, SliceSpec
 from ymxb.errors import Cause, HostFailure
 from ymxb.driver.slice import WarmSlice
-from ymxb.names import said
+from ymxb.names import launch_line
 from ymxb.protocol import HostIdentity, ProgramRun, Restart, SliceHost
 
 STDERR_LINES = 8  # of a failed host's stderr, shown with its failure
@@ -107,7 +107,7 @@ class Supervisor:
         ident = _identity(warm, failure.host)
         lines = stderr_tail(ident)
         if lines:
-            self.log(said(f"the last lines {who} wrote to stderr:"))
+            self.log(launch_line(f"the last lines {who} wrote to stderr:"))
             for line in lines:
                 self.log(f"  | {line}")
         if not failure.cause.restarts:
@@ -129,8 +129,8 @@ class Supervisor:
             phase=failure.phase or "start", error=str(failure), resumed_step=resumed,
             steps_redone=max(0, reached - resumed)))
         self._lost_since = lost_since
-        self.log(said(str(failure)))
-        self.log(said(f"{who} {failure.cause.value}; restarting the slice "
+        self.log(launch_line(str(failure)))
+        self.log(launch_line(f"{who} {failure.cause.value}; restarting the slice "
                       f"({'preemption' if preempted else 'restart'} {used + 1} of {budget}), "
                       f"training from step {resumed}"))
 

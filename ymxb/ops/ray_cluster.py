@@ -28,7 +28,7 @@ from typing import Dict, Optional
 
 from ymxb.ops import ray_internals, reaper as reaper_script
 from ymxb.errors import HostFailure, UsageError, first_line
-from ymxb.names import AUTH_MODE_ENV, said
+from ymxb.names import AUTH_MODE_ENV, launch_line
 
 # How long the address probe waits for an answer: a GCS answers in milliseconds.
 PROBE_S = 5.0
@@ -83,7 +83,7 @@ def _joined(address: str, log, phases: Dict[str, float]):
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
         raise HostFailure(f"could not join the Ray cluster at {address}: {first_line(err)}") from None
     phases["ray_start"] = time.perf_counter() - started
-    log(said(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}"))
+    log(launch_line(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}"))
     try:
         yield
     finally:
@@ -130,7 +130,7 @@ def _embedded(log, phases: Dict[str, float]):
         if "ray_start" in phases:
             phases["ray_stop"] = time.perf_counter() - started
         if not clean:
-            log(said(f"Ray's logs of this run are kept in {temp_dir}/session_latest/logs"))
+            log(launch_line(f"Ray's logs of this run are kept in {temp_dir}/session_latest/logs"))
 
 
 @contextlib.contextmanager

@@ -142,7 +142,7 @@ class TrialSpec(_Spec):
     not a field here is one of the task's settings; the task fills in the rest and checks them."""
 
     task: str = registry.DEFAULT  # a built-in task's name, or package.module:NAME
-    settings: Tuple[Tuple[str, object], ...] = registry.BUILT_IN[registry.DEFAULT].settled({})
+    settings: Tuple[Tuple[str, object], ...] = registry.BUILT_IN[registry.DEFAULT].resolve({})
     data_seed: int = 0  # with the host index, what each host's shard is made from
     samples_per_host: int = 1024
     # Training: full-batch gradient descent on the task's loss (default: mean squared error).
@@ -179,7 +179,7 @@ class TrialSpec(_Spec):
         shared = {k: coerce(flag(k), values.pop(k), rule) for k, rule in cls.RULES.items() if k in values}
         shared.setdefault("model", task.models[0])
         coerce("--model", shared["model"], Rule(str, choices=task.models))
-        return cls(task=name, settings=task.settled({**given, **values}), **shared)
+        return cls(task=name, settings=task.resolve({**given, **values}), **shared)
 
     @classmethod
     def keys(cls, task: str = registry.DEFAULT) -> Tuple[str, ...]:

@@ -134,7 +134,7 @@ class Task:
         """Whether the task can draw its fit (it defines draw_fit)."""
         return type(self).draw_fit is not Task.draw_fit
 
-    def settled(self, values: Mapping) -> Tuple[Tuple[str, object], ...]:
+    def resolve(self, values: Mapping) -> Tuple[Tuple[str, object], ...]:
         """Every setting of this task, in its order: `values` where given (as its type), else
         its default; UsageError for an unknown name, a bad value, or settings that do not go
         together."""
