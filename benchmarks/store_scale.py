@@ -5,7 +5,7 @@ curves.jsonl) against the layout before (each curve inside its record), in the s
     python benchmarks/store_scale.py                    # 320 lr x 320 seed = 102,400 trials
     python benchmarks/store_scale.py --lrs 100 --seeds 100
 
-Both stores hold the same synthetic records (as `results.judge` writes them: one member, the
+Both stores hold the same synthetic records (as `judge` writes them: one member, the
 four checks' texts, a 200-point loss curve). For each it times, in this process: loading every
 record (the first load parses the store and keeps its rows, `.trials.cache`; the second reads
 them back), the comparison table, a question (`--where 'lr<0.01 and seed<5' --sort final_loss
@@ -67,7 +67,9 @@ def main():
 
 def synthetic(lrs: int, seeds: int) -> list:
     """lrs x seeds records of one program a learning rate, as judge writes them."""
-    from ymxb.results import store as results
+    from ymxb.results.record import Member, SCHEMA, TrialRecord, trial_config, trial_id
+    from ymxb.results.judge import judge
+    from ymxb.results.views import table as trial_table
     from ymxb.spec.settings import SliceSpec, TrialSpec
 
     spec = SliceSpec(hosts=2, devices_per_host=2, platform="cpu-sim")
@@ -84,14 +86,14 @@ def synthetic(lrs: int, seeds: int) -> list:
         group = None
         for seed in range(seeds):
             trial = TrialSpec(lr=lr, seed=seed, steps=1000)
-            tid = results.trial_id(spec, trial)
+            tid = trial_id(spec, trial)
             group = group or tid
             loss = [0.01 + 1.0 / (1 + lr * s * (1 + seed % 7)) for s in steps]
-            member = results.Member({"m": 2.0 - loss[-1], "b": -1.0 + loss[-1]}, loss[-1], loss[-1], 400 + seed, None)
-            out.append(results.TrialRecord(
-                tid, results.trial_config(spec, trial), loss[-1] < 0.02, loss[-1], {"m": 2.0, "b": -1.0}, 0.01,
+            member = Member({"m": 2.0 - loss[-1], "b": -1.0 + loss[-1]}, loss[-1], loss[-1], 400 + seed, None)
+            out.append(TrialRecord(
+                tid, trial_config(spec, trial), loss[-1] < 0.02, loss[-1], {"m": 2.0, "b": -1.0}, 0.01,
                 [member], {"step": steps, "loss": loss}, checks, group, "2x2 cpu-sim", seeds, 12.5, "sweep.yaml",
-                "0.1.0", results.SCHEMA))
+                "0.1.0", SCHEMA))
     return out
 
 
@@ -101,7 +103,9 @@ def _lr(i: int) -> float:
 
 def measure(folder: str, sweep_file: str) -> list:
     from ymxb.results.views import query
-    from ymxb.results import store as results
+    from ymxb.results.record import Member, SCHEMA, TrialRecord, trial_config, trial_id
+    from ymxb.results.judge import judge
+    from ymxb.results.views import table as trial_table
     from ymxb.results.store import Store
 
     store = Store(folder)
@@ -113,7 +117,7 @@ def measure(folder: str, sweep_file: str) -> list:
         records = list(store.load().values())
         loads.append(time.perf_counter() - started)
     started = time.perf_counter()
-    results.table(records)
+    trial_table.table(records)
     table_s = time.perf_counter() - started
     started = time.perf_counter()
     query.select(records, "lr<0.01 and seed<5", "final_loss", 10)

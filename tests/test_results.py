@@ -11,7 +11,8 @@ import yaml
 from conftest import launch, trial_record as _record
 from ymxb import api as experiment
 from ymxb.results.views import plots
-from ymxb.results import store as results
+from ymxb.results.record import SCHEMA, trial_id
+from ymxb.results.views import table as trial_table
 from ymxb.spec import sweep
 from ymxb.spec.settings import SliceSpec, TrialSpec
 from ymxb.errors import UsageError
@@ -52,7 +53,7 @@ def test_a_trial_id_does_not_depend_on_how_a_value_is_written(tmp_path):
     base = {"slice": {"hosts": 1, "devices_per_host": 1}}
     one = _ids(tmp_path, {**base, "base": {"lr": 1}})
     assert one == _ids(tmp_path, {**base, "base": {"lr": 1.0}}) == _ids(tmp_path, {**base, "base": {"lr": "1e0"}})
-    assert one == [results.trial_id(SPEC, TrialSpec(lr=1.0))]  # as `--lr 1` (a float flag) makes it
+    assert one == [trial_id(SPEC, TrialSpec(lr=1.0))]  # as `--lr 1` (a float flag) makes it
     # Defaults written out, or left out: the same trial.
     assert _ids(tmp_path, {**base, "base": {"true_m": 2, "noise": 0.1}}) == _ids(tmp_path, base)
     # The embedded simulation named, or detected: the same trial.
@@ -69,7 +70,7 @@ def test_a_slice_the_cluster_shapes_has_no_id_until_it_is_up():
     assert todo.ids[0] is None and todo.ids[1] == "7cb4e11126e7"
     assert len(todo.pending) == 2
     with pytest.raises(ValueError, match="needs the slice it runs on"):
-        results.trial_id(SliceSpec(platform="tpu"), TrialSpec())
+        trial_id(SliceSpec(platform="tpu"), TrialSpec())
 
 
 def test_records_of_the_first_layout_are_found_under_todays_ids(tmp_path):
@@ -89,15 +90,15 @@ def test_records_of_the_first_layout_are_found_under_todays_ids(tmp_path):
         f.write("".join(json.dumps(r) + "\n" for r in (old_int, old_tpu)))
     store.append([new])
     loaded = store.load()
-    assert set(loaded) == {results.trial_id(SPEC, TrialSpec(lr=1.0)), results.trial_id(tpu, TrialSpec()),
+    assert set(loaded) == {trial_id(SPEC, TrialSpec(lr=1.0)), trial_id(tpu, TrialSpec()),
                            new.trial_id}
     assert {r.config["platform"] for r in loaded.values()} == {"cpu-sim", "tpu"}
-    assert loaded[new.trial_id].ymxb_version == "0.1.0" and loaded[new.trial_id].schema == results.SCHEMA
+    assert loaded[new.trial_id].ymxb_version == "0.1.0" and loaded[new.trial_id].schema == SCHEMA
 
 
 def test_a_store_written_by_a_newer_ymxb_is_refused_in_one_line(tmp_path):
     store = Store(str(tmp_path))
-    store.append([_record(schema=results.SCHEMA + 1)])
+    store.append([_record(schema=SCHEMA + 1)])
     with pytest.raises(UsageError, match=r"trials.jsonl, line 1: written by a newer ymxb .*upgrade ymxb"):
         store.load()
 
@@ -151,10 +152,10 @@ def test_rerunning_the_kept_sweep_file_works_and_each_version_is_kept(tmp_path):
 def test_the_table_says_which_sweep_file_a_group_came_from_where_they_differ():
     one = _record(trial=TrialSpec(lr=0.5), sweep_file="sweep.yaml")
     two = _record(trial=TrialSpec(lr=0.5, steps=100), sweep_file="sweep.1.yaml")
-    text = results.table([one, two])
+    text = trial_table.table([one, two])
     assert f"group {one.group} (1x1 cpu-sim, 1 trials, from sweep.yaml)" in text
     assert f"group {two.group} (1x1 cpu-sim, 1 trials, from sweep.1.yaml)" in text
-    assert "from sweep" not in results.table([one])
+    assert "from sweep" not in trial_table.table([one])
 
 
 def test_fit_draws_the_data_of_every_slice():

@@ -9,11 +9,13 @@ import pytest
 import yaml
 
 from conftest import ROOT, Background, launch, wait_until
+from ymxb.results.record import SCHEMA, trial_id
 from ymxb.results import store as results
 from ymxb.spec import sweep
 from ymxb.names import FAULT_ENV
 from ymxb.spec.settings import SliceSpec, TrialSpec
-from ymxb.results.store import Member, Store, TrialRecord
+from ymxb.results.record import Member, TrialRecord
+from ymxb.results.store import Store
 
 # Two programs (sgd, adam) of 2 lr x 2 seeds each, on one warm slice of 2 hosts.
 SMALL_SWEEP = {
@@ -54,13 +56,13 @@ def test_shapes_in_the_grid_are_slices_and_1e_numbers_are_numbers(tmp_path):
 
 def test_a_trial_id_covers_what_it_computes_and_nothing_else():
     spec, trial = SliceSpec(hosts=2, devices_per_host=2, platform="cpu-sim"), TrialSpec()
-    same = results.trial_id(spec.replace(timeout=5, address="10.0.0.1:6379"), trial)
-    assert results.trial_id(spec, trial) == same
-    assert results.trial_id(spec, trial.replace(lr=0.2)) != same
-    assert results.trial_id(spec.replace(hosts=4), trial) != same
-    assert results.trial_id(spec.replace(slices=2), trial) != same
+    same = trial_id(spec.replace(timeout=5, address="10.0.0.1:6379"), trial)
+    assert trial_id(spec, trial) == same
+    assert trial_id(spec, trial.replace(lr=0.2)) != same
+    assert trial_id(spec.replace(hosts=4), trial) != same
+    assert trial_id(spec.replace(slices=2), trial) != same
     # One slice leaves `slices` out: a trial's id is the one it had before --slices existed.
-    assert results.trial_id(spec, trial) == "fd07fad9aef9"  # made before --slices
+    assert trial_id(spec, trial) == "fd07fad9aef9"  # made before --slices
 
 
 BAD_SWEEPS = [
@@ -105,7 +107,7 @@ def test_the_store_survives_a_torn_last_line(tmp_path):
     store = Store(str(tmp_path))
     record = TrialRecord("abc", {"lr": 0.1}, True, 1e-6, {"m": 2.0, "b": -1.0}, 0.01,
                          [Member({"m": 2.0, "b": -1.0}, 1e-6, 0.01, 40)], {"step": [0], "loss": [1.0]}, [],
-                         "abc", "1x1 cpu-sim", 1, 1.0, schema=results.SCHEMA)
+                         "abc", "1x1 cpu-sim", 1, 1.0, schema=SCHEMA)
     store.append([record])
     with open(store.path, "a") as f:
         f.write('{"trial_id": "half-writ')  # the machine died mid-write
@@ -145,7 +147,7 @@ def test_a_sweep_interrupted_resumes_with_only_the_rest_and_matches_single_runs(
     assert all(t["verified"] and t["members"][0]["converged_step"] for t in got.values())
     # Both runs ran the same file: one copy kept, and every record says it came from it.
     assert {t["sweep_file"] for t in got.values()} == {"sweep.yaml"} and not (out / "sweep.1.yaml").exists()
-    assert all(t["schema"] == results.SCHEMA and t["ymxb_version"] for t in got.values())
+    assert all(t["schema"] == SCHEMA and t["ymxb_version"] for t in got.values())
 
     again = launch("sweep", path, "--out", out)  # nothing left: no cluster at all
     assert again.returncode == 0 and "nothing to run" in again.stderr and "host 0/" not in again.stderr

@@ -15,13 +15,15 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ymxb.driver import budget, checkpoint
-from ymxb.results import store as results
+from ymxb.results.record import trial_id
+from ymxb.results.judge import judge, reference_of
 from ymxb.spec import stopping, sweep as sweeps, tasks
 from ymxb.spec.settings import Program, Recovery, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
 from ymxb.names import said
 from ymxb.protocol import ProgramRun, Restart
-from ymxb.results.store import Store, TrialRecord
+from ymxb.results.record import TrialRecord
+from ymxb.results.store import Store
 
 # Plain progress lines (stderr not a terminal): at most one per this many seconds.
 PLAIN_PROGRESS_S = 10.0
@@ -103,7 +105,7 @@ def prepare(sweep: sweeps.Sweep) -> List[Tuple[SliceSpec, TrialSpec]]:
 
 def plan(trials: List[Tuple[SliceSpec, TrialSpec]], store: Optional[Store]) -> Plan:
     """What is to run: the trials (from `prepare`) whose records the store lacks."""
-    ids = [results.trial_id(spec, trial) if spec.settled else None for spec, trial in trials]
+    ids = [trial_id(spec, trial) if spec.settled else None for spec, trial in trials]
     return Plan(trials, ids, store.load() if store else {})
 
 
@@ -124,7 +126,7 @@ def run(todo: Plan, store: Optional[Store], log: Callable[[str], None],
             for group in groups:
                 shaped = supervisor.up()
                 for trial in group:  # a slice the platform shaped: its id, first known now
-                    ids[spec, trial] = results.trial_id(shaped, trial)
+                    ids[spec, trial] = trial_id(shaped, trial)
                 recorded = [t for t in group if ids[spec, t] in done]
                 progress.skip(len(recorded))
                 group = [t for t in group if ids[spec, t] not in done]
@@ -174,7 +176,7 @@ def _run_program(program: Program, supervisor, store: Optional[Store], progress:
     else:
         run = supervisor.run(program, path, start, on_steps=progress.steps)
         judging = time.perf_counter()
-        records = results.judge(run, options.sweep_file)
+        records = judge(run, options.sweep_file)
         judged_s = time.perf_counter() - judging
         if store:
             store.append(records)
@@ -194,7 +196,7 @@ def _run_stopping(program: Program, start: Optional[checkpoint.Checkpoint], supe
     recorded, looks for. (the last run, the records, the seconds judging took)"""
     rules, cfg, spec = options.stop, program.trial, program.slice
     trials = program.trials()
-    reference = results.reference_of(program)  # all judged by it, and `converged` stops by it
+    reference = reference_of(program)  # all judged by it, and `converged` stops by it
     if rules.converged and reference is None:
         log(said(f"stop: converged needs an optimal loss, and task {cfg.task} has no reference solution: "
                  f"its trials stop by the other rules only"))
@@ -255,9 +257,9 @@ def _records_of(run: ProgramRun, ended: Dict[int, Optional[stopping.Stop]], axis
     """The records of the trials that `ended` with this run (`axis`: their places on its axis),
     judged as `theirs` (their own program), recorded as trials of the program they began in (its
     group, the id of its `first` trial; its `count` trials), saying where a rule stopped them."""
-    records = results.judge(run.only([axis[i] for i in ended], theirs, train_s), sweep_file, reference)
+    records = judge(run.only([axis[i] for i in ended], theirs, train_s), sweep_file, reference)
     for record, stop in zip(records, ended.values()):
-        record.group, record.group_trials = results.trial_id(theirs.slice, first), count
+        record.group, record.group_trials = trial_id(theirs.slice, first), count
         record.stopped_at, record.stopped_by = (stop.step, stop.why) if stop else (None, None)
     return records
 
