@@ -10,7 +10,7 @@ import yaml
 
 from conftest import ROOT, Background, launch, wait_until
 from ymxb.results.record import SCHEMA, trial_id
-from ymxb.results import store as results
+from ymxb.results.store import DB
 from ymxb.spec import sweep
 from ymxb.names import FAULT_ENV
 from ymxb.spec.settings import SliceSpec, TrialSpec
@@ -103,43 +103,46 @@ def test_an_unwritable_out_is_refused_before_anything_runs(tmp_path):
     assert result.returncode == 2 and "cannot write results to '/proc/no'" in result.stderr
 
 
-def test_the_store_survives_a_torn_last_line(tmp_path):
+def test_a_store_written_before_survives_a_torn_last_line(tmp_path):
     store = Store(str(tmp_path))
+    legacy = tmp_path / "trials.jsonl"
     record = TrialRecord("abc", {"lr": 0.1}, True, 1e-6, {"m": 2.0, "b": -1.0}, 0.01,
                          [Member({"m": 2.0, "b": -1.0}, 1e-6, 0.01, 40)], {"step": [0], "loss": [1.0]}, [],
                          "abc", "1x1 cpu-sim", 1, 1.0, schema=SCHEMA)
-    store.append([record])
-    with open(store.path, "a") as f:
+    with open(legacy, "w") as f:  # as the ymxb before trials.db wrote it
+        f.write(record.to_json() + "\n")
         f.write('{"trial_id": "half-writ')  # the machine died mid-write
     assert list(store.load()) == ["abc"]
     store.append([TrialRecord(**{**record.__dict__, "trial_id": "def", "max_error": float("nan")})])
     assert list(store.load()) == ["abc", "def"]
     assert store.load()["def"].max_error is None  # standard JSON: no NaN
-    assert all(json.loads(line) for line in open(store.path))
+    assert open(str(legacy) + ".migrated").read().endswith("half-writ")  # the old file kept as it was
 
 
 def _records(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    """The records of the store `path` (its trials.db), as --json gives them, in their order."""
+    if not path.exists():
+        return []
+    return [json.loads(r.to_json()) for r in Store(str(path.parent)).whole(list(Store(str(path.parent)).load().values()))]
 
 
 def test_a_sweep_interrupted_resumes_with_only_the_rest_and_matches_single_runs(tmp_path):
     path, out = _write(tmp_path, SMALL_SWEEP), tmp_path / "out"
-    store = out / results.STORE
+    store = out / DB
     run = Background("sweep", path, "--out", out, env={FAULT_ENV: "slow:all:train:0.5"})
     # Ctrl-C once the first program (sgd) is recorded (the next takes 2 s or more: calls start late).
-    recorded = lambda: store.exists() and store.read_text().count("\n") >= 4
+    recorded = lambda: len(_records(store)) >= 4
     assert wait_until(lambda: recorded() or run.proc.poll() is not None, 240) and recorded(), run.stderr
     run.send_signal(signal.SIGINT)
     code, _, err = run.finish(timeout=60)
     assert code == 130, err
-    first = store.read_text()
-    assert [r["config"]["optimizer"] for r in _records(store)] == ["sgd"] * 4
+    first = _records(store)
+    assert [r["config"]["optimizer"] for r in first] == ["sgd"] * 4
 
     code, out_text, err = Background("sweep", path, "--out", out, "--json").finish(timeout=300)
     assert code in (0, 1), err[-3000:]
     assert "program of 4 trials (sgd" not in err and "program of 4 trials (adam" in err  # only the rest
-    assert store.read_text().startswith(first)  # nothing recorded is lost or rewritten
+    assert _records(store)[:len(first)] == first  # nothing recorded is lost or rewritten
     doc = json.loads(out_text)  # --json: stdout is one document
     got = {t["trial_id"]: t for t in doc["trials"]}
     assert len(got) == 8 and {t["config"]["optimizer"] for t in got.values()} == {"sgd", "adam"}
