@@ -52,7 +52,7 @@ def measure(hosts: int, devices: int, samples: int, steps: int) -> dict:
     from ymxb.driver import checkpoint
     from ymxb import protocol
     from ymxb.results.views import report
-    from ymxb.results import store as results
+    from ymxb.results.judge import judge
     from ymxb.spec.settings import Program, SliceSpec, TrialSpec
     from ymxb.errors import Cause
 
@@ -102,7 +102,7 @@ def measure(hosts: int, devices: int, samples: int, steps: int) -> dict:
         init=params, loss_entry=np.array([0]), losses=losses, collective_axes=(1, hosts * devices),
         collective_devices=hosts * devices, train_s=1.0, first_call_s=0.5)) for i, h in enumerate(slice_hosts))
     run = protocol.ProgramRun(program, "cpu-sim", "10.0.0.0:1234", runs, 1.0, {})
-    [record] = timed("judge", lambda: results.judge(run))
+    [record] = timed("judge", lambda: judge(run))
 
     def report_both():
         built = report.build(record, run, 1.0)

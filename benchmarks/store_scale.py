@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
-"""Asking a results store of many trials: the store as it is written now (each curve apart, in
-curves.jsonl) against the layout before (each curve inside its record), in the same run.
+"""Asking a results store of many trials (`trials.db`), and moving in one written before it
+(trials.jsonl + curves.jsonl, as the ymxb before wrote them).
 
     python benchmarks/store_scale.py                    # 320 lr x 320 seed = 102,400 trials
     python benchmarks/store_scale.py --lrs 100 --seeds 100
 
-Both stores hold the same synthetic records (as `results.judge` writes them: one member, the
-four checks' texts, a 200-point loss curve). For each it times, in this process: loading every
-record (the first load parses the store and keeps its rows, `.trials.cache`; the second reads
-them back), the comparison table, a question (`--where 'lr<0.01 and seed<5' --sort final_loss
---top 10`); and, as a user runs them: the whole `launch.py results DIR` twice (the first call
-draws the plots, the second finds them drawn from the same store and does not), the question,
-and planning a rerun of the sweep that made the store (`launch.py sweep FILE`: every trial
-recorded, nothing runs).
+The store holds synthetic records (as `results.judge` writes them: one member, the four
+checks' texts, a 200-point loss curve). It times, in this process: writing them all, loading
+every record (twice), the comparison table, a question (`--where 'lr<0.01 and seed<5' --sort
+final_loss --top 10`); and, as a user runs them, with each one's peak memory: the whole
+`launch.py results DIR` twice (the first call draws the plots, the second finds them drawn
+from the same store and does not), the question, and planning a rerun of the sweep that made
+the store (`launch.py sweep FILE`: every trial recorded, nothing runs). Last, the same records
+written as the ymxb before wrote them, and the first `launch.py results` of that folder (which
+moves them in).
 """
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -41,33 +43,43 @@ def main():
     records = synthetic(args.lrs, args.seeds)
     folder = tempfile.mkdtemp(prefix="ymxb-store-")
     try:
-        before, now = os.path.join(folder, "before"), os.path.join(folder, "now")
-        os.makedirs(before)
+        now, before = os.path.join(folder, "now"), os.path.join(folder, "before")
         os.makedirs(now)
-        with open(os.path.join(before, "trials.jsonl"), "w") as f:  # layout 2: the curve in the record
-            f.writelines(dataclasses.replace(r, schema=2).to_json() + "\n" for r in records)
+        os.makedirs(before)
         started = time.perf_counter()
         Store(now).append(records)
         append_s = time.perf_counter() - started
+        _write_before(before, records)
         del records
-        print(f"# {args.lrs * args.seeds:,} trials; appending them all: {append_s:.1f} s")
+        print(f"# {args.lrs * args.seeds:,} trials; writing them all: {append_s:.1f} s", flush=True)
         sweep_file = os.path.join(folder, "sweep.yaml")
         with open(sweep_file, "w") as f:
             yaml.safe_dump({"name": "store", "slice": {"hosts": 2, "devices_per_host": 2}, "base": {"steps": 1000},
                             "grid": {"lr": [_lr(i) for i in range(args.lrs)], "seed": list(range(args.seeds))}}, f)
-        columns = ("MB rows", "MB curves", "load 1st s", "load s", "table s", "question s", "results 1st s",
-                   "results 2nd s", "asked s", "plan s")
-        print(f"{'layout':>8} " + " ".join(columns))
-        for name, path in (("before", before), ("now", now)):
-            figures = measure(path, sweep_file)
-            print(f"{name:>8} " + " ".join(f"{v:>{len(c)}}" for v, c in zip(figures, columns)), flush=True)
+        columns = ("MB db", "load 1st s", "load s", "table s", "question s", "results 1st s", "results 2nd s",
+                   "asked s", "plan s")
+        print(" ".join(columns))
+        figures, peaks = measure(now, sweep_file)
+        print(" ".join(f"{v:>{len(c)}}" for v, c in zip(figures, columns)))
+        print("# peak memory, MB: " + ", ".join(f"{name} {mb:.0f}" for name, mb in peaks))
+        moved_s, moved_mb = _launch("results", before, "--format", "csv")
+        print(f"# moving in the store written before (first `results --format csv`): {moved_s:.1f} s, peak {moved_mb:.0f} MB")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _write_before(folder: str, records: list) -> None:
+    """The records as the ymxb before trials.db wrote them: rows in trials.jsonl, curves apart."""
+    with open(os.path.join(folder, "curves.jsonl"), "w") as f:
+        f.writelines(json.dumps({"trial_id": r.trial_id, **r.loss_curve}, separators=(",", ":")) + "\n"
+                     for r in records)
+    with open(os.path.join(folder, "trials.jsonl"), "w") as f:
+        f.writelines(dataclasses.replace(r, loss_curve=None, schema=3).to_json() + "\n" for r in records)
+
+
 def synthetic(lrs: int, seeds: int) -> list:
     """lrs x seeds records of one program a learning rate, as judge writes them."""
-    from ymxb.results import store as results
+    from ymxb.results.record import Member, SCHEMA, TrialRecord, trial_config, trial_id
     from ymxb.spec.settings import SliceSpec, TrialSpec
 
     spec = SliceSpec(hosts=2, devices_per_host=2, platform="cpu-sim")
@@ -84,14 +96,14 @@ def synthetic(lrs: int, seeds: int) -> list:
         group = None
         for seed in range(seeds):
             trial = TrialSpec.resolve(lr=lr, seed=seed, steps=1000)
-            tid = results.trial_id(spec, trial)
+            tid = trial_id(spec, trial)
             group = group or tid
             loss = [0.01 + 1.0 / (1 + lr * s * (1 + seed % 7)) for s in steps]
-            member = results.Member({"m": 2.0 - loss[-1], "b": -1.0 + loss[-1]}, loss[-1], loss[-1], 400 + seed, None)
-            out.append(results.TrialRecord(
-                tid, results.trial_config(spec, trial), loss[-1] < 0.02, loss[-1], {"m": 2.0, "b": -1.0}, 0.01,
+            member = Member({"m": 2.0 - loss[-1], "b": -1.0 + loss[-1]}, loss[-1], loss[-1], 400 + seed, None)
+            out.append(TrialRecord(
+                tid, trial_config(spec, trial), loss[-1] < 0.02, loss[-1], {"m": 2.0, "b": -1.0}, 0.01,
                 [member], {"step": steps, "loss": loss}, checks, group, "2x2 cpu-sim", seeds, 12.5, "sweep.yaml",
-                "0.1.0", results.SCHEMA))
+                "0.1.0", SCHEMA))
     return out
 
 
@@ -99,40 +111,43 @@ def _lr(i: int) -> float:
     return round(1e-3 * 1.02 ** i, 6)
 
 
-def measure(folder: str, sweep_file: str) -> list:
+def measure(folder: str, sweep_file: str):
     from ymxb.results.views import query
-    from ymxb.results import store as results
+    from ymxb.results.views.table import table
     from ymxb.results.store import Store
 
     store = Store(folder)
-    curves = os.path.join(folder, "curves.jsonl")
-    sizes = [os.path.getsize(store.path) / 1e6, os.path.getsize(curves) / 1e6 if os.path.exists(curves) else 0.0]
+    size = os.path.getsize(store.path) / 1e6
     loads = []
     for _ in range(2):
         started = time.perf_counter()
-        records = list(store.load().values())
+        records = list(Store(folder).load().values())
         loads.append(time.perf_counter() - started)
     started = time.perf_counter()
-    results.table(records)
+    table(records)
     table_s = time.perf_counter() - started
     started = time.perf_counter()
     query.select(records, "lr<0.01 and seed<5", "final_loss", 10)
     question_s = time.perf_counter() - started
     del records
-    calls = [_launch("results", folder) for _ in range(2)]
-    calls.append(_launch("results", folder, "--where", "lr<0.01 and seed<5", "--sort", "final_loss", "--top", "10"))
-    calls.append(_launch("sweep", sweep_file, "--out", folder))
-    return [f"{sizes[0]:.0f}", f"{sizes[1]:.0f}", *(f"{s:.2f}" for s in (*loads, table_s, question_s)),
-            *(f"{s:.1f}" for s in calls)]
+    calls = [("results 1st", ("results", folder)), ("results 2nd", ("results", folder)),
+             ("asked", ("results", folder, "--where", "lr<0.01 and seed<5", "--sort", "final_loss", "--top", "10")),
+             ("plan", ("sweep", sweep_file, "--out", folder))]
+    timed = [(name, *_launch(*args)) for name, args in calls]
+    figures = [f"{size:.0f}", *(f"{s:.2f}" for s in (*loads, table_s, question_s)), *(f"{s:.1f}" for _, s, _ in timed)]
+    return figures, [(name, mb) for name, _, mb in timed]
 
 
-def _launch(*args) -> float:
-    """Seconds `launch.py ARGS` took, as a user runs it."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], capture_output=True, text=True)
-    if done.returncode not in (0, 1):
-        sys.exit(f"launch.py {' '.join(args)}: exit {done.returncode}: {done.stderr[-500:]}")
-    return time.perf_counter() - started
+def _launch(*args):
+    """Seconds `launch.py ARGS` took, as a user runs it, and its peak memory (MB, from time(1))."""
+    with tempfile.NamedTemporaryFile("r") as peak:
+        started = time.perf_counter()
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name, sys.executable, str(ROOT / "launch.py"),
+                               *map(str, args)], capture_output=True, text=True)
+        took = time.perf_counter() - started
+        if done.returncode not in (0, 1):
+            sys.exit(f"launch.py {' '.join(map(str, args))}: exit {done.returncode}: {done.stderr[-500:]}")
+        return took, int(peak.read().split()[-1]) / 1024
 
 
 if __name__ == "__main__":

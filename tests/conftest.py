@@ -211,19 +211,19 @@ def trained(*trials, devices: int = LOCAL_DEVICES):
 
 
 def trial_record(spec=None, trial=None, **changes):
-    """A trial's record as `results.judge` writes one, made by hand (for tests of what reads
+    """A trial's record as `judge` writes one, made by hand (for tests of what reads
     records); `changes` replace its fields."""
-    from ymxb.results import store as results
+    from ymxb.results.record import Member, SCHEMA, TrialRecord, trial_config, trial_id
     from ymxb.spec.settings import SliceSpec, TrialSpec
 
     spec = spec or SliceSpec(hosts=1, devices_per_host=1, platform="cpu-sim")
     trial = trial or TrialSpec()
-    tid = results.trial_id(spec, trial)
-    record = results.TrialRecord(
-        trial_id=tid, config=results.trial_config(spec, trial), verified=True, max_error=1e-6,
+    tid = trial_id(spec, trial)
+    record = TrialRecord(
+        trial_id=tid, config=trial_config(spec, trial), verified=True, max_error=1e-6,
         solution={"m": 2.0, "b": -1.0}, optimal_loss=0.01,
-        members=[results.Member({"m": 2.0, "b": -1.0}, 1e-6, 0.01, 40)],
+        members=[Member({"m": 2.0, "b": -1.0}, 1e-6, 0.01, 40)],
         loss_curve={"step": [0, 1], "loss": [1.0, 0.5]}, checks=[], group=tid,
         slice=f"{spec.label()} {spec.platform}", group_trials=1, wall_s=1.0,
-        ymxb_version="0.1.0", schema=results.SCHEMA)
-    return results.TrialRecord(**{**record.__dict__, **changes})
+        ymxb_version="0.1.0", schema=SCHEMA)
+    return TrialRecord(**{**record.__dict__, **changes})

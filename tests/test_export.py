@@ -5,7 +5,7 @@ import math
 import pytest
 
 from conftest import launch, trial_record
-from ymxb.results import store as results
+from ymxb.results.record import trial_id
 from ymxb.spec.settings import TrialSpec
 from ymxb.results.store import Store
 
@@ -15,7 +15,7 @@ def _store(folder):
     records = []
     for optimizer in ("sgd", "adam"):
         trials = [TrialSpec.resolve(optimizer=optimizer, lr=lr) for lr in (0.1, 0.3)]
-        group = results.trial_id(_spec(), trials[0])
+        group = trial_id(_spec(), trials[0])
         for k, trial in enumerate(trials):
             curve = {"step": [0, 1, 2], "loss": [1.0, 0.5 / (k + 1), 0.25 / (k + 1)]}
             if optimizer == "adam" and k == 1:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, launch, run_one, hooks
 from ymxb import api as experiment, plan
-from ymxb.results import store as results
+from ymxb.results.store import Store
 from ymxb.spec import sweep as sweeps
 from ymxb.spec.settings import SliceSpec
 from ymxb.errors import Cause, HostFailure
@@ -42,7 +42,7 @@ def test_a_linreg_sweep_batches_lrs_and_keeps_what_it_computed(local_ray, tmp_pa
     doc = {"slice": {"hosts": 2, "devices_per_host": 1},
            "base": {**LINREG, "features": 8}, "grid": {"features": [8, 16], "lr": [0.1, 0.3]}}
     todo = plan.make(sweeps.parse(doc, "linreg.yaml", SliceSpec(address=None)))
-    store = results.Store(str(tmp_path))
+    store = Store(str(tmp_path))
     todo.skip_recorded(store.load())
     outcome = experiment.run(todo, store, log=lambda line: None)
     records = list(store.load().values())

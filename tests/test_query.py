@@ -9,10 +9,11 @@ import pytest
 
 from conftest import launch, trial_record
 from ymxb.results.views import query
-from ymxb.results import store as results
+from ymxb.results.views import table as trial_table
 from ymxb.spec.settings import TrialSpec
 from ymxb.errors import UsageError
-from ymxb.results.store import Member, Store
+from ymxb.results.record import Member
+from ymxb.results.store import Store
 
 
 def _trial(optimizer, lr, final_loss, wall_s=1.0, verified=True, diverged_at=None):
@@ -83,7 +84,7 @@ def test_best_by_one_metric_is_its_smallest_and_by_several_the_pareto_front():
 
 def test_the_table_marks_the_best_by_the_metric_asked_for():
     best = query.best_by(["wall_s"], TRIALS)
-    text = results.table(query.select(TRIALS, None, "wall_s", None), best=best, by="smallest wall_s", grouped=False)
+    text = trial_table.table(query.select(TRIALS, None, "wall_s", None), best=best, by="smallest wall_s", grouped=False)
     marked = [line for line in text.splitlines() if line.startswith("* ")]
     lines = text.splitlines()
     assert len(marked) == 1 and marked[0] == lines[1] and "0.04" in marked[0]  # 0.5 s, first by wall_s

@@ -7,7 +7,7 @@ import numpy as np
 
 from ymxb import protocol
 from ymxb.results.views import report
-from ymxb.results import store as results
+from ymxb.results.judge import judge
 from ymxb.spec import builtin, registry
 from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 
@@ -35,7 +35,7 @@ def _run(hosts: int, odd: int = None):
                                      losses, (1, 2 * hosts), 2 * hosts, 1.0, 0.5)
         runs.append(protocol.HostRun(host, result))
     run = protocol.ProgramRun(program, "cpu-sim", "10.0.0.0:1", tuple(runs), 1.0, {})
-    [record] = results.judge(run)
+    [record] = judge(run)
     return report.build(record, run, 1.0)
 
 

@@ -11,7 +11,8 @@ import yaml
 from conftest import launch, trial_record as _record
 from ymxb import plan
 from ymxb.results.views import plots
-from ymxb.results import store as results
+from ymxb.results.record import SCHEMA, trial_id
+from ymxb.results.views import table as trial_table
 from ymxb.spec import sweep
 from ymxb.spec.settings import SliceSpec, TrialSpec
 from ymxb.errors import UsageError
@@ -51,7 +52,7 @@ def test_a_trial_id_does_not_depend_on_how_a_value_is_written(tmp_path):
     base = {"slice": {"hosts": 1, "devices_per_host": 1}}
     one = _ids(tmp_path, {**base, "base": {"lr": 1}})
     assert one == _ids(tmp_path, {**base, "base": {"lr": 1.0}}) == _ids(tmp_path, {**base, "base": {"lr": "1e0"}})
-    assert one == [results.trial_id(SPEC, TrialSpec.resolve(lr=1.0))]  # as `--lr 1` (a float flag) makes it
+    assert one == [trial_id(SPEC, TrialSpec.resolve(lr=1.0))]  # as `--lr 1` (a float flag) makes it
     # Defaults written out, or left out: the same trial.
     assert _ids(tmp_path, {**base, "base": {"true_m": 2, "noise": 0.1}}) == _ids(tmp_path, base)
     # The embedded simulation named, or detected: the same trial.
@@ -68,7 +69,7 @@ def test_a_slice_the_cluster_shapes_has_no_id_until_it_is_up():
     assert todo.ids[0] is None and todo.ids[1] == "7cb4e11126e7"
     assert todo.pending == 2
     with pytest.raises(ValueError, match="needs the slice it runs on"):
-        results.trial_id(SliceSpec(platform="tpu"), TrialSpec())
+        trial_id(SliceSpec(platform="tpu"), TrialSpec())
 
 
 def test_records_of_the_first_layout_are_found_under_todays_ids(tmp_path):
@@ -84,32 +85,31 @@ def test_records_of_the_first_layout_are_found_under_todays_ids(tmp_path):
         del old["schema"], old["ymxb_version"], old["sweep_file"]
         for m in old["members"]:
             del m["diverged_step"]
-    with open(store.path, "w") as f:
+    with open(tmp_path / "trials.jsonl", "w") as f:  # a store of the ymxb before trials.db
         f.write("".join(json.dumps(r) + "\n" for r in (old_int, old_tpu)))
     store.append([new])
     loaded = store.load()
-    assert set(loaded) == {results.trial_id(SPEC, TrialSpec.resolve(lr=1.0)), results.trial_id(tpu, TrialSpec()),
+    assert set(loaded) == {trial_id(SPEC, TrialSpec.resolve(lr=1.0)), trial_id(tpu, TrialSpec()),
                            new.trial_id}
     assert {r.config["platform"] for r in loaded.values()} == {"cpu-sim", "tpu"}
-    assert loaded[new.trial_id].ymxb_version == "0.1.0" and loaded[new.trial_id].schema == results.SCHEMA
+    assert loaded[new.trial_id].ymxb_version == "0.1.0" and loaded[new.trial_id].schema == SCHEMA
 
 
 def test_a_store_written_by_a_newer_ymxb_is_refused_in_one_line(tmp_path):
     store = Store(str(tmp_path))
-    store.append([_record(schema=results.SCHEMA + 1)])
-    with pytest.raises(UsageError, match=r"trials.jsonl, line 1: written by a newer ymxb .*upgrade ymxb"):
+    store.append([_record(schema=SCHEMA + 1)])
+    with pytest.raises(UsageError, match=r"trials.db, trial \w+: written by a newer ymxb .*upgrade ymxb"):
         store.load()
 
 
-def test_a_corrupt_line_is_named_with_its_file_and_line(tmp_path):
-    store = Store(str(tmp_path))
-    store.append([_record(trial=TrialSpec.resolve(lr=0.5))])
-    with open(store.path, "a") as f:
-        f.write('{"trial_id": "cut short by another wri\n')  # a complete line, not a record
-    store.append([_record(trial=TrialSpec.resolve(lr=0.25))])
+def test_a_corrupt_line_of_a_store_written_before_is_named_with_its_file_and_line(tmp_path):
+    path = tmp_path / "trials.jsonl"
+    path.write_text(_record(trial=TrialSpec.resolve(lr=0.5)).to_json() + "\n"
+                    + '{"trial_id": "cut short by another wri\n'  # a complete line, not a record
+                    + _record(trial=TrialSpec.resolve(lr=0.25)).to_json() + "\n")
     result = launch("results", tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (f"launch.py: error: {store.path}, line 2: not a trial record "
+    assert result.stderr.strip() == (f"launch.py: error: {path}, line 2: not a trial record "
                                      f"(Unterminated string starting at: line 1 column 14 (char 13)); "
                                      f"remove that line (its trial runs again) or restore it")
 
@@ -150,10 +150,10 @@ def test_rerunning_the_kept_sweep_file_works_and_each_version_is_kept(tmp_path):
 def test_the_table_says_which_sweep_file_a_group_came_from_where_they_differ():
     one = _record(trial=TrialSpec.resolve(lr=0.5), sweep_file="sweep.yaml")
     two = _record(trial=TrialSpec.resolve(lr=0.5, steps=100), sweep_file="sweep.1.yaml")
-    text = results.table([one, two])
+    text = trial_table.table([one, two])
     assert f"group {one.group} (1x1 cpu-sim, 1 trials, from sweep.yaml)" in text
     assert f"group {two.group} (1x1 cpu-sim, 1 trials, from sweep.1.yaml)" in text
-    assert "from sweep" not in results.table([one])
+    assert "from sweep" not in trial_table.table([one])
 
 
 def test_fit_draws_the_data_of_every_slice():
@@ -197,19 +197,18 @@ def test_the_curves_are_kept_apart_and_read_only_when_asked_for(tmp_path):
     store = Store(str(tmp_path))
     records = [_record(trial=TrialSpec.resolve(lr=lr), loss_curve={"step": [0, 5], "loss": [lr, lr / 2]}) for lr in (0.1, 0.2)]
     store.append(records[:1])
-    # A crash after the curves were written and before the records: a curve no record names.
-    open(store.curves_path, "a").write(
-        json.dumps({"trial_id": records[1].trial_id, "step": [0], "loss": [9.0]}) + "\n")
-    store.append(records[1:])
-    rows = [json.loads(line) for line in open(store.path)]
-    assert [r["loss_curve"] for r in rows] == [None, None]  # the rows are small
+    store.append([dataclasses.replace(records[1], loss_curve={"step": [0], "loss": [9.0]})])
+    store.append(records[1:])  # the same trial again: the last one wins, in its place
     loaded = list(store.load().values())
-    assert [r.loss_curve for r in loaded] == [None, None]
-    assert [r.loss_curve for r in store.curves(loaded)] == [r.loss_curve for r in records]  # the last one wins
-    # A record of layout 2 holds its own curve, and keeps it.
+    assert [r.loss_curve for r in loaded] == [None, None] and [r.trial_id for r in loaded] == [r.trial_id for r in records]
+    assert [r.loss_curve for r in store.curves(loaded)] == [r.loss_curve for r in records]
+    # A record of layout 2 held its own curve in its line: moved in, it keeps it.
     old = _record(trial=TrialSpec.resolve(lr=0.4), schema=2)
-    open(store.path, "a").write(old.to_json() + "\n")
-    assert store.curves([store.load()[old.trial_id]])[0].loss_curve == old.loss_curve
+    other = tmp_path / "old"
+    other.mkdir()
+    (other / "trials.jsonl").write_text(old.to_json() + "\n")
+    moved = Store(str(other))
+    assert moved.curves([moved.load()[old.trial_id]])[0].loss_curve == old.loss_curve
 
 
 def _stored(tmp_path, lrs):
@@ -220,38 +219,43 @@ def _stored(tmp_path, lrs):
     return store, records
 
 
-def test_a_load_reads_back_the_rows_it_kept_and_parses_only_what_was_appended(tmp_path):
-    from ymxb.results import rowcache
-
+def test_a_load_reads_the_rows_alone_and_whole_reads_the_rest(tmp_path):
     store, records = _stored(tmp_path, (0.1, 0.2))
-    first = store.load()
-    assert [r.checks for r in first.values()] == [r.checks for r in records]  # parsed: whole
-    assert os.path.isfile(tmp_path / rowcache.FILE)
-    kept = store.load()  # from the cache: the same records, their checks left to `whole`
-    assert [r.checks for r in kept.values()] == [None, None]
-    assert [dataclasses.replace(r, checks=None) for r in first.values()] == list(kept.values())
-    assert [r.checks for r in store.whole(list(kept.values()))] == [r.checks for r in records]
+    kept = list(Store(str(tmp_path)).load().values())
+    assert [r.checks for r in kept] == [None, None]  # left to `whole`
+    assert [len(r.members) for r in kept] == [1, 1] and [r.final_loss for r in kept] == [0.01, 0.01]
+    assert [dataclasses.replace(r, checks=None, loss_curve=None) for r in records] == kept  # members read when asked
+    assert Store(str(tmp_path)).whole(kept) == records
     more = _record(trial=TrialSpec.resolve(lr=0.3))
     store.append([more])
     assert list(store.load()) == [r.trial_id for r in records] + [more.trial_id]
-    assert store.load()[more.trial_id].checks is None  # the cache covers the appended line now
+    store.clear()  # --fresh
+    assert store.load() == {} and os.path.isfile(store.path)
 
 
-def test_a_store_changed_under_its_cache_is_read_again_and_a_broken_cache_ignored(tmp_path):
-    from ymxb.results import rowcache
+def test_a_store_written_before_is_moved_in_once_saying_so(tmp_path):
+    records = [_record(trial=TrialSpec(lr=lr), checks=[{"name": "loss finite", "ok": True, "detail": "x"}])
+               for lr in (0.1, 0.2)]
+    # As the ymxb before trials.db wrote it: rows without their curves, the curves apart.
+    (tmp_path / "trials.jsonl").write_text("".join(dataclasses.replace(r, loss_curve=None).to_json() + "\n"
+                                                   for r in records))
+    (tmp_path / "curves.jsonl").write_text("".join(json.dumps({"trial_id": r.trial_id, **r.loss_curve}) + "\n"
+                                                   for r in records))
+    (tmp_path / "sweep.yaml").write_text("name: old\n")
+    first = launch("results", tmp_path, "--json")
+    assert first.returncode == 0, first.stderr
+    note = [line for line in first.stderr.splitlines() if "moved into" in line]
+    assert note == [f"ymxb: 2 trials of {tmp_path / 'trials.jsonl'} moved into {tmp_path / 'trials.db'} "
+                    f"(the old files kept as trials.jsonl.migrated, curves.jsonl.migrated)"]
+    assert [t["checks"] for t in json.loads(first.stdout)["trials"]] == [r.checks for r in records]
+    assert [t["loss_curve"] for t in json.loads(first.stdout)["trials"]] == [r.loss_curve for r in records]
+    assert not (tmp_path / "trials.jsonl").exists() and (tmp_path / "trials.jsonl.migrated").exists()
+    assert Store(str(tmp_path)).sweep_files() == ["sweep.yaml"]
+    again = launch("results", tmp_path, "--json")  # once: nothing said the second time
+    assert again.returncode == 0 and "moved into" not in again.stderr and again.stdout == first.stdout
 
-    store, records = _stored(tmp_path, (0.1, 0.2, 0.3))
-    store.load()
-    lines = open(store.path).read().splitlines(keepends=True)
-    open(store.path, "w").write(lines[0] + lines[2])  # a user took the middle line out
-    assert list(store.load()) == [records[0].trial_id, records[2].trial_id]
-    (tmp_path / rowcache.FILE).write_bytes(b"\x00not marshal")
-    assert list(store.load()) == [records[0].trial_id, records[2].trial_id]
-    store.clear()  # --fresh: the cache goes with the store
-    assert not os.path.exists(tmp_path / rowcache.FILE) and store.load() == {}
 
-
-def test_json_after_a_load_from_the_cache_holds_every_check(tmp_path):
+def test_json_after_a_load_holds_every_check(tmp_path):
     store, records = _stored(tmp_path, (0.1, 0.2))
     store.load()
     done = launch("results", tmp_path, "--json")

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import Background, launch, wait_until
 from ymxb.driver import checkpoint
-from ymxb.results import store as results
+from ymxb.results.store import DB, Store
 from ymxb.spec import stopping, sweep
 from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 from ymxb.errors import UsageError
@@ -116,7 +116,11 @@ def test_a_host_result_of_some_trials_is_renumbered_as_their_program():
 
 
 def _load(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The records of the store `path` (its trials.db), as --json gives them, in their order."""
+    if not path.exists():
+        return []
+    store = Store(str(path.parent))
+    return [json.loads(r.to_json()) for r in store.whole(list(store.load().values()))]
 
 
 def test_a_sweep_stops_and_repacks_interrupted_and_resumed_with_the_params_of_one_without(tmp_path):
@@ -125,23 +129,23 @@ def test_a_sweep_stops_and_repacks_interrupted_and_resumed_with_the_params_of_on
     stopped.write_text(yaml.safe_dump({**SWEEP, "stop": RULES}))
     done = launch("sweep", plain, "--out", tmp_path / "plain")
     assert done.returncode in (0, 1), done.stderr[-3000:]
-    without = {r["trial_id"]: r for r in _load(tmp_path / "plain" / results.STORE)}
-    curves = {c["trial_id"]: c["loss"] for c in _load(tmp_path / "plain" / results.CURVES)}
+    without = {r["trial_id"]: r for r in _load(tmp_path / "plain" / DB)}
+    curves = {r["trial_id"]: r["loss_curve"]["loss"] for r in without.values()}
 
     # Interrupted once a trial is stopped and recorded, and the running ones' checkpoint kept.
     out = tmp_path / "stopped"
-    store, kept = out / results.STORE, out / "checkpoints"
+    store, kept = out / DB, out / "checkpoints"
     run = Background("sweep", stopped, "--out", out, env={FAULT_ENV: "slow:all:train:0.3"})
-    assert wait_until(lambda: (store.exists() and store.read_text().strip() and any(kept.glob("*.ckpt.npz")))
+    assert wait_until(lambda: (_load(store) and any(kept.glob("*.ckpt.npz")))
                       or run.proc.poll() is not None, 240), run.stderr
     run.send_signal(signal.SIGINT)
     code, _, err = run.finish(timeout=60)
     assert code == 130, err[-3000:]
-    first = store.read_text()
+    first = _load(store)
 
     code, _, err = Background("sweep", stopped, "--out", out).finish(timeout=300)
     assert code == 1, err[-3000:]  # lr 3 diverged; every other trial verified or stopped by a rung
-    assert "going on from the checkpoint at step" in err and store.read_text().startswith(first)
+    assert "going on from the checkpoint at step" in err and _load(store)[:len(first)] == first
     assert not any(kept.glob("*.ckpt.npz"))  # every record is in
     got = {r["trial_id"]: r for r in _load(store)}
     assert got.keys() == without.keys()

@@ -10,11 +10,13 @@ import yaml
 
 from conftest import ROOT, Background, launch, wait_until
 from ymxb import plan
-from ymxb.results import store as results
+from ymxb.results.record import SCHEMA, trial_id
+from ymxb.results.store import DB
 from ymxb.spec import sweep
 from ymxb.testing import FAULT_ENV
 from ymxb.spec.settings import SliceSpec, TrialSpec
-from ymxb.results.store import Member, Store, TrialRecord
+from ymxb.results.record import Member, TrialRecord
+from ymxb.results.store import Store
 
 # Two programs (sgd, adam) of 2 lr x 2 seeds each, on one warm slice of 2 hosts.
 SMALL_SWEEP = {
@@ -55,13 +57,13 @@ def test_shapes_in_the_grid_are_slices_and_1e_numbers_are_numbers(tmp_path):
 
 def test_a_trial_id_covers_what_it_computes_and_nothing_else():
     spec, trial = SliceSpec(hosts=2, devices_per_host=2, platform="cpu-sim"), TrialSpec()
-    same = results.trial_id(spec.replace(timeout=5, address="10.0.0.1:6379"), trial)
-    assert results.trial_id(spec, trial) == same
-    assert results.trial_id(spec, trial.replace(lr=0.2)) != same
-    assert results.trial_id(spec.replace(hosts=4), trial) != same
-    assert results.trial_id(spec.replace(slices=2), trial) != same
+    same = trial_id(spec.replace(timeout=5, address="10.0.0.1:6379"), trial)
+    assert trial_id(spec, trial) == same
+    assert trial_id(spec, trial.replace(lr=0.2)) != same
+    assert trial_id(spec.replace(hosts=4), trial) != same
+    assert trial_id(spec.replace(slices=2), trial) != same
     # One slice leaves `slices` out: a trial's id is the one it had before --slices existed.
-    assert results.trial_id(spec, trial) == "fd07fad9aef9"  # made before --slices
+    assert trial_id(spec, trial) == "fd07fad9aef9"  # made before --slices
 
 
 BAD_SWEEPS = [
@@ -102,43 +104,46 @@ def test_an_unwritable_out_is_refused_before_anything_runs(tmp_path):
     assert result.returncode == 2 and "cannot write results to '/proc/no'" in result.stderr
 
 
-def test_the_store_survives_a_torn_last_line(tmp_path):
+def test_a_store_written_before_survives_a_torn_last_line(tmp_path):
     store = Store(str(tmp_path))
+    legacy = tmp_path / "trials.jsonl"
     record = TrialRecord("abc", {"lr": 0.1}, True, 1e-6, {"m": 2.0, "b": -1.0}, 0.01,
                          [Member({"m": 2.0, "b": -1.0}, 1e-6, 0.01, 40)], {"step": [0], "loss": [1.0]}, [],
-                         "abc", "1x1 cpu-sim", 1, 1.0, schema=results.SCHEMA)
-    store.append([record])
-    with open(store.path, "a") as f:
+                         "abc", "1x1 cpu-sim", 1, 1.0, schema=SCHEMA)
+    with open(legacy, "w") as f:  # as the ymxb before trials.db wrote it
+        f.write(record.to_json() + "\n")
         f.write('{"trial_id": "half-writ')  # the machine died mid-write
     assert list(store.load()) == ["abc"]
     store.append([TrialRecord(**{**record.__dict__, "trial_id": "def", "max_error": float("nan")})])
     assert list(store.load()) == ["abc", "def"]
     assert store.load()["def"].max_error is None  # standard JSON: no NaN
-    assert all(json.loads(line) for line in open(store.path))
+    assert open(str(legacy) + ".migrated").read().endswith("half-writ")  # the old file kept as it was
 
 
 def _records(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    """The records of the store `path` (its trials.db), as --json gives them, in their order."""
+    if not path.exists():
+        return []
+    return [json.loads(r.to_json()) for r in Store(str(path.parent)).whole(list(Store(str(path.parent)).load().values()))]
 
 
 def test_a_sweep_interrupted_resumes_with_only_the_rest_and_matches_single_runs(tmp_path):
     path, out = _write(tmp_path, SMALL_SWEEP), tmp_path / "out"
-    store = out / results.STORE
+    store = out / DB
     run = Background("sweep", path, "--out", out, env={FAULT_ENV: "slow:all:train:0.5"})
     # Ctrl-C once the first program (sgd) is recorded (the next takes 2 s or more: calls start late).
-    recorded = lambda: store.exists() and store.read_text().count("\n") >= 4
+    recorded = lambda: len(_records(store)) >= 4
     assert wait_until(lambda: recorded() or run.proc.poll() is not None, 240) and recorded(), run.stderr
     run.send_signal(signal.SIGINT)
     code, _, err = run.finish(timeout=60)
     assert code == 130, err
-    first = store.read_text()
-    assert [r["config"]["optimizer"] for r in _records(store)] == ["sgd"] * 4
+    first = _records(store)
+    assert [r["config"]["optimizer"] for r in first] == ["sgd"] * 4
 
     code, out_text, err = Background("sweep", path, "--out", out, "--json").finish(timeout=300)
     assert code in (0, 1), err[-3000:]
     assert "program of 4 trials (sgd" not in err and "program of 4 trials (adam" in err  # only the rest
-    assert store.read_text().startswith(first)  # nothing recorded is lost or rewritten
+    assert _records(store)[:len(first)] == first  # nothing recorded is lost or rewritten
     doc = json.loads(out_text)  # --json: stdout is one document
     got = {t["trial_id"]: t for t in doc["trials"]}
     assert len(got) == 8 and {t["config"]["optimizer"] for t in got.values()} == {"sgd", "adam"}
@@ -146,7 +151,7 @@ def test_a_sweep_interrupted_resumes_with_only_the_rest_and_matches_single_runs(
     assert all(t["verified"] and t["members"][0]["converged_step"] for t in got.values())
     # Both runs ran the same file: one copy kept, and every record says it came from it.
     assert {t["sweep_file"] for t in got.values()} == {"sweep.yaml"} and not (out / "sweep.1.yaml").exists()
-    assert all(t["schema"] == results.SCHEMA and t["ymxb_version"] for t in got.values())
+    assert all(t["schema"] == SCHEMA and t["ymxb_version"] for t in got.values())
 
     again = launch("sweep", path, "--out", out)  # nothing left: no cluster at all
     assert again.returncode == 0 and "nothing to run" in again.stderr and "host 0/" not in again.stderr

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, trained
 from ymxb import plan
 from ymxb import cli
-from ymxb.results import store as results
+from ymxb.results.judge import judge
 from ymxb.spec import registry
 from ymxb.spec.settings import TrialSpec
 from ymxb.errors import UsageError
@@ -30,7 +30,7 @@ def test_the_default_task_keeps_every_setting_where_it_was():
 
 
 def test_a_default_trials_record_has_the_fields_it_had():
-    [record] = results.judge(trained(TrialSpec.resolve(**SMALL)))
+    [record] = judge(trained(TrialSpec.resolve(**SMALL)))
     written = json.loads(record.to_json())
     assert list(written) == ["trial_id", "config", "verified", "max_error", "solution", "optimal_loss", "members",
                              "loss_curve", "checks", "group", "slice", "group_trials", "wall_s", "sweep_file",
@@ -59,7 +59,7 @@ def test_linreg_reference_is_the_least_squares_solution_made_shard_by_shard():
                                                      ("pmap", "haiku", 6), ("sharding", "pure", 6)])
 def test_linreg_trains_to_its_reference_every_way(parallel, model, ensemble):
     trial = TrialSpec.resolve(task="linreg", features=16, parallel=parallel, model=model, ensemble=ensemble, lr=0.3, **SMALL)
-    [record] = results.judge(trained(trial))
+    [record] = judge(trained(trial))
     assert record.verified, record.checks
     assert list(record.solution) == ["w[0]", "w[15]", "b"] and record.max_error < 1e-4
     assert len(record.members) == max(1, ensemble)
@@ -67,12 +67,12 @@ def test_linreg_trains_to_its_reference_every_way(parallel, model, ensemble):
 
 def test_a_users_task_without_a_reference_is_judged_on_what_holds_without_one():
     trial = TrialSpec.resolve(task="examples.tasks.mlp:TASK", hidden=4, optimizer="adam", lr=0.03, **SMALL)
-    [record] = results.judge(trained(trial))
+    [record] = judge(trained(trial))
     assert record.verified and record.solution == {} and record.max_error is None
     assert [c["name"] for c in record.checks][-1] == "loss went down"
     assert list(json.loads(record.to_json())["members"][0])[:2] == ["b2", "w2[0]"]
     # Diverged, the loss did not go down: not verified.
-    [record] = results.judge(trained(trial.replace(optimizer="sgd", lr=1e4)))
+    [record] = judge(trained(trial.replace(optimizer="sgd", lr=1e4)))
     assert not record.verified
 
 

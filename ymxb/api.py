@@ -15,8 +15,9 @@ from ymxb.errors import UsageError
 from ymxb.names import launch_line
 from ymxb.plan import Group, Part, Plan, changed
 from ymxb.protocol import ProgramRun, Restart
-from ymxb.results import store as results
-from ymxb.results.store import Store, TrialRecord
+from ymxb.results.judge import judge
+from ymxb.results.record import TrialRecord
+from ymxb.results.store import Store
 from ymxb.spec import stopping
 from ymxb.spec.settings import Program, Recovery
 
@@ -102,7 +103,7 @@ def _run_program(part: Part, supervisor, store: Optional[Store], progress: "Prog
     else:
         run = supervisor.run(program, path, start, on_steps=progress.steps)
         judging = time.perf_counter()
-        records = results.judge(run, options.sweep_file)
+        records = judge(run, part.ids, options.sweep_file)
         judged_s = time.perf_counter() - judging
         if store:
             store.append(records)

@@ -30,7 +30,7 @@ from ymxb.driver import checkpoint
 from ymxb.spec import data, registry, settings as config, sweep as sweeps, tasks
 from ymxb import api as experiment, plan as plans
 from ymxb.results.views import query, report
-from ymxb.results import store as results
+from ymxb.results.views import table as trial_table
 from ymxb.spec.settings import Recovery, SliceSpec, TrialSpec
 from ymxb.errors import HostFailure, UsageError
 from ymxb.ops.ray_cluster import ray_cluster
@@ -38,7 +38,7 @@ from ymxb.ops.reaper import start_time
 from ymxb.api import Options
 from ymxb.names import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_VERIFIED, EXIT_TERMINATED, EXIT_VERIFIED, PROG,
                         launch_line)
-from ymxb.results.store import Store
+from ymxb.results.store import DB, Store
 
 SLICE, TRIAL, RECOVERY = SliceSpec(), TrialSpec(), Recovery()
 RUNS = "runs"  # a sweep's results go to runs/<its name>/ unless --out
@@ -381,8 +381,8 @@ def _results(argv: List[str]) -> int:
     if args.json and args.format not in ("table", "json"):
         raise UsageError(f"--json and --format {args.format} ask for two formats: give one")
     store = Store(args.dir)
-    if not os.path.isfile(store.path):
-        raise UsageError(f"{args.dir} holds no results ({results.STORE} missing): give the folder a "
+    if not store.exists():
+        raise UsageError(f"{args.dir} holds no results ({DB} missing): give the folder a "
                          f"sweep wrote (its --out, or {RUNS}/<name>)")
     records = list(store.load().values())
     # Kept till the process ends: the garbage collector need never walk them (docs/benchmarks.md).
@@ -390,7 +390,7 @@ def _results(argv: List[str]) -> int:
     metrics = [m.strip() for m in args.best_by.split(",")] if args.best_by else []
     order = args.sort or (metrics[0] if metrics and args.top else None)
     shown = query.select(records, args.where, order, args.top)
-    best = query.best_by(metrics, records) if metrics else results.default_best
+    best = query.best_by(metrics, records) if metrics else trial_table.default_best
     if args.tensorboard:
         from ymxb.results.views import export
 
@@ -402,13 +402,13 @@ def _results(argv: List[str]) -> int:
     by = None
     if metrics:
         by = f"smallest {metrics[0]}" if len(metrics) == 1 else f"Pareto front of {', '.join(metrics)}"
-    table = functools.partial(results.table, best=best, by=by, grouped=not (args.sort or args.top))
+    table = functools.partial(trial_table.table, best=best, by=by, grouped=not (args.sort or args.top))
     return _show_results(records, args.dir, args.json or args.format == "json", sys.stdout, shown=shown,
                          table=table, best=best)
 
 
-def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=None, table=results.table,
-                  best=results.default_best) -> int:
+def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=None, table=trial_table.table,
+                  best=trial_table.default_best) -> int:
     """The table (`table(shown)`) or JSON of `shown` (default: every record), and the plots of
     every record; with --json, this run's `restarts` too, and the ids of the `best` of `shown`."""
     from ymxb.results.views import plots
@@ -418,13 +418,13 @@ def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=N
     drawn = plots.draw(records, os.path.join(folder, "plots"), source=store)
     if as_json:
         shown = store.whole(shown)
-        doc = {"folder": folder, "store": os.path.join(folder, results.STORE), "plots": drawn,
+        doc = {"folder": folder, "store": store.path, "plots": drawn,
                "restarts": [dataclasses.asdict(r) for r in restarts], "best": sorted(best(shown)),
                "trials": [json.loads(r.to_json()) for r in shown]}
         print(json.dumps(doc, indent=1), file=out, flush=True)
     else:
         print(table(shown), file=out)
-        print(f"records: {os.path.join(folder, results.STORE)}; plots: {', '.join(drawn)}", file=out, flush=True)
+        print(f"records: {store.path}; plots: {', '.join(drawn)}", file=out, flush=True)
     return _verdict(shown)
 
 

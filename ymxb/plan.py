@@ -21,7 +21,7 @@ import numpy as np
 
 from ymxb.driver import budget
 from ymxb.errors import UsageError, first_line, where_raised
-from ymxb.results.store import TrialRecord, trial_id
+from ymxb.results.record import TrialRecord, trial_id
 from ymxb.spec import registry
 from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 from ymxb.spec.sweep import Sweep

@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Optional
 from ymxb.driver import checkpoint
 from ymxb.names import launch_line
 from ymxb.protocol import ProgramRun
-from ymxb.results import store as results
+from ymxb.results.judge import judge, reference_of
+from ymxb.results.record import TrialRecord
 from ymxb.spec import stopping
 from ymxb.spec.settings import Program
 
@@ -29,14 +30,14 @@ class EarlyStopping:
 
     def __init__(self, program: Program, ids, rules: stopping.Rules, supervisor, store, progress,
                  options, log: Callable[[str], None], start: Optional[checkpoint.Checkpoint] = None):
-        self.program, self.group, self.rules = program, ids[0], rules
+        self.program, self.ids, self.group, self.rules = program, ids, ids[0], rules
         self.supervisor, self.store, self.progress, self.options, self.log = supervisor, store, progress, options, log
-        self.reference = results.reference_of(program)  # all judged by it; `converged` stops by it
+        self.reference = reference_of(program)  # all judged by it; `converged` stops by it
         self.running = list(range(program.count))  # positions in `program` of those still training
         self.axis = {i: i for i in self.running}  # those on the hosts' axis -> their place there
         self.current, self.start = program, start
         self.first = self.step = start.step if start else 0
-        self.records: Dict[int, results.TrialRecord] = {}
+        self.records: Dict[int, TrialRecord] = {}
         self.judged_s = self.train_s = 0.0
         self.computed = 0  # model-steps the hosts computed
         folder = options.checkpoints
@@ -83,7 +84,7 @@ class EarlyStopping:
                                 self.step // cfg.steps_per_call, optimal)
         return {self.running[stop.trial]: stop for stop in stops}
 
-    def _record(self, ended: Dict[int, Optional[stopping.Stop]], run: ProgramRun) -> List[results.TrialRecord]:
+    def _record(self, ended: Dict[int, Optional[stopping.Stop]], run: ProgramRun) -> List[TrialRecord]:
         """The records of the trials that `ended`, judged as their own program, recorded as
         trials of the program they began in (its group and trial count), saying where a rule
         stopped them."""
@@ -91,8 +92,8 @@ class EarlyStopping:
             return []
         judging = time.perf_counter()
         theirs = self.program.only(list(ended))
-        made = results.judge(run.only([self.axis[i] for i in ended], theirs, self.train_s),
-                             self.options.sweep_file, self.reference)
+        made = judge(run.only([self.axis[i] for i in ended], theirs, self.train_s),
+                     [self.ids[i] for i in ended], self.options.sweep_file, self.reference)
         for record, stop in zip(made, ended.values()):
             record.group, record.group_trials = self.group, self.program.count
             record.stopped_at, record.stopped_by = (stop.step, stop.why) if stop else (None, None)

@@ -11,9 +11,10 @@ import os
 from typing import Dict, List, Sequence
 
 from ymxb.results.views import query
-from ymxb.results import store as results
+from ymxb.results.views import table as trial_table
 from ymxb.errors import UsageError
-from ymxb.results.store import Store, TrialRecord
+from ymxb.results.record import TrialRecord
+from ymxb.results.store import Store
 
 # What the HPARAMS table compares trials by (beside the curves' own `loss`): query's metrics.
 METRICS = ("final_loss", "max_error", "converged_step", "verified", "stopped_at")
@@ -37,8 +38,8 @@ def tensorboard(records: Sequence[TrialRecord], store: Store, out: str) -> List[
     for group, trials in programs.items():
         folder = os.path.join(out, group)
         with SummaryWriter(folder) as writer:  # as Markdown, the table is code: indented
-            writer.add_text("trials", "    " + results.table(trials).replace("\n", "\n    "))
-        varying = results.varying_settings(trials) if len(trials) > 1 else []
+            writer.add_text("trials", "    " + trial_table.table(trials).replace("\n", "\n    "))
+        varying = trial_table.varying_settings(trials) if len(trials) > 1 else []
         for r in trials:
             name = ",".join(f"{k}={_value(r.config[k])}" for k in varying)
             run = os.path.join(folder, f"{name},{r.trial_id}" if name else r.trial_id)

@@ -21,7 +21,9 @@ import numpy as np
 from ymxb import __version__
 from ymxb.spec import data, registry
 from ymxb.spec.settings import TrialSpec
-from ymxb.results.store import Store, TrialRecord, rank, varying_settings
+from ymxb.results.record import TrialRecord
+from ymxb.results.store import Store
+from ymxb.results.views.table import rank, varying_settings
 
 MAX_PANELS = 12  # programs drawn in loss.png; the rest are listed in its title
 LEGEND_LINES = 10  # a panel with more lines than this gets no legend

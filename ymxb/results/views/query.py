@@ -17,7 +17,8 @@ import re
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
 from ymxb.errors import UsageError
-from ymxb.results.store import TrialRecord, rank
+from ymxb.results.record import TrialRecord
+from ymxb.results.views.table import rank
 
 # What a record says of itself beyond its settings; the numeric ones can rank trials (smaller
 # is better).

@@ -10,7 +10,7 @@ import numpy as np
 
 from ymxb.spec import registry
 from ymxb.protocol import HostRun, ProgramRun, Restart
-from ymxb.results.store import TrialRecord, jsonable
+from ymxb.results.record import TrialRecord, jsonable
 
 MEMBER_ROWS = 16  # members listed in the table; --json has them all
 HOST_ROWS = 16  # hosts listed in the table beyond the ones that differ; --json has them all
