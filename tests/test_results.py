@@ -245,7 +245,7 @@ def test_a_store_written_before_is_moved_in_once_saying_so(tmp_path):
     first = launch("results", tmp_path, "--json")
     assert first.returncode == 0, first.stderr
     note = [line for line in first.stderr.splitlines() if "moved into" in line]
-    assert note == [f"ymxb: 2 trials of {tmp_path / 'trials.jsonl'} moved into {tmp_path / 'trials.db'} "
+    assert note == [f"launch.py: 2 trials of {tmp_path / 'trials.jsonl'} moved into {tmp_path / 'trials.db'} "
                     f"(the old files kept as trials.jsonl.migrated, curves.jsonl.migrated)"]
     assert [t["checks"] for t in json.loads(first.stdout)["trials"]] == [r.checks for r in records]
     assert [t["loss_curve"] for t in json.loads(first.stdout)["trials"]] == [r.loss_curve for r in records]

@@ -8,14 +8,13 @@ import signal
 import pytest
 import yaml
 
-from conftest import ROOT, Background, launch, wait_until
+from conftest import ROOT, Background, launch, trial_record, wait_until
 from ymxb import plan
 from ymxb.results.record import SCHEMA, trial_id
 from ymxb.results.store import DB
 from ymxb.spec import sweep
 from ymxb.testing import FAULT_ENV
 from ymxb.spec.settings import SliceSpec, TrialSpec
-from ymxb.results.record import Member, TrialRecord
 from ymxb.results.store import Store
 
 # Two programs (sgd, adam) of 2 lr x 2 seeds each, on one warm slice of 2 hosts.
@@ -107,14 +106,12 @@ def test_an_unwritable_out_is_refused_before_anything_runs(tmp_path):
 def test_a_store_written_before_survives_a_torn_last_line(tmp_path):
     store = Store(str(tmp_path))
     legacy = tmp_path / "trials.jsonl"
-    record = TrialRecord("abc", {"lr": 0.1}, True, 1e-6, {"m": 2.0, "b": -1.0}, 0.01,
-                         [Member({"m": 2.0, "b": -1.0}, 1e-6, 0.01, 40)], {"step": [0], "loss": [1.0]}, [],
-                         "abc", "1x1 cpu-sim", 1, 1.0, schema=SCHEMA)
+    record = trial_record(trial_id="abc", config={"lr": 0.1}, group="abc")
     with open(legacy, "w") as f:  # as the ymxb before trials.db wrote it
         f.write(record.to_json() + "\n")
         f.write('{"trial_id": "half-writ')  # the machine died mid-write
     assert list(store.load()) == ["abc"]
-    store.append([TrialRecord(**{**record.__dict__, "trial_id": "def", "max_error": float("nan")})])
+    store.append([trial_record(trial_id="def", config={"lr": 0.1}, max_error=float("nan"))])
     assert list(store.load()) == ["abc", "def"]
     assert store.load()["def"].max_error is None  # standard JSON: no NaN
     assert open(str(legacy) + ".migrated").read().endswith("half-writ")  # the old file kept as it was

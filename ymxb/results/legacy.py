@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Tuple
 
 from ymxb import __version__
 from ymxb.errors import UsageError, first_line
+from ymxb.names import launch_line
 from ymxb.results import tables
 from ymxb.results.tables import sweep_version
 from ymxb.results.record import SCHEMA, TrialRecord, trial_config, trial_id
@@ -49,8 +50,8 @@ def migrate(directory: str, connect: Callable[[], sqlite3.Connection]) -> None:
     moved = [name for name in (STORE, CURVES) if os.path.isfile(os.path.join(directory, name))]
     for name in moved:
         os.replace(os.path.join(directory, name), os.path.join(directory, name + MIGRATED))
-    print(f"ymxb: {len(records)} trials of {path} moved into {os.path.join(directory, 'trials.db')} "
-          f"(the old files kept as {', '.join(n + MIGRATED for n in moved)})", file=sys.stderr, flush=True)
+    print(launch_line(f"{len(records)} trials of {path} moved into {os.path.join(directory, 'trials.db')} "
+          f"(the old files kept as {', '.join(n + MIGRATED for n in moved)})"), file=sys.stderr, flush=True)
 
 
 def _insert(db: sqlite3.Connection, records: List[Tuple[int, TrialRecord]], path: str) -> None:
