@@ -347,7 +347,7 @@ def test_rays_aws_provider_terminates_on_ray_down():
     assert AWSNodeProvider(default, "ymxb-test").cache_stopped_nodes is True
 
 
-def test_autoscaler_v2_keeps_ray_on_one_host_of_a_multi_host_slice():
+def test_autoscaler_v2_keeps_ray_on_one_host_of_a_multi_host_slice(tmp_path, monkeypatch):
     """Why the configs run autoscaler v1 (the autoscaler rule), in v2's own classes: the four
     hosts of one v6e-16 TPU node all report its name as their cloud instance id. v2's reconciler
     keeps one instance record per Ray node (reconciler.py, _handle_extra_cloud_instances_from_
@@ -364,6 +364,11 @@ def test_autoscaler_v2_keeps_ray_on_one_host_of_a_multi_host_slice():
     from ray.core.generated.autoscaler_pb2 import NodeState, NodeStatus
     from ray.core.generated.instance_manager_pb2 import Instance, TerminationRequest
 
+    # The config's hash reads every file_mounts' local file, the token among them: a machine that
+    # never ran a Ray with a token has none, so the test brings its own.
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("a-test-token\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
     config = AutoscalingConfig(configs=prepared(filled(V6E)))
     manager = InstanceManager(InstanceStorage("ymxb", InMemoryStorage()), None)
     tpu_node = "ray-ymxb-tpu-v6e-16-worker-0c1d"  # the TPU node's name: RAY_CLOUD_INSTANCE_ID on every host
