@@ -88,7 +88,7 @@ def test_our_own_error_on_a_host_restarts_nothing():
 STEPS = dict(timeout=30, steps_per_call=100)
 
 
-@pytest.mark.parametrize("stall,launch_line,host,cause", [
+@pytest.mark.parametrize("stall,said,host,cause", [
     (Stall({0: 300, 1: 300, 2: 300}, {0: 31, 1: 31, 2: 31}, silent=(1,), **STEPS),
      "training stalled: host 1 (10.0.0.1 pid 101) stopped answering: no compiled call completed in 30 s and "
      "no reply to a progress query in 5 s (the process is stopped, or stuck outside Python); the other hosts "
@@ -100,9 +100,9 @@ STEPS = dict(timeout=30, steps_per_call=100)
      "training stalled: no host completed a compiled call in 30 s (all at step 0, all answering): the run is "
      "slow, not hung; raise --timeout or lower --steps-per-call (now 100)", None, Cause.FINAL),
 ], ids=["silent", "behind", "slow"])
-def test_a_stall_names_the_silent_host_else_the_one_behind_else_says_the_run_is_slow(stall, launch_line, host, cause):
+def test_a_stall_names_the_silent_host_else_the_one_behind_else_says_the_run_is_slow(stall, said, host, cause):
     assert stall.stalled
-    assert _said(blame_stall(stall, NAME)) == (launch_line, host, cause, "training")
+    assert _said(blame_stall(stall, NAME)) == (said, host, cause, "training")
 
 
 def test_hosts_that_progressed_within_the_timeout_have_not_stalled():

@@ -201,7 +201,7 @@ class Restart:
 
 @dataclasses.dataclass(frozen=True)
 class Failed:
-    """A host's call that ended in an error: what it launch_line, and what that means."""
+    """A host's call that ended in an error: what it said, and what that means."""
 
     host: int
     reason: str

@@ -50,7 +50,7 @@ class _SliceWait:
         self.wait_s, self.log = max(joined, wait_whole_s), log
         self.deadline = time.monotonic() + self.wait_s
         self.restart_deadline = time.monotonic() + wait_whole_s  # a restart waits this long anyway
-        self.launch_line, self.said_at = None, -math.inf
+        self.last_line, self.last_at = None, -math.inf
 
     def after_failed_try(self, failure: HostFailure, platform: platforms.Platform, cluster: Cluster) -> None:
         """After a try that failed: return to try again, or raise once the wait is over."""
@@ -71,9 +71,9 @@ class _SliceWait:
         reported = autoscaler if isinstance(autoscaler, str) else (
             autoscaler.describe() if autoscaler else "no report yet")
         line = f"{platform.waiting_for(self.spec, cluster)}; the autoscaler: {reported}"
-        if line != self.said or now - self.said_at >= self.SAY_EVERY_S:
+        if line != self.last_line or now - self.last_at >= self.SAY_EVERY_S:
             self.log(launch_line(f"waiting for {line} ({self.deadline - now:.0f} s left of --wait {self.wait_s:g})"))
-            self.launch_line, self.said_at = line, now
+            self.last_line, self.last_at = line, now
 
 
 def _autoscaler_state():
