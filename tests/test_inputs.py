@@ -127,3 +127,18 @@ def test_a_sweep_file_of_any_text_ends_cleanly(tmp_path, capsys, text):
     path = tmp_path / "sweep.yaml"
     path.write_text(text, errors="surrogatepass")
     _clean_exit(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "out")], capsys)
+
+
+def _run_flags():
+    return sorted({o: a.nargs != 0 for a in cli._run_parser()._actions for o in a.option_strings
+                   if o.startswith("--") and o not in ("--help", "--dry-run", "--out", "--checkpoint-dir")}.items())
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.sampled_from(_run_flags()), TYPED), min_size=1, max_size=3),
+       st.sampled_from(["examples/loops/train.py", "ymxb.context:attempt", "", ":", "nope.py", "ymxb:nothing"]))
+def test_every_flag_of_launch_py_run_with_any_value_ends_cleanly(capsys, chosen, target):
+    argv = ["run", target]
+    for (option, takes_value), value in chosen:
+        argv += [option, value] if takes_value else [option]
+    _clean_exit(argv + ["--dry-run"], capsys)

@@ -1,6 +1,6 @@
 """Run a plan (plan.py): per slice, one warm slice (placed and initialised once) runs its
 programs one after another, each program's records stored as soon as it finishes. A single
-run is a sweep of one trial.
+run is a sweep of one trial. Or run a user's own program on every host (`run_user`).
 """
 
 import dataclasses
@@ -14,12 +14,12 @@ from ymxb.driver.stopping import EarlyStopping
 from ymxb.errors import UsageError
 from ymxb.names import launch_line
 from ymxb.plan import Group, Part, Plan, changed
-from ymxb.protocol import ProgramRun, Restart
+from ymxb.protocol import ProgramRun, Restart, SliceHost, UserCall, UserEnd
 from ymxb.results.judge import judge
 from ymxb.results.record import TrialRecord
 from ymxb.results.store import Store
 from ymxb.spec import stopping
-from ymxb.spec.settings import Program, Recovery
+from ymxb.spec.settings import Program, Recovery, SliceSpec
 
 # Plain progress lines (stderr not a terminal): at most one per this many seconds.
 PLAIN_PROGRESS_S = 10.0
@@ -77,6 +77,27 @@ def run(plan: Plan, store: Optional[Store], log: Callable[[str], None],
     return outcome
 
 
+@dataclasses.dataclass
+class UserOutcome:
+    """How a user's program ended on every host of the slice that ran it to the end."""
+
+    ends: List[UserEnd]  # by process index
+    hosts: List[SliceHost]
+    restarts: List[Restart]
+    phases: Dict[str, float]
+
+
+def run_user(spec: SliceSpec, recovery: Recovery, call: UserCall, echo, log: Callable[[str], None]) -> UserOutcome:
+    """Run a user's own program on every host of a slice (driver/echo.Echo `echo` hears its
+    output and reports), run again on a new slice after a host loss, within the budgets."""
+    from ymxb.driver.supervisor import Supervisor
+
+    with Supervisor(spec, recovery, log) as supervisor:
+        ends = supervisor.call(call, echo.item, echo.failed)
+        hosts = list(supervisor.hosts)
+    return UserOutcome(ends, hosts, supervisor.restarts, _in_order(supervisor.phases))
+
+
 def _say_split(group: Group, parts: List[Part], log: Callable[[str], None]) -> None:
     where = "here" if group.slice.address is None else "on the slice"
     log(launch_line(f"a program of {len(group.trials)} trials ({changed(group.trials[0])}, ...) would not fit in memory "
@@ -113,7 +134,7 @@ def _run_program(part: Part, supervisor, store: Optional[Store], progress: "Prog
     return run, records, judged_s
 
 
-PHASES = ("place", "actors", "initialize", "first_call", "train", "gather", "verify", "shutdown", "stop")
+PHASES = ("place", "actors", "initialize", "first_call", "train", "gather", "program", "verify", "shutdown", "stop")
 
 
 def _in_order(phases: Dict[str, float]) -> Dict[str, float]:

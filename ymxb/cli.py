@@ -4,6 +4,7 @@
     launch.py sweep FILE [options]    every trial of a sweep file not yet in its results store
     launch.py results DIR [--json]    a results store's table and plots again, no cluster
     launch.py inspect [flags]         what one training step is, for those flags
+    launch.py run SCRIPT [flags] -- ARGS   your own program on every host of the slice
 
 Exit codes: 0 verified (every trial), 1 trained but not verified (a result, not a crash),
 2 bad usage or a failed launch, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
@@ -32,11 +33,11 @@ from ymxb import api as experiment, plan as plans
 from ymxb.results.views import query, report
 from ymxb.results.views import table as trial_table
 from ymxb.spec.settings import Recovery, SliceSpec, TrialSpec
-from ymxb.errors import HostFailure, UsageError
+from ymxb.errors import Cause, HostFailure, UsageError
 from ymxb.ops.ray_cluster import ray_cluster
 from ymxb.ops.reaper import start_time
 from ymxb.api import Options
-from ymxb.names import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_VERIFIED, EXIT_TERMINATED, EXIT_VERIFIED, PROG,
+from ymxb.names import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_RAISED, EXIT_NOT_VERIFIED, EXIT_TERMINATED, EXIT_VERIFIED, PROG,
                         launch_line)
 from ymxb.results.store import DB, Store
 
@@ -74,26 +75,8 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
                "Exit codes: 0 verified, 1 trained but not verified, 2 bad usage or failed launch, "
                "130 interrupted (Ctrl-C), 143 terminated (SIGTERM); every host is stopped either way.",
         formatter_class=_Help)
-    d, t = SLICE, TRIAL
-    g = p.add_argument_group("slice")
-    g.add_argument("--hosts", type=int, metavar="N", default=d.hosts,
-                   help="hosts (JAX processes) of each slice, one Ray actor each; default: cpu-sim 4, "
-                        "tpu the slice's hosts, gpu every GPU node")
-    g.add_argument("--slices", type=int, metavar="N", default=d.slices,
-                   help="multislice: N whole slices of one kind in one JAX program (tpu; cpu-sim "
-                        "simulates them); the mesh is slices x devices, every host gets its "
-                        "MEGASCALE_* environment")
-    g.add_argument("--devices-per-host", type=int, metavar="K", default=d.devices_per_host,
-                   help="local devices per host; default: cpu-sim 2 (simulated CPU devices), tpu the "
-                        "host's chips, gpu the node's GPUs")
-    g.add_argument("--platform", metavar="NAME", default=d.platform,
-                   help=f"one of {', '.join(config.PLATFORMS)}; default: the first the Ray cluster "
-                        f"offers, in that order")
-    g.add_argument("--tpu-type", metavar="TYPE", default=d.tpu_type,
-                   help="tpu: the slice to use, by pod type (v4-32) or generation (v4); default: "
-                        "the only kind of slice present")
-    g.add_argument("--tpu-topology", metavar="TOPOLOGY", default=d.tpu_topology,
-                   help="tpu: the slice to use, by topology (2x2x4)")
+    t = TRIAL
+    _slice_flags(p.add_argument_group("slice"))
     g = p.add_argument_group("task")
     g.add_argument("--task", metavar="NAME", default=registry.DEFAULT,
                    help="the model and its data: " + ", ".join(f"{t.name} ({t.summary})" for t in registry.BUILT_IN.values())
@@ -124,18 +107,7 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
                    help="train E independent members at once, split over all devices of all hosts "
                         "(padded to a multiple of the device count); 0: one data-parallel model")
     g = p.add_argument_group("launch and output")
-    g.add_argument("--address", metavar="HOST:PORT", default=None,
-                   help="Ray cluster to join: host:port of its GCS, or auto for the one this "
-                        "machine belongs to (on a cluster's head node); default: $RAY_ADDRESS, else "
-                        "start an embedded local Ray for this run")
-    g.add_argument("--timeout", type=float, metavar="SECONDS", default=d.timeout,
-                   help="seconds placement and jax.distributed.initialize may take, and training "
-                        "between two completed compiled calls, before the run fails naming the "
-                        "host that died or hung")
-    g.add_argument("--wait", type=float, metavar="SECONDS", default=d.wait,
-                   help="joined to a cluster (--address): seconds to wait for the slice to be whole, "
-                        "as the cluster's autoscaler makes it (saying on stderr what it waits for); "
-                        "0: fail at once")
+    _launch_flags(g)
     g.add_argument("--tol", type=float, metavar="TOL", default=t.tol,
                    help="max |param - the task's reference solution (the normal equation)| for the run to verify")
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -154,6 +126,43 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
                    help="continue the run whose checkpoint is in DIR (its --checkpoint-dir, or the "
                         "folder a failed run named), given the same flags")
     return p
+
+
+def _slice_flags(g) -> None:
+    d = SLICE
+    g.add_argument("--hosts", type=int, metavar="N", default=d.hosts,
+                   help="hosts (JAX processes) of each slice, one Ray actor each; default: cpu-sim 4, "
+                        "tpu the slice's hosts, gpu every GPU node")
+    g.add_argument("--slices", type=int, metavar="N", default=d.slices,
+                   help="multislice: N whole slices of one kind in one JAX program (tpu; cpu-sim "
+                        "simulates them); the mesh is slices x devices, every host gets its "
+                        "MEGASCALE_* environment")
+    g.add_argument("--devices-per-host", type=int, metavar="K", default=d.devices_per_host,
+                   help="local devices per host; default: cpu-sim 2 (simulated CPU devices), tpu the "
+                        "host's chips, gpu the node's GPUs")
+    g.add_argument("--platform", metavar="NAME", default=d.platform,
+                   help=f"one of {', '.join(config.PLATFORMS)}; default: the first the Ray cluster "
+                        f"offers, in that order")
+    g.add_argument("--tpu-type", metavar="TYPE", default=d.tpu_type,
+                   help="tpu: the slice to use, by pod type (v4-32) or generation (v4); default: "
+                        "the only kind of slice present")
+    g.add_argument("--tpu-topology", metavar="TOPOLOGY", default=d.tpu_topology,
+                   help="tpu: the slice to use, by topology (2x2x4)")
+
+
+def _launch_flags(g, timeout_help: str = "training between two completed compiled calls") -> None:
+    d = SLICE
+    g.add_argument("--address", metavar="HOST:PORT", default=None,
+                   help="Ray cluster to join: host:port of its GCS, or auto for the one this "
+                        "machine belongs to (on a cluster's head node); default: $RAY_ADDRESS, else "
+                        "start an embedded local Ray for this run")
+    g.add_argument("--timeout", type=float, metavar="SECONDS", default=d.timeout,
+                   help=f"seconds placement and jax.distributed.initialize may take, and {timeout_help}, "
+                        "before the run fails naming the host that died or hung")
+    g.add_argument("--wait", type=float, metavar="SECONDS", default=d.wait,
+                   help="joined to a cluster (--address): seconds to wait for the slice to be whole, "
+                        "as the cluster's autoscaler makes it (saying on stderr what it waits for); "
+                        "0: fail at once")
 
 
 def _recovery_flags(g) -> None:
@@ -249,9 +258,47 @@ def _results_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{PROG} run", formatter_class=_Help,
+                usage=f"{PROG} run SCRIPT.py|package.module:FUNCTION [flags] [-- ARGS ...]",
+                description="Run your own JAX program on every host of a slice, one Ray actor (one "
+                            "process) per host, jax.distributed already joined: a script as __main__ "
+                            "with sys.argv = [SCRIPT, *ARGS], from this folder, or a function called "
+                            "with no arguments (each host's return value comes back). Host 0's stdout "
+                            "is this command's stdout; every host's lines go to stderr as [host N] ....",
+                epilog="In the program: ymxb.report(step, **metrics) shows progress, keeps the metrics "
+                       "(--out) and lets a host that stops reporting be named as hung; ymxb.attempt() "
+                       "says which run it is after restarts (also $YMXB_ATTEMPT); "
+                       "ymxb.checkpoint_dir() is --checkpoint-dir (also $YMXB_CHECKPOINT_DIR). Outside "
+                       "ymxb they do nothing, 0 and None. Exit codes: host 0's (sys.exit) once every host "
+                       "is done, 1 a host's program raised, 2 bad usage or a host lost, 130 interrupted, "
+                       "143 terminated; every host is stopped either way.")
+    p.add_argument("target", metavar="SCRIPT.py|package.module:FUNCTION", help="what every host runs")
+    _slice_flags(p.add_argument_group("slice"))
+    g = p.add_argument_group("launch and output")
+    _launch_flags(g, timeout_help="a program that has called ymxb.report between two reports")
+    g.add_argument("--out", metavar="DIR", help="keep every host's reports in DIR/metrics.jsonl (a line "
+                   "each: host, attempt, step, time, metrics; pandas.read_json(path, lines=True))")
+    g.add_argument("--quiet-hosts", action="store_true", help="on stderr, host 0's lines alone (a failed "
+                   "host's last lines are still shown with its failure)")
+    g.add_argument("--json", action="store_true", help="print one JSON document (each host's exit code and "
+                   "return value, the restarts); host 0's stdout then goes to stderr with the others'")
+    g.add_argument("--dry-run", action="store_true", help="check the program and the flags, say what would "
+                   "run, and start nothing")
+    g = p.add_argument_group("surviving host loss (a host that dies, hangs or is preempted: every host "
+                             "is stopped and the program runs again on a new slice, from its own checkpoint)")
+    g.add_argument("--max-restarts", type=int, metavar="R", default=0,
+                   help="runs again after failures (a host died, crashed or hung) before the run fails")
+    g.add_argument("--max-preemptions", type=int, metavar="P", default=RECOVERY.max_preemptions,
+                   help="runs again after a host or its node was taken away (preempted, left the cluster)")
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="the program's own checkpoint folder, as "
+                   "ymxb.checkpoint_dir() tells it; on a cluster, storage every host sees (a bucket)")
+    return p
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"inspect": _inspect, "sweep": _sweep, "results": _results}
+    commands = {"inspect": _inspect, "sweep": _sweep, "results": _results, "run": _user_program}
     try:
         if argv[:1] and argv[0] in commands:
             return commands[argv[0]](argv[1:])
@@ -359,6 +406,65 @@ def _sweep(argv: List[str]) -> int:
         if isinstance(ended, int):
             return ended
         return _show_results(ended.outcome.records, folder, args.json, sys.stdout, ended.outcome.restarts)
+
+
+def _user_program(argv: List[str]) -> int:
+    from ymxb.driver.echo import Echo
+    from ymxb.spec.program import user_call
+
+    ours, theirs = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args, extra = _run_parser().parse_known_args(ours)
+    if extra:
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}; the program's own arguments go "
+                         f"after -- (see {PROG} run --help)")
+    spec = SliceSpec.of(argparse.Namespace(**{**vars(args), "address": _address(args.address)}))
+    recovery = Recovery.resolve(max_restarts=args.max_restarts, max_preemptions=args.max_preemptions)
+    call = user_call(args.target, theirs, args.checkpoint_dir)
+    for folder, flag in ((args.out, "--out"), (args.checkpoint_dir, "--checkpoint-dir")):
+        if folder:
+            _check_folder(folder, "files", flag)
+    if args.dry_run:
+        shape = plans.known_shape(spec)
+        print(f"dry run: {call.target} on {shape.label() if shape.shaped else 'a slice the cluster shapes'}; "
+              f"nothing started")
+        return 0
+    started = time.perf_counter()
+    with _stdout_kept_for_result() as stdout, _sigterm_as_interrupt() as signals:
+        echo = Echo(None if args.json else stdout, sys.stderr, args.quiet_hosts, args.out)
+        try:
+            with ray_cluster(spec.address, _log):
+                outcome = experiment.run_user(spec, recovery, call, echo, _log)
+        except HostFailure as err:
+            _log(launch_line(f"error: {err}"))
+            return EXIT_RAISED if err.cause is Cause.RAISED else EXIT_FAILED
+        except KeyboardInterrupt:
+            _log(launch_line(f"{'terminated' if signals.terminated else 'interrupted'}; all hosts stopped"))
+            return EXIT_TERMINATED if signals.terminated else EXIT_INTERRUPTED
+        finally:
+            echo.close()
+    codes = [end.exit_code for end in outcome.ends]
+    others = {h: c for h, c in enumerate(codes) if c != codes[0]}
+    if others:
+        _log(launch_line("the program's exit code differs on " + ", ".join(f"host {h} ({c})" for h, c in others.items())
+                         + f"; the exit code is host 0's ({codes[0]})"))
+    if args.json:
+        print(json.dumps({"target": call.target, "exit_code": codes[0], "wall_s": time.perf_counter() - started,
+                          "hosts": [{"host": h.host_index, "node_ip": h.node_ip, "pid": h.pid, "exit_code": e.exit_code,
+                                     "value": _plain(e.value)} for h, e in zip(outcome.hosts, outcome.ends)],
+                          "restarts": [dataclasses.asdict(r) for r in outcome.restarts],
+                          "phases_s": outcome.phases}, indent=1), flush=True)
+    elif outcome.ends[0].value is not None:
+        print(repr(outcome.ends[0].value), flush=True)
+    return codes[0]
+
+
+def _plain(value):
+    """`value` as JSON holds it, else its repr."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _dry_run(todo: plans.Plan) -> int:
@@ -496,13 +602,16 @@ def _sigterm_as_interrupt():
 @contextlib.contextmanager
 def _stdout_kept_for_result():
     """Stdout carries the result alone: whatever else writes to file descriptor 1 while the
-    run lasts (Ray's "(raylet) ..." lines, processes Ray starts) goes to stderr instead."""
+    run lasts (Ray's "(raylet) ..." lines, processes Ray starts) goes to stderr instead. Yields
+    the real stdout, for what must go there while the run lasts (a user program's host 0)."""
     sys.stdout.flush()
     kept = os.dup(1)
     os.dup2(2, 1)
+    real = os.fdopen(os.dup(kept), "w", buffering=1)
     try:
-        yield
+        yield real
     finally:
+        real.close()
         sys.stdout.flush()
         os.dup2(kept, 1)
         os.close(kept)

@@ -21,11 +21,12 @@ class Cause(enum.Enum):
     PREEMPTED = "preempted"  # its node was taken away, or left the cluster
     CRASHED = "crashed"  # JAX's runtime raised (a collective whose peer went)
     FINAL = "final"  # no host's loss (no room for the slice, a slow run, a bad setting)
+    RAISED = "raised"  # a user's own program raised (launch.py run): its bug, not the slice's
 
     @property
     def restarts(self) -> bool:
         """Whether restarting the slice may mend it."""
-        return self is not Cause.FINAL
+        return self not in (Cause.FINAL, Cause.RAISED)
 
 
 class HostFailure(RuntimeError):

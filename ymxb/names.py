@@ -8,6 +8,7 @@ PROG = "launch.py"
 EXIT_VERIFIED = 0  # every trial verified
 EXIT_NOT_VERIFIED = 1  # trained, but not verified: a result, not a crash
 EXIT_FAILED = 2  # bad usage, or a failed launch
+EXIT_RAISED = 1  # launch.py run: a host's program raised
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 
 # Node labels a TPU VM registers (Ray's ray._raylet.RAY_NODE_TPU_*_KEY; a test checks them).
@@ -25,6 +26,11 @@ MEGASCALE_PREFIX = "MEGASCALE_"
 # "K": a pretend slice (ymxb.ops.testbed, a fake cluster): the hosts of any platform use K CPU
 # devices instead of their chips, so a TPU or GPU slice's placement runs end to end without them.
 CPU_DEVICES_ENV = "YMXB_CPU_DEVICES"
+
+# What JAX's runtime raises when a collective or the distributed service fails (a peer went):
+# the slice's failure, which a restart may mend, not the program's.
+RUNTIME_ERRORS = ("JaxRuntimeError", "XlaRuntimeError")
+
 
 def launch_line(text: str) -> str:
     """A line of the tool's own, as the user reads it: `launch.py: text`."""

@@ -11,6 +11,8 @@ One host's way through a slice, in order:
       the driver joins the two -> SliceHost, one host of the warm slice
     Host.train() yields CheckpointPiece*, then HostResult (once per program)
       the driver joins them -> HostRun, in ProgramRun.hosts by process index
+or, for a user's own program (`launch.py run`):
+    Host.call(UserCall) yields Output* and Report*, then UserEnd
 """
 
 import dataclasses
@@ -147,6 +149,62 @@ class HostResult:
         kept, loss_entry = renumber(self.loss_entry)
         return dataclasses.replace(self, entry=entry, device=self.device[rows], params=self.params[rows],
                                    init=self.init[rows], loss_entry=loss_entry, losses=self.losses[kept])
+
+
+@dataclasses.dataclass(frozen=True)
+class UserCall:
+    """A user's own program, as every host runs it (`launch.py run`): a script run as
+    `__main__` with `argv` (its source travels too, for a host without the file), or
+    `module:function` called with no arguments; run in `cwd` where the host has that folder.
+    `attempt` counts the slice's restarts (0 first); `checkpoint_dir` is the user's."""
+
+    target: str
+    argv: Tuple[str, ...] = ()
+    source: Optional[str] = None  # a script's text; None for module:function
+    cwd: str = "."
+    attempt: int = 0
+    checkpoint_dir: Optional[str] = None
+
+    @property
+    def is_script(self) -> bool:
+        return self.source is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """Lines a host's program wrote to its stdout ("out") or stderr ("err"), in order."""
+
+    stream: str
+    lines: Tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What a program said with ymxb.report(step, **metrics), and when (time.time())."""
+
+    step: int
+    metrics: Dict[str, float]
+    at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class UserEnd:
+    """How a host's program ended: its exit code (sys.exit's, 0 when it returned) and, for a
+    function, what it returned."""
+
+    exit_code: int
+    value: object = None
+
+
+class ProgramRaised(Exception):
+    """A user's program raised: `text` is its traceback, its own frames only."""
+
+    def __init__(self, message: str, text: str = ""):
+        super().__init__(message)
+        self.text = text
+
+    def __reduce__(self):  # crosses from host to driver inside Ray's error
+        return ProgramRaised, (str(self), self.text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,15 +357,24 @@ class Stall:
 
 def blame_stall(stall: Stall, name: Callable[[int], str], phase: str = "training") -> HostFailure:
     """The failure to report for hosts that completed no compiled call within the timeout: a
-    host that does not answer, else the one behind the others, else none (the run is slow)."""
+    host that does not answer, else the one behind the others, else none (the run is slow).
+    A user's program (steps_per_call 0) is judged by the steps it reports instead."""
     names = lambda hosts: named(list(hosts), name)
     timeout = stall.timeout
+    program = stall.steps_per_call == 0
     if stall.silent:
         return HostFailure(
-            f"{phase} stalled: {names(stall.silent)} stopped answering: no compiled call completed in "
+            f"{phase} stalled: {names(stall.silent)} stopped answering: {'no step reported' if program else 'no compiled call completed'} in "
             f"{timeout:g} s and no reply to a progress query in {ANSWER_S:g} s (the process is "
             f"stopped, or stuck outside Python); the other hosts wait for it", stall.silent[0], Cause.HUNG, phase)
     rank = {i: -1 if s is None else s for i, s in stall.steps.items()}
+    if program:  # alive and answering, but no report: stuck (in a collective?) or slower than that
+        idle = [i for i, s in stall.idle_s.items() if s > timeout]
+        last = ", ".join(f"step {rank[i]}" if rank[i] >= 0 else "none" for i in idle[:NAMED])
+        return HostFailure(
+            f"{phase} stalled: {names(idle)} reported no step (ymxb.report) in {timeout:g} s (last at {last}), "
+            f"though answering: stuck, as in a collective that never completes, or slower than --timeout "
+            f"between reports", idle[0], Cause.HUNG, phase)
     low = min(rank.values())
     behind = [i for i in rank if rank[i] == low]
     at = "before its first step" if low < 0 else f"at step {low}"

@@ -4,6 +4,7 @@ slice), then any number of programs run on it, one after another; then every hos
     warm = WarmSlice(spec, log)
     warm.start()                  # place, start the hosts, jax.distributed.initialize
     run = warm.run(program)       # as often as wanted: a protocol.ProgramRun
+    ends = warm.call(user_call)   # or a user's own program (launch.py run): a UserEnd per host
     phases = warm.stop()          # JAX shut down (after a clean run), every host killed
 
 Every wait is bounded by the slice's timeout; a host that dies or hangs ends the slice with a
@@ -27,9 +28,10 @@ from ymxb.driver.checkpoint import Checkpoint
 from ymxb.spec.settings import Program, SliceSpec
 from ymxb.errors import Cause, HostFailure, first_line, where_raised_text
 from ymxb.host.actor import Host
-from ymxb.names import launch_line
-from ymxb.protocol import (ANSWER_S, CallEnd, CheckpointPiece, Failed, HostIdentity, HostRun, ProgramRun,
-                           SliceHost, Stall, blame, blame_stall, describe, settled_by)
+from ymxb.names import RUNTIME_ERRORS, launch_line
+from ymxb.protocol import (ANSWER_S, CallEnd, CheckpointPiece, Failed, HostIdentity, HostRun, Output, ProgramRaised,
+                           ProgramRun, Report, SliceHost, Stall, UserCall, UserEnd, blame, blame_stall, describe,
+                           settled_by)
 from ymxb.ops.reaper import wait_gone
 
 # After the first host fails, how long to wait for the others to report before naming names
@@ -43,8 +45,8 @@ RAY_KILL_S, KILL_WAIT_S = 3.0, 15.0
 POLL_S = 2.0
 # How long a node's raylet may take to accept a connection before the node counts as gone.
 RAYLET_ANSWER_S = 2.0
-# What JAX's runtime raises when a collective or the distributed service fails (a peer went).
-RUNTIME_ERRORS = ("JaxRuntimeError", "XlaRuntimeError")
+# What a host's call yields before its result: handed to the caller as it comes.
+STREAMED = (CheckpointPiece, Output, Report)
 
 
 class WarmSlice:
@@ -113,6 +115,17 @@ class WarmSlice:
             self._phases[phase] = self._phases.get(phase, 0.0) + seconds
         hosts = tuple(HostRun(h, r) for h, r in zip(self.hosts, results))
         return ProgramRun(program, self.reservation.platform, self.coordinator, hosts, train_s, self.phases)
+
+    def call(self, call: UserCall, on_item: Callable[[int, object], None] = lambda host, item: None) -> List[UserEnd]:
+        """Run a user's own program on every host; `on_item(host, item)` hears each Output and
+        Report as it comes. A host that reported a step and then reports none for the timeout
+        is hung; one that never reports is judged by its process and by answering."""
+        started = time.perf_counter()
+        streams = [a.call.options(num_returns="streaming").remote(call) for a in self.actors]
+        progress = _Progress(self.actors, self.spec.timeout, 0, reports_optional=True)
+        ends = self._gather(streams, "the program", self.spec.timeout, progress=progress, on_piece=on_item)
+        self._phases["program"] = self._phases.get("program", 0.0) + time.perf_counter() - started
+        return ends
 
     def stop(self, clean: bool = True) -> Dict[str, float]:
         """Shut JAX down on every host (`clean`: after a run that ended well), then kill every
@@ -205,11 +218,11 @@ HOOKS = Hooks()
 def _gather(actors: List, refs: List, phase: str, timeout: float,
             identities: Sequence[HostIdentity] = (), peers_give_up_s: float = math.inf,
             progress: Optional["_Progress"] = None,
-            on_piece: Callable[[int, CheckpointPiece], None] = lambda host, piece: None) -> List:
+            on_piece: Callable[[int, object], None] = lambda host, item: None) -> List:
     """Results of one call per host, in host order; HostFailure if any host fails or hangs.
 
-    `refs` may be streams (a generator call's ObjectRefGenerator): each CheckpointPiece they
-    yield is handed to `on_piece(host, piece)`, until their result comes.
+    `refs` may be streams (a generator call's ObjectRefGenerator): each item of STREAMED they
+    yield is handed to `on_piece(host, item)`, until their result comes.
     `peers_give_up_s`: after this long, waiting hosts abort on their own (as JAX's initialize
     does), so failures from then on are a symptom of a host that never arrived, not the cause.
     `progress`: the call may take as long as the hosts keep progressing (no `timeout` on the
@@ -253,7 +266,7 @@ def _gather(actors: List, refs: List, phase: str, timeout: float,
                     settled = True
                     break
                 continue
-            if isinstance(item, CheckpointPiece):
+            if isinstance(item, STREAMED):
                 on_piece(index[ref], item)
                 pending.append(ref)
                 continue
@@ -269,16 +282,17 @@ def _gather(actors: List, refs: List, phase: str, timeout: float,
 
 class _Progress:
     """A training call's progress: a host is hung when it completes no compiled call within
-    the timeout, however long the run as a whole takes."""
+    the timeout, however long the run as a whole takes. `reports_optional` (a user's program):
+    a host that has not reported a step yet is hung only when it stops answering."""
 
     def __init__(self, actors: List, timeout: float, steps_per_call: int,
-                 on_steps: Callable[[int], None] = lambda steps: None):
+                 on_steps: Callable[[int], None] = lambda steps: None, reports_optional: bool = False):
         self.actors, self.timeout, self.steps_per_call = actors, timeout, steps_per_call
-        self.on_steps = on_steps
+        self.on_steps, self.reports_optional = on_steps, reports_optional
         now = time.monotonic()
         self.steps = {i: None for i in range(len(actors))}  # steps done; None: not started
         self.since = {i: now for i in range(len(actors))}  # when `steps` last changed
-        self.asked = {}  # host -> progress query, until it answers
+        self.asked = {}  # host -> (progress query, when asked), until it answers
 
     def check(self, pending: List[int]) -> Optional[Stall]:
         """None while every pending host progressed within the timeout; else what the hosts
@@ -286,12 +300,12 @@ class _Progress:
         now = time.monotonic()
         for i in pending:
             if i not in self.asked:
-                self.asked[i] = self.actors[i].progress.remote()
-        refs = [self.asked[i] for i in pending]
+                self.asked[i] = (self.actors[i].progress.remote(), now)
+        refs = [self.asked[i][0] for i in pending]
         answered, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for i in pending:
-            if self.asked[i] in answered:
-                ref = self.asked.pop(i)
+            if self.asked[i][0] in answered:
+                ref, _ = self.asked.pop(i)
                 with contextlib.suppress(ray.exceptions.RayError):  # a dead host: train says so
                     steps = ray.get(ref)
                     if steps != self.steps[i]:
@@ -299,9 +313,16 @@ class _Progress:
         done = [steps for steps in self.steps.values() if steps is not None]
         if done:
             self.on_steps(min(done))
-        stall = Stall({i: self.steps[i] for i in pending}, {i: now - self.since[i] for i in pending}, (),
+        stall = Stall({i: self.steps[i] for i in pending}, {i: self._idle_s(i, now) for i in pending}, (),
                       self.timeout, self.steps_per_call)
         return dataclasses.replace(stall, silent=tuple(_silent(self.actors, pending))) if stall.stalled else None
+
+
+    def _idle_s(self, host: int, now: float) -> float:
+        """How long `host` has gone without progress, as this call judges it."""
+        if self.steps[host] is None and self.reports_optional:  # judged by answering alone
+            return now - self.asked[host][1] if host in self.asked else 0.0
+        return now - self.since[host]
 
 
 def _on_lost_nodes(identities: Sequence[HostIdentity]) -> set:
@@ -373,11 +394,15 @@ def _cause(err: Exception) -> Cause:
         return Cause.DIED
     if isinstance(err, ray.exceptions.RayTaskError) and type(err.cause).__name__ in RUNTIME_ERRORS:
         return Cause.CRASHED
+    if isinstance(err, ray.exceptions.RayTaskError) and isinstance(err.cause, ProgramRaised):
+        return Cause.RAISED
     return Cause.FINAL
 
 
 def _reason(err: Exception) -> str:
     """Why a host's call failed, in one line."""
+    if isinstance(err, ray.exceptions.RayTaskError) and isinstance(err.cause, ProgramRaised):
+        return str(err.cause)  # the program's own words (its traceback came as its stderr)
     if isinstance(err, ray.exceptions.RayTaskError):
         cause = err.cause
         # Our code or a user's task raised: where, in the user's code, if it was there.

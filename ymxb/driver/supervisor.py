@@ -22,7 +22,7 @@ from ymxb.spec.settings import Program, Recovery, SliceSpec
 from ymxb.errors import Cause, HostFailure
 from ymxb.driver.slice import WarmSlice
 from ymxb.names import launch_line
-from ymxb.protocol import HostIdentity, ProgramRun, Restart, SliceHost
+from ymxb.protocol import HostIdentity, ProgramRun, Restart, SliceHost, UserCall, UserEnd
 
 STDERR_LINES = 8  # of a failed host's stderr, shown with its failure
 
@@ -77,8 +77,18 @@ class Supervisor:
         return self._attempt(lambda: self.warm.run(program, on_steps, self.latest, keep,
                                                    self.recovery.checkpoint_every, until), program)
 
-    def _attempt(self, work: Callable, program: Optional[Program]):
-        """`work()` on an up slice, bringing the slice up again after each host loss."""
+    def call(self, call: UserCall, on_item: Callable[[int, object], None] = lambda host, item: None,
+             on_failure: Callable[[HostFailure], None] = lambda failure: None) -> List[UserEnd]:
+        """Run a user's own program on every host to its end, run again from its start (told
+        its attempt) on a new slice after each host loss; `on_failure` hears each failure
+        first, the last one (raised) included."""
+        work = lambda: self.warm.call(dataclasses.replace(call, attempt=len(self.restarts)), on_item)
+        return self._attempt(work, None, again="running the program again", on_failure=on_failure)
+
+    def _attempt(self, work: Callable, program: Optional[Program], again: Optional[str] = None,
+                 on_failure: Callable[[HostFailure], None] = lambda failure: None):
+        """`work()` on an up slice, bringing the slice up again after each host loss (`again`
+        says what then happens, where it is not training from the last checkpoint)."""
         while True:
             began, warm = time.time(), self.warm
             try:
@@ -96,10 +106,11 @@ class Supervisor:
                 # Lost: the work since the checkpoint, or since this attempt began if later
                 # (what came before is the previous restart's loss).
                 taken = self.latest.taken_at if program and self.latest else began
-                self._recover(failure, warm, max(began, taken), program)
+                on_failure(failure)
+                self._recover(failure, warm, max(began, taken), program, again)
 
     def _recover(self, failure: HostFailure, warm: Optional[WarmSlice], lost_since: float,
-                 program: Optional[Program]) -> None:
+                 program: Optional[Program], again: Optional[str] = None) -> None:
         """After `failure` (its slice stopped): a Restart recorded, or the failure raised
         again when no restart mends it or its budget is spent."""
         self._resumed()  # a restart that got no further: its loss ends here
@@ -132,7 +143,7 @@ class Supervisor:
         self.log(launch_line(str(failure)))
         self.log(launch_line(f"{who} {failure.cause.value}; restarting the slice "
                       f"({'preemption' if preempted else 'restart'} {used + 1} of {budget}), "
-                      f"training from step {resumed}"))
+                      f"{again or f'training from step {resumed}'}"))
 
     def _resumed(self) -> None:
         """The last restart's loss ends now (training goes on, or the next failure came)."""

@@ -1,7 +1,7 @@
 """The per-host worker: one Ray actor (one process) on each host of the slice.
 
 The driver calls, in order: identity, coordinator_address (host 0 only), initialize, train
-(once per program run on the warm slice), shutdown; each returns a record of protocol.py. JAX
+(once per program run on the warm slice) or call (a user's own program), shutdown; each returns a record of protocol.py. JAX
 is imported only here, inside the actor, after the actor has set up its process as its
 platform asked (the XLA device-count flag must be in place before JAX starts).
 """
@@ -15,7 +15,8 @@ from typing import Dict, Iterator, Optional, Union
 
 from ymxb.host import setup as hostsetup
 from ymxb.names import MEGASCALE_PREFIX
-from ymxb.protocol import Checkpoint, CheckpointPiece, HostIdentity, HostResult, HostSetup, Joined
+from ymxb.protocol import (Checkpoint, CheckpointPiece, HostIdentity, HostResult, HostSetup, Joined, Output, Report,
+                           UserCall, UserEnd)
 from ymxb.spec.settings import Program
 
 
@@ -104,6 +105,15 @@ class Host:
 
         yield from train_stream(program, late if slow else self._set_progress, resume, checkpoint_every, until,
                                 resident, keep=lambda r: setattr(self, "_resident", r))
+
+    def call(self, call: UserCall) -> Iterator[Union[Output, Report, UserEnd]]:
+        """A user's own program, run here (host/program.py): its output and reports as they
+        come, then how it ended (called as a stream). Progress is its last reported step."""
+        from ymxb.host import program
+
+        self._set_progress(None)
+        self._maybe_fault("train")
+        yield from program.run(call, self._set_progress)
 
     def progress(self) -> Optional[int]:
         """Steps done (by the compiled calls completed so far), None before training starts.
