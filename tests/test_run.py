@@ -110,3 +110,27 @@ def test_a_host_killed_mid_run_is_named_and_the_program_resumes_to_the_same_para
     assert "attempt 1: resuming from the checkpoint at step 40\n" in out  # host 0's stdout, across attempts
     assert out.splitlines()[-1] == plain.stdout.splitlines()[-1]  # final loss and params: bit-identical
     assert plain.stdout.splitlines()[-1].startswith("final loss")
+
+
+def test_a_host_that_reported_and_then_stops_is_named_as_hung(tmp_path):
+    path = tmp_path / "stuck.py"
+    path.write_text("import time, jax, ymxb\n"
+                    "ymxb.report(1)\n"
+                    "if jax.process_index() == 1:\n"
+                    "    time.sleep(3600)\n")
+    result = launch("run", path, "--hosts", 2, "--timeout", 20)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"launch.py: error: the program stalled: host 1 \(127\.0\.0\.1 pid \d+\) reported no step "
+                    r"\(ymxb.report\) in 20 s \(last at step 1\)", last), last
+
+
+def test_a_multislice_program_sees_every_slice_and_its_megascale_environment(tmp_path):
+    path = tmp_path / "slices.py"
+    path.write_text("import os, jax\n"
+                    "print(jax.process_index(), jax.process_count(), os.environ['MEGASCALE_NUM_SLICES'], "
+                    "os.environ['MEGASCALE_SLICE_ID'])\n")
+    result = launch("run", path, "--hosts", 1, "--slices", 2, "--devices-per-host", 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "0 2 2 0\n"
+    assert "[host 1] 1 2 2 1" in result.stderr
