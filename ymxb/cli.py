@@ -68,7 +68,8 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
                     "and verify the result: by default y = m*x + b, against the normal equation. "
                     "With no cluster it simulates one: N local processes, each a host with K CPU "
                     "devices.",
-        epilog="`launch.py sweep FILE` runs a sweep file's trials (see `launch.py sweep --help`); "
+        epilog="`launch.py run SCRIPT.py` runs your own program on every host (see `launch.py run --help`); "
+               "`launch.py sweep FILE` runs a sweep file's trials (see `launch.py sweep --help`); "
                "`launch.py results DIR` shows a sweep's results again; "
                "`launch.py inspect [flags]` prints, instead of training, the jaxpr, vmapped axes, "
                "collectives and compiled cost of one step for those flags (one process, no cluster). "
