@@ -230,3 +230,13 @@ def _wait_for_job_server(cluster, timeout: float) -> None:
             return False
 
     assert wait_until(answers, timeout), f"the job server at {cluster.url} did not answer in {timeout:g} s"
+
+
+def test_a_submitted_program_runs_on_every_host(head):
+    submitted = ray_job(head, *submit_args("ymxb-program", "run", "examples/loops/train.py", "--hosts", 2,
+                                           "--devices-per-host", 2, "--", "--steps", 20), timeout=240)
+    assert submitted.returncode == 0, submitted.stdout[-3000:]
+    logs = ray_job(head, "logs", "ymxb-program").stdout
+    assert re.search(r"^final loss \S+ params [0-9a-f]{16}$", logs, re.M), logs[-3000:]
+    assert "Traceback" not in logs
+    assert job_info(head, "ymxb-program")["driver_exit_code"] == 0

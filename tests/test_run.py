@@ -85,6 +85,7 @@ def _run(*args):
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_host_killed_mid_run_is_named_and_the_program_resumes_to_the_same_params(tmp_path):
     steps = ["--", "--steps", 120, "--checkpoint-every", 40]
     plain = launch("run", "examples/loops/train.py", "--hosts", 2, *steps)
@@ -112,6 +113,7 @@ def test_a_host_killed_mid_run_is_named_and_the_program_resumes_to_the_same_para
     assert plain.stdout.splitlines()[-1].startswith("final loss")
 
 
+@pytest.mark.slow
 def test_a_host_that_reported_and_then_stops_is_named_as_hung(tmp_path):
     path = tmp_path / "stuck.py"
     path.write_text("import time, jax, ymxb\n"

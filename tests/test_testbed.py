@@ -195,3 +195,11 @@ def test_a_run_waits_for_a_host_that_joins_late_and_names_one_that_never_does(ma
     code, out, err = run.finish(timeout=300)
     rep, ips = _hosts(subprocess.CompletedProcess(run.proc.args, code, out, err))
     assert ips == [n.ip for n in bed.nodes[1:]]  # host 1 on the node that joined late, at its address
+
+
+def test_launch_py_run_puts_a_program_on_a_pretend_tpu_slice_across_four_addresses(big_bed):
+    result = _launch(big_bed, "run", "examples/loops/train.py", "--platform", "tpu", "--json", "--", "--steps", 20)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ips = [h["node_ip"] for h in json.loads(result.stdout)["hosts"]]
+    assert ips == [n.ip for n in big_bed.nodes if n.labels.get("ray.io/tpu-worker-id")]
+    assert "[host 0] final loss" in result.stderr  # with --json, host 0's stdout goes to stderr
