@@ -430,19 +430,18 @@ def _user_program(argv: List[str]) -> int:
               f"nothing started")
         return 0
     started = time.perf_counter()
-    with _stdout_kept_for_result() as stdout, _sigterm_as_interrupt() as signals:
+
+    def program(stdout) -> experiment.UserOutcome:
         echo = Echo(None if args.json else stdout, sys.stderr, args.quiet_hosts, args.out)
         try:
-            with ray_cluster(spec.address, _log):
-                outcome = experiment.run_user(spec, recovery, call, echo, _log)
-        except HostFailure as err:
-            _log(launch_line(f"error: {err}"))
-            return EXIT_RAISED if err.cause is Cause.RAISED else EXIT_FAILED
-        except KeyboardInterrupt:
-            _log(launch_line(f"{'terminated' if signals.terminated else 'interrupted'}; all hosts stopped"))
-            return EXIT_TERMINATED if signals.terminated else EXIT_INTERRUPTED
+            return experiment.run_user(spec, recovery, call, echo, _log)
         finally:
             echo.close()
+
+    ended = _on_cluster(spec.address, _log, program)
+    if isinstance(ended, int):
+        return ended
+    outcome, _ = ended
     codes = [end.exit_code for end in outcome.ends]
     others = {h: c for h, c in enumerate(codes) if c != codes[0]}
     if others:
@@ -559,20 +558,30 @@ def _run(todo: plans.Plan, address: Optional[str], options: Options, store: Opti
     log = progress.log if progress else _log
     started = time.perf_counter()
     phases = {"driver": _process_age_s()}
-    with _stdout_kept_for_result(), _sigterm_as_interrupt() as signals:
+    ended = _on_cluster(address, log, lambda stdout: experiment.run(todo, store, log, progress, options), launch)
+    if isinstance(ended, int):
+        return ended
+    outcome, ray_phases = ended
+    return _Ended(outcome, time.perf_counter() - started, {**phases, **ray_phases})
+
+
+def _on_cluster(address: Optional[str], log, work, launch: bool = True):
+    """`work(stdout)` on a Ray cluster (`launch`: else none is needed), stdout kept for the
+    result (`stdout`: the real one, for what must go there while the run lasts), SIGTERM as
+    Ctrl-C: (what it returned, Ray's phases), or the exit code where the run ended without one."""
+    with _stdout_kept_for_result() as stdout, _sigterm_as_interrupt() as signals:
         try:
             with ray_cluster(address, log) if launch else contextlib.nullcontext({}) as ray_phases:
-                outcome = experiment.run(todo, store, log, progress, options)
+                return work(stdout), ray_phases
         except HostFailure as err:
             log(launch_line(f"error: {err}"))
-            return EXIT_FAILED
+            return EXIT_RAISED if err.cause is Cause.RAISED else EXIT_FAILED
         except KeyboardInterrupt:
             if signals.terminated:
                 log(launch_line("terminated; all hosts stopped"))
                 return EXIT_TERMINATED
             log(launch_line("interrupted; all hosts stopped"))
             return EXIT_INTERRUPTED
-    return _Ended(outcome, time.perf_counter() - started, {**phases, **ray_phases})
 
 
 def _process_age_s() -> float:

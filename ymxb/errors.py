@@ -60,12 +60,12 @@ def where_raised_text(text: str) -> str:
     return _user_frame([(path, int(line), name) for path, line, name in frames])
 
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _user_frame(frames: Sequence[Tuple[str, int, str]]) -> str:
     mine = [(path, line, name) for path, line, name in frames
-            if not os.path.abspath(path).startswith(_PACKAGE) and "-packages" not in path
+            if not os.path.abspath(path).startswith(PACKAGE_DIR) and "-packages" not in path
             and not path.startswith("<") and f"{os.sep}lib{os.sep}python" not in path]
     if not mine:
         return ""

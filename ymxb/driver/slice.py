@@ -317,7 +317,6 @@ class _Progress:
                       self.timeout, self.steps_per_call)
         return dataclasses.replace(stall, silent=tuple(_silent(self.actors, pending))) if stall.stalled else None
 
-
     def _idle_s(self, host: int, now: float) -> float:
         """How long `host` has gone without progress, as this call judges it."""
         if self.steps[host] is None and self.reports_optional:  # judged by answering alone

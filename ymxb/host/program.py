@@ -8,7 +8,6 @@ it ended. jax.distributed is already initialised: the program's own call to
 """
 
 import contextlib
-import importlib
 import io
 import os
 import pickle
@@ -21,13 +20,14 @@ import traceback
 from typing import Callable, Iterator, List, Union
 
 from ymxb import context
-from ymxb.errors import first_line, where_raised
+from ymxb.errors import PACKAGE_DIR, first_line, where_raised
 from ymxb.names import RUNTIME_ERRORS
 from ymxb.protocol import Output, ProgramRaised, Report, UserCall, UserEnd
+from ymxb.spec import registry
 
 VALUE_LIMIT = 1 << 20  # bytes of a function's pickled return value
 LINE_LIMIT = 10_000  # characters of one line of output
-_HERE = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, runpy.__file__, "<frozen runpy")
+_HERE = (PACKAGE_DIR, runpy.__file__, "<frozen runpy")
 
 
 def run(call: UserCall, on_step: Callable[[int], None]) -> Iterator[Union[Output, Report, UserEnd]]:
@@ -86,9 +86,7 @@ def _shipped(call: UserCall) -> str:
 
 def _function(call: UserCall) -> Callable[[], object]:
     module, _, name = call.target.partition(":")
-    if os.getcwd() not in sys.path:  # as `python -m` would
-        sys.path.insert(0, os.getcwd())
-    return getattr(importlib.import_module(module), name)
+    return registry.named(module, name, call.target)
 
 
 def _small(value: object, target: str) -> object:

@@ -1,14 +1,13 @@
 """A user's own program as `launch.py run` names it, checked before any host starts: a script
 (a file, run as `__main__`) or `package.module:FUNCTION` (called with no arguments)."""
 
-import importlib
 import inspect
 import os
-import sys
 from typing import Optional, Sequence
 
 from ymxb.errors import UsageError, first_line
 from ymxb.protocol import UserCall
+from ymxb.spec import registry
 
 
 def user_call(target: str, argv: Sequence[str], checkpoint_dir: Optional[str] = None) -> UserCall:
@@ -42,15 +41,7 @@ def _function(target: str) -> None:
     module_name, _, name = target.partition(":")
     if not module_name or not name:
         raise UsageError(f"{target!r}: give package.module:FUNCTION, or a script's path")
-    if os.getcwd() not in sys.path:  # as `python -m` would, and as the hosts do
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # whatever the user's module raises on import: in one line
-        raise UsageError(f"{target}: cannot import {module_name} ({type(err).__name__}: {first_line(err, 200)})") from None
-    found = getattr(module, name, None)
-    if found is None:
-        raise UsageError(f"{target}: {module_name} has no {name}")
+    found = registry.named(module_name, name, target)
     if not callable(found) or isinstance(found, type):
         raise UsageError(f"{target}: {name} is not a function (it is a {type(found).__name__})")
     try:

@@ -32,15 +32,7 @@ def _load(name: str) -> Task:
     module_name, colon, attribute = name.partition(":")
     if not colon or not module_name or not attribute:
         raise UsageError(f"--task {name!r}: not a built-in task ({', '.join(BUILT_IN)}) nor package.module:NAME")
-    if os.getcwd() not in sys.path:  # as `python -m` would
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # whatever the user's module raises on import: say it, in one line
-        raise UsageError(f"--task {name}: cannot import {module_name} ({type(err).__name__}: {first_line(err)})") from None
-    found = getattr(module, attribute, None)
-    if found is None:
-        raise UsageError(f"--task {name}: {module_name} has no {attribute}")
+    found = named(module_name, attribute, f"--task {name}")
     task = found() if isinstance(found, type) else found
     if not isinstance(task, Task):
         raise UsageError(f"--task {name}: {attribute} is not a task: make it a subclass of ymxb.Task")
@@ -49,6 +41,21 @@ def _load(name: str) -> Task:
         raise UsageError(f"--task {name}: {attribute} does not say how to make its {' or its '.join(missing)} "
                          f"(define {' and '.join(missing)}: see ymxb.Task)")
     return task
+
+
+def named(module_name: str, attribute: str, said: str):
+    """`module_name.attribute`, imported from this folder as `python -m` would; UsageError in
+    one line, starting with `said`, where the module cannot be imported or lacks it."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # whatever the user's module raises on import: say it, in one line
+        raise UsageError(f"{said}: cannot import {module_name} ({type(err).__name__}: {first_line(err)})") from None
+    found = getattr(module, attribute, None)
+    if found is None:
+        raise UsageError(f"{said}: {module_name} has no {attribute}")
+    return found
 
 
 def of_config(config) -> Task:
