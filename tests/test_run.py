@@ -87,7 +87,7 @@ def _run(*args):
 
 @pytest.mark.slow
 def test_a_host_killed_mid_run_is_named_and_the_program_resumes_to_the_same_params(tmp_path):
-    steps = ["--", "--steps", 120, "--checkpoint-every", 40]
+    steps = ["--", "--steps", 400, "--checkpoint-every", 40]
     plain = launch("run", "examples/loops/train.py", "--hosts", 2, *steps)
     assert plain.returncode == 0, plain.stderr[-3000:]
     run = _run("--hosts", 2, "--max-restarts", 1, "--checkpoint-dir", tmp_path / "ckpt", *steps)
@@ -95,7 +95,7 @@ def test_a_host_killed_mid_run_is_named_and_the_program_resumes_to_the_same_para
     try:
         for line in run.stderr:
             lines.append(line)
-            if line.startswith("[host 1] checkpoint at step 40"):
+            if line.startswith("[host 1] saving a checkpoint at step 80"):  # step 40's is written
                 break
         pid = int(re.search(r"host 1/2: .* pid (\d+)", "".join(lines)).group(1))
         os.kill(pid, signal.SIGKILL)
@@ -108,7 +108,8 @@ def test_a_host_killed_mid_run_is_named_and_the_program_resumes_to_the_same_para
     assert re.search(rf"host 1 \(127\.0\.0\.1 pid {pid}\) died; restarting the slice \(restart 1 of 1\), running the "
                      r"program again", err), err[-3000:]
     assert "[host 0] attempt 1: resuming from the checkpoint at step" in err
-    assert "attempt 1: resuming from the checkpoint at step 40\n" in out  # host 0's stdout, across attempts
+    resumed = re.search(r"^attempt 1: resuming from the checkpoint at step (\d+)$", out, re.M)  # host 0's stdout
+    assert resumed and 40 <= int(resumed.group(1)) < 400, out[-3000:]
     assert out.splitlines()[-1] == plain.stdout.splitlines()[-1]  # final loss and params: bit-identical
     assert plain.stdout.splitlines()[-1].startswith("final loss")
 

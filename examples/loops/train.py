@@ -8,21 +8,21 @@ each process draws from its own shard, and a checkpoint every N steps it resumes
 
 On a pod without ymxb, call jax.distributed.initialize() before anything else; under
 `launch.py run` the process has joined already (and that call, if made, returns at once).
-Each process writes its own checkpoint file with NumPy; orbax-checkpoint is where to go for
-sharded params too big for one process (its CheckpointManager takes over `save` and `restore`).
+Checkpoints are orbax-checkpoint's (`pip install orbax-checkpoint`): every process writes its own
+shards of the state to one folder all of them see (a shared mount, or a gs:// bucket on a pod),
+and a step counts only once every process has written it.
 """
 
 import argparse
-import glob
 import hashlib
 import os
-import re
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import ymxb  # report, attempt, checkpoint_dir: no-ops outside launch.py run
@@ -60,31 +60,6 @@ def batch_of(shard, step, args):
     return shard[0][rows], shard[1][rows]
 
 
-def save(folder, step, state):
-    """This process's copy of the (replicated) state at `step`, written atomically."""
-    leaves = [np.asarray(leaf.addressable_data(0)) for leaf in jax.tree.leaves(state)]
-    path = os.path.join(folder, f"step-{step:08d}.process-{jax.process_index()}.npz")
-    with open(path + ".tmp", "wb") as f:
-        np.savez(f, *leaves)
-    os.replace(path + ".tmp", path)
-
-
-def restore(folder, state, sharding):
-    """(step, state) of the latest checkpoint every process wrote, else (0, state)."""
-    counts = {}
-    for path in glob.glob(os.path.join(folder, "step-*.process-*.npz")):
-        step = int(re.search(r"step-(\d+)", path).group(1))
-        counts[step] = counts.get(step, 0) + 1
-    whole = [step for step, n in counts.items() if n == jax.process_count()]
-    if not whole:
-        return 0, state
-    step = max(whole)
-    with np.load(os.path.join(folder, f"step-{step:08d}.process-{jax.process_index()}.npz")) as f:
-        leaves = [f[f"arr_{i}"] for i in range(len(f.files))]
-    treedef = jax.tree.structure(state)
-    return step, jax.tree.unflatten(treedef, [jax.device_put(leaf, sharding) for leaf in leaves])
-
-
 def main():
     args = flags()
     mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -105,11 +80,14 @@ def main():
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    start = 0
+    start, checkpoints = 0, None
     if args.checkpoint_dir:
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
-        start, state = restore(args.checkpoint_dir, state, replicated)
-        if start:
+        folder = args.checkpoint_dir if "://" in args.checkpoint_dir else os.path.abspath(args.checkpoint_dir)
+        checkpoints = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(max_to_keep=2))
+        if checkpoints.latest_step() is not None:  # the latest step every process finished writing
+            start = checkpoints.latest_step()
+            like = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)  # shapes, dtypes, shardings
+            state = checkpoints.restore(start, args=ocp.args.StandardRestore(like))
             print(f"attempt {ymxb.attempt()}: resuming from the checkpoint at step {start}", flush=True)
     for step in range(start, args.steps):
         xb, yb = batch_of(shard, step, args)
@@ -117,12 +95,15 @@ def main():
                               jax.make_array_from_process_local_data(split, yb))
         if (step + 1) % 10 == 0:
             ymxb.report(step + 1, loss=float(loss))
-        if args.checkpoint_dir and (step + 1) % args.checkpoint_every == 0:
-            save(args.checkpoint_dir, step + 1, state)
-            print(f"checkpoint at step {step + 1}", flush=True)
-    leaves = [np.asarray(leaf.addressable_data(0)) for leaf in jax.tree.leaves(state[0])]
-    digest = hashlib.sha256(b"".join(leaf.tobytes() for leaf in leaves)).hexdigest()[:16]
+        if checkpoints and (step + 1) % args.checkpoint_every == 0:
+            checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
+            print(f"saving a checkpoint at step {step + 1}", flush=True)  # written in the background
+    if checkpoints:
+        checkpoints.close()  # waits for the last write
+    params = jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)), state[0])  # this process's copy
+    digest = hashlib.sha256(b"".join(leaf.tobytes() for leaf in jax.tree.leaves(params))).hexdigest()[:16]
     if jax.process_index() == 0:
+        loss = jnp.mean((net.apply(params, x) - y) ** 2)  # on the whole dataset, on this process alone
         print(f"final loss {float(loss):.6f} params {digest}")
 
 
