@@ -84,8 +84,9 @@ def main():
     if args.checkpoint_dir:
         folder = args.checkpoint_dir if "://" in args.checkpoint_dir else os.path.abspath(args.checkpoint_dir)
         checkpoints = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(max_to_keep=2))
-        if checkpoints.latest_step() is not None:  # the latest step every process finished writing
-            start = checkpoints.latest_step()
+        latest = checkpoints.latest_step()  # the latest step every process finished writing
+        if latest is not None:
+            start = latest
             like = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)  # shapes, dtypes, shardings
             state = checkpoints.restore(start, args=ocp.args.StandardRestore(like))
             print(f"attempt {ymxb.attempt()}: resuming from the checkpoint at step {start}", flush=True)
