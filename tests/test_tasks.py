@@ -76,6 +76,39 @@ def test_a_users_task_without_a_reference_is_judged_on_what_holds_without_one():
     assert not record.verified
 
 
+CLASSIFIER = "tests.classifier_task:TASK"
+
+
+@pytest.mark.parametrize("parallel,ensemble", [("pmap", 0), ("sharding", 4)])
+def test_a_classifier_with_integer_labels_and_logits_trains_on_optaxs_own_loss(parallel, ensemble):
+    trial = TrialSpec.resolve(task=CLASSIFIER, parallel=parallel, ensemble=ensemble, optimizer="adam", lr=0.1,
+                              **SMALL)
+    from ymxb.spec import data
+
+    x, y = data.host_shard(trial, 0)
+    assert (x.dtype, y.dtype, y.shape) == (np.float32, np.int32, (256,))  # labels stay labels
+    plan.try_out(trial)  # (n, 3) logits for (n,) labels, a loss per point: accepted
+    [record] = judge(trained(trial))
+    assert record.verified, record.checks
+    assert len(record.members) == max(1, ensemble)
+    # From about log(3) = 1.10 near zero params to well-separated blobs' few hundredths.
+    assert all(m.final_loss < 0.1 for m in record.members), record.members
+
+
+def test_a_sweep_of_a_classifiers_learning_rates_trains_in_one_program():
+    trials = [TrialSpec.resolve(task=CLASSIFIER, optimizer="adam", lr=lr, **SMALL) for lr in (0.03, 0.1)]
+    records = judge(trained(*trials))
+    assert [r.config["lr"] for r in records] == [0.03, 0.1] and all(r.verified for r in records)
+    assert records[1].members[0].final_loss < records[0].members[0].final_loss  # the larger step went further
+
+
+def test_a_classifier_runs_on_the_hosts_of_a_slice(capsys):
+    assert cli.main(["--task", CLASSIFIER, "--hosts", "2", "--devices-per-host", "1", "--optimizer", "adam",
+                     "--lr", "0.1", "--steps", "200", "--samples-per-host", "64", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["verified"] and [h["process_index"] for h in result["hosts"]] == [0, 1], result
+
+
 def _line_of(text: str) -> int:
     """The line of tests/broken_tasks.py that says `text`."""
     lines = (ROOT / "tests" / "broken_tasks.py").read_text().splitlines()
@@ -87,8 +120,8 @@ BROKEN = [
     ("tests.broken_tasks:NOTHING", "tests.broken_tasks has no NOTHING"),
     ("tests.broken_tasks:NOT_A_TASK", "NOT_A_TASK is not a task: make it a subclass of ymxb.Task"),
     ("tests.broken_tasks:NO_MODEL", "NO_MODEL does not say how to make its model"),
-    ("tests.broken_tasks:COLUMN", "model pure predicts shape (8, 1) for 8 points whose y has shape (8,): apply "
-                                  "must give one prediction per point"),
+    ("tests.broken_tasks:COLUMN", "model pure predicts shape (8, 1) for 8 points whose y has shape (8,) (float32): "
+                                  "apply must give predictions with y's shape: its loss is the default squared error"),
     ("tests.broken_tasks:SHORT", "its shard of host 0 has 1023 x and 1023 y, not --samples-per-host (1024) of each"),
     ("tests.broken_tasks:RAISING", "ValueError: the apply of this task is not written yet "
                                    f"(at tests/broken_tasks.py:{_line_of('not written yet')} in apply)"),

@@ -198,8 +198,9 @@ def _try_out_tasks(trials) -> None:
 
 def try_out(trial: TrialSpec) -> None:
     """Before any host starts, what the driver can check of a user's task, on this machine's
-    CPU: host 0's shard (its size), the model's init and apply on a few of its points (the
-    predictions shaped like y) and the loss there (finite). UsageError, in one line naming
+    CPU: host 0's shard (its size), the model's init and apply on a few of its points (a
+    prediction per point, shaped like y for the default squared error) and the loss there (a
+    finite number per point, or per element of a point). UsageError, in one line naming
     where in the task it went wrong, if any of it fails."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the driver's JAX: no accelerator needed
     import jax
@@ -212,14 +213,22 @@ def try_out(trial: TrialSpec) -> None:
         x, y = data.host_shard(trial, 0)
         model = task.model(s, trial.model)
         params = model.init(jax.random.key(trial.seed))
-        predictions = model.apply(params, jnp.asarray(x[:8]))
-        if np.shape(predictions) != np.shape(y[:8]):
-            raise UsageError(f"{where}: model {trial.model} predicts shape {np.shape(predictions)} for 8 points "
-                             f"whose y has shape {np.shape(y[:8])}: apply must give one prediction per point")
-        loss = (task.loss(predictions, y[:8]) if task.loss else (predictions - y[:8]) ** 2)
-        if np.shape(loss) != np.shape(y[:8]) or not np.all(np.isfinite(loss)):
-            raise UsageError(f"{where}: its loss on host 0's first points is {np.asarray(loss)!r}: it must be a "
-                             f"finite number per point")
+        x8, y8 = x[:8], y[:8]
+        predictions = model.apply(params, jnp.asarray(x8))
+        shape = np.shape(predictions)
+        if shape[:1] != (len(x8),) or (task.loss is None and shape != np.shape(y8)):
+            wanted = (f"y's shape: its loss is the default squared error (give the task a `loss` for "
+                      f"predictions of another shape)" if task.loss is None else "a leading axis of points")
+            raise UsageError(f"{where}: model {trial.model} predicts shape {shape} for {len(x8)} points whose y "
+                             f"has shape {np.shape(y8)} ({y8.dtype}): apply must give predictions with {wanted}")
+        loss = task.loss(predictions, jnp.asarray(y8)) if task.loss else (predictions - y8) ** 2
+        if np.shape(loss)[:1] != (len(x8),):
+            raise UsageError(f"{where}: its loss on host 0's first {len(x8)} points has shape {np.shape(loss)}: "
+                             f"it must give a number per point (shape ({len(x8)},), as optax's losses do), or "
+                             f"per element of each point's prediction (summed per point)")
+        if not np.all(np.isfinite(loss)):
+            raise UsageError(f"{where}: its loss on host 0's first {len(x8)} points is {np.asarray(loss)!r}: "
+                             f"it must be finite there")
         flat = task.flat(s, jax.tree.map(lambda leaf: np.asarray(leaf)[None], params))  # as the hosts call it
         if np.ndim(flat) != 2 or len(flat) != 1:
             raise UsageError(f"{where}: flat gives shape {np.shape(flat)} for one model's params: it must be "

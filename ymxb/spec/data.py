@@ -13,17 +13,24 @@ from ymxb.errors import UsageError
 
 
 def host_shard(cfg: TrialSpec, host_index: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The (x, y) points of one host, float32, `cfg.samples_per_host` of each; UsageError,
-    naming the task, where what its `shard` made is not that."""
+    """The (x, y) points of one host, `cfg.samples_per_host` of each, in float32 (or int32
+    where the task made integers: labels, tokens); UsageError, naming the task, where what its
+    `shard` made is not that."""
     if host_index < 0:
         raise ValueError(f"host index {host_index} is negative")
     x, y = registry.get(cfg.task).shard(cfg.of_task, cfg.data_seed, host_index, cfg.samples_per_host)
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    x, y = _as_jax_kind(x), _as_jax_kind(y)
     n = cfg.samples_per_host
     if len(x) != n or len(y) != n:
         raise UsageError(f"--task {cfg.task}: its shard of host {host_index} has {len(x)} x and {len(y)} y, "
                          f"not --samples-per-host ({n}) of each")
     return x, y
+
+
+def _as_jax_kind(a) -> np.ndarray:
+    """Integers (and booleans) as int32, anything else as float32: what JAX computes in by default."""
+    a = np.asarray(a)
+    return a.astype(np.int32 if a.dtype.kind in "biu" else np.float32, copy=False)
 
 
 def shards(cfg: TrialSpec, hosts: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:

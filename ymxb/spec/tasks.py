@@ -11,7 +11,9 @@ store, table and plots) is the same for every task. A task is a small class:
         def model(self, s, name): return Model(init, apply)        # JAX: key -> params; (params, x) -> y
     TASK = MyTask()                                                # launch.py --task my.module:TASK
 
-and may add a loss (`loss(predictions, y)`, per point; default: squared error), names for a
+and may add a loss (`loss(predictions, y)` in JAX, a number per point as optax's losses give,
+e.g. `optax.softmax_cross_entropy_with_integer_labels` on (n, classes) logits and int labels;
+default: squared error, predictions shaped like y), names for a
 few of its params (`shown`), a reference solution (`reference`, made from the data shard by
 shard, with the least tolerance float32 can be held to) and a figure of its fit (`draw_fit`).
 `s` is the task's settings, by name. The built-in tasks are in builtin.py; registry.py finds a
@@ -36,7 +38,7 @@ class Model(NamedTuple):
     """A model's JAX functions."""
 
     init: Callable  # PRNG key -> params (a pytree)
-    apply: Callable  # (params, x) -> predictions, shaped like y
+    apply: Callable  # (params, x) -> predictions, a leading axis of points (shaped like y for squared error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,14 +96,18 @@ class Task:
     models: Tuple[str, ...] = ("pure",)  # the first is the default --model
     about = "the task's data"  # what its data is, in a line: the title of its flags in --help
     reference_name = "reference"  # what its reference is called in the report
-    loss: Optional[Callable] = None  # (predictions, y) -> per-point loss, in JAX; None: squared error
+    # (predictions, y) -> the loss per point, (n,), or per element of each point's prediction
+    # (summed per point), in JAX; training minimises its mean over points. None: squared error.
+    loss: Optional[Callable] = None
 
     def check(self, s: Mapping) -> Optional[str]:
         """What is wrong with these settings together, or None."""
         return None
 
     def shard(self, s: Mapping, data_seed: int, host_index: int, samples: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Host `host_index`'s data, `samples` points (NumPy; the same whenever it is asked)."""
+        """Host `host_index`'s data, `samples` points (NumPy; the same whenever it is asked):
+        x and y each with a leading axis of points, in floats (as float32) or integers (as int32:
+        labels, say)."""
         raise NotImplementedError
 
     def model(self, s: Mapping, name: str) -> Model:
