@@ -51,6 +51,29 @@ class NoHost1(Line):
         return super().shard(s, data_seed, host_index, samples)
 
 
+class Host1OnlyThere(Line):
+    """Fails on host 1 only where it runs as one of many JAX processes: what only a host can show."""
+
+    def shard(self, s, data_seed, host_index, samples):
+        import jax
+
+        if host_index == 1 and jax.process_count() > 1:
+            raise ValueError(f"no data for host {host_index} there")
+        return super().shard(s, data_seed, host_index, samples)
+
+
+class Host1Ints(Line):
+    def shard(self, s, data_seed, host_index, samples):
+        x, y = super().shard(s, data_seed, host_index, samples)
+        return x, (y.astype(np.int64) if host_index == 1 else y)
+
+
+class BadReference(Line):
+    def reference(self, s, shards):
+        x, y = zip(*shards)
+        return np.linalg.solve(np.zeros((2, 2)), np.zeros(2))  # singular
+
+
 class NoModel(Task):
     name = "no-model"
 
@@ -60,3 +83,4 @@ class NoModel(Task):
 
 NOT_A_TASK = object()
 LINE, COLUMN, SHORT, RAISING, NO_HOST_1, NO_MODEL = Line(), Column(), Short(), Raising(), NoHost1(), NoModel()
+HOST_1_ONLY_THERE, HOST_1_INTS, BAD_REFERENCE = Host1OnlyThere(), Host1Ints(), BadReference()

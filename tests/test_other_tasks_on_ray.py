@@ -62,11 +62,11 @@ def test_a_users_task_runs_from_its_module_on_every_host(local_ray):
 
 def test_a_users_task_failing_on_one_host_is_named_with_that_host_and_its_line(local_ray):
     with pytest.raises(HostFailure) as failure:
-        run_one(hosts=2, devices_per_host=1, task="tests.broken_tasks:NO_HOST_1", timeout=30, **{"steps": 100})
+        run_one(hosts=2, devices_per_host=1, task="tests.broken_tasks:HOST_1_ONLY_THERE", timeout=30, steps=100)
     lines = (ROOT / "tests" / "broken_tasks.py").read_text().splitlines()
-    line = next(i for i, text in enumerate(lines, 1) if "no data for host" in text)
+    line = next(i for i, text in enumerate(lines, 1) if "no data for host {host_index} there" in text)
     assert re.match(rf"training failed: host 1 \([\d.]+ pid \d+\) failed first: raised ValueError: no data for "
-                    rf"host 1 \(at tests/broken_tasks.py:{line} in shard\)", str(failure.value)), str(failure.value)
+                    rf"host 1 there \(at tests/broken_tasks.py:{line} in shard\)", str(failure.value)), str(failure.value)
     assert failure.value.cause is Cause.FINAL  # a bug of the task's: no restart mends it
 
 

@@ -125,6 +125,12 @@ BROKEN = [
     ("tests.broken_tasks:SHORT", "its shard of host 0 has 1023 x and 1023 y, not --samples-per-host (1024) of each"),
     ("tests.broken_tasks:RAISING", "ValueError: the apply of this task is not written yet "
                                    f"(at tests/broken_tasks.py:{_line_of('not written yet')} in apply)"),
+    ("tests.broken_tasks:NO_HOST_1", "its shard of host 1: ValueError: no data for host 1 "
+                                     f"(at tests/broken_tasks.py:{_line_of('no data for host {')} in shard)"),
+    ("tests.broken_tasks:HOST_1_INTS", "its shard of host 1 has x, y of float32[], int32[] per point, host 0's "
+                                       "float32[], float32[]: every host's must be alike"),
+    ("tests.broken_tasks:BAD_REFERENCE", "its reference: LinAlgError: Singular matrix "
+                                         f"(at tests/broken_tasks.py:{_line_of('# singular')} in reference)"),
 ]
 
 
@@ -154,3 +160,16 @@ def test_a_sweep_of_a_users_task_names_its_settings_as_keys(tmp_path):
     with pytest.raises(UsageError, match=r"trials\[1\] \{task: ymxb, features: 4\}: 'features' is not a setting "
                                          r"of task ymxb"):
         sweep.load(str(path))
+
+
+def test_a_reference_that_raises_after_training_is_one_line_too():
+    # Where the slice's shape was not known before it started (a cluster's), the reference is
+    # first made when the program is judged.
+    from ymxb.results.judge import reference_of
+    from ymxb.spec.settings import Program, SliceSpec
+
+    program = Program.of(SliceSpec(hosts=2, devices_per_host=1, platform="cpu-sim"),
+                         [TrialSpec.resolve(task="tests.broken_tasks:BAD_REFERENCE")])
+    with pytest.raises(UsageError, match=r"^--task tests.broken_tasks:BAD_REFERENCE: its reference: LinAlgError: "
+                                         r"Singular matrix \(at tests/broken_tasks.py:\d+ in reference\)$"):
+        reference_of(program)

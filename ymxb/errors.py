@@ -54,6 +54,11 @@ def where_raised(err: BaseException) -> str:
     return _user_frame([(f.filename, f.lineno, f.name) for f in frames])
 
 
+def raised_in(where: str, err: BaseException) -> UsageError:
+    """A user's code (`where`: "--task m:T", or more) raised `err`: the one line that says so."""
+    return UsageError(f"{where}: {type(err).__name__}: {first_line(err, 200)}{where_raised(err)}")
+
+
 def where_raised_text(text: str) -> str:
     """where_raised, from a traceback as text (a host's, as Ray passes it on)."""
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text or "")

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ymxb.driver import budget
-from ymxb.errors import UsageError, first_line, where_raised
+from ymxb.errors import UsageError, raised_in
 from ymxb.results.record import TrialRecord, trial_id
 from ymxb.spec import registry
 from ymxb.spec.settings import Program, SliceSpec, TrialSpec
@@ -126,7 +126,7 @@ def make(sweep: Sweep) -> Plan:
             except UsageError as err:
                 where = f"trial {i + 1} ({changed(trial)})" if len(trials) > 1 else None
                 raise UsageError(f"{where}: {err}" if where else str(err)) from None
-    _try_out_tasks(trial for _, trial in trials)
+    _try_out_tasks(trials)
     ids = [trial_id(spec, trial) if spec.settled else None for spec, trial in trials]
     groups = [_group(spec, members, len(trials) == 1) for spec, members in _programs(zip(trials, ids))]
     return Plan(trials, ids, {}, groups)
@@ -187,13 +187,19 @@ def _split(spec: SliceSpec, members: List[Tuple[TrialSpec, str]], fits) -> List[
 
 
 def _try_out_tasks(trials) -> None:
-    """Each user task's programs tried once on this machine: what can go wrong is found here,
-    not on the hosts."""
-    tried = set()
-    for trial in trials:
-        if trial.task not in registry.BUILT_IN and trial.shared() not in tried:
+    """Each user task's programs tried once on this machine, and its data on each slice of
+    known shape made once: what can go wrong is found here, not on the hosts."""
+    tried, made = set(), set()
+    for spec, trial in trials:
+        if trial.task in registry.BUILT_IN:
+            continue
+        if trial.shared() not in tried:
             tried.add(trial.shared())
             try_out(trial)
+        data_of = (trial.task, trial.settings, trial.data_seed, trial.samples_per_host)
+        if spec.shaped and (data_of, spec.processes) not in made:
+            made.add((data_of, spec.processes))
+            try_data(trial, spec.processes)
 
 
 def try_out(trial: TrialSpec) -> None:
@@ -217,8 +223,8 @@ def try_out(trial: TrialSpec) -> None:
         predictions = model.apply(params, jnp.asarray(x8))
         shape = np.shape(predictions)
         if shape[:1] != (len(x8),) or (task.loss is None and shape != np.shape(y8)):
-            wanted = (f"y's shape: its loss is the default squared error (give the task a `loss` for "
-                      f"predictions of another shape)" if task.loss is None else "a leading axis of points")
+            wanted = ("y's shape: its loss is the default squared error (give the task a `loss` for "
+                      "predictions of another shape)" if task.loss is None else "a leading axis of points")
             raise UsageError(f"{where}: model {trial.model} predicts shape {shape} for {len(x8)} points whose y "
                              f"has shape {np.shape(y8)} ({y8.dtype}): apply must give predictions with {wanted}")
         loss = task.loss(predictions, jnp.asarray(y8)) if task.loss else (predictions - y8) ** 2
@@ -239,4 +245,37 @@ def try_out(trial: TrialSpec) -> None:
     except UsageError:
         raise
     except Exception as err:  # the user's code raised: say what and where, in one line
-        raise UsageError(f"{where}: {type(err).__name__}: {first_line(err, 200)}{where_raised(err)}") from None
+        raise raised_in(where, err) from None
+
+
+def try_data(trial: TrialSpec, hosts: int) -> None:
+    """Every host's shard made here, as that host will make it (its size, and x and y alike
+    in kind to host 0's), and the task's reference from them. UsageError, in one line naming
+    the host or the reference and where in the task it went wrong, if any of it fails."""
+    from ymxb.spec import data
+
+    where, kinds = f"--task {trial.task}", []
+
+    def shards():
+        for i in range(hosts):
+            try:
+                x, y = data.host_shard(trial, i)
+            except UsageError:
+                raise
+            except Exception as err:
+                raise raised_in(f"{where}: its shard of host {i}", err) from None
+            kinds.append(tuple(f"{a.dtype}{list(a.shape[1:])}" for a in (x, y)))
+            if kinds[-1] != kinds[0]:
+                raise UsageError(f"{where}: its shard of host {i} has x, y of {', '.join(kinds[-1])} per point, "
+                                 f"host 0's {', '.join(kinds[0])}: every host's must be alike")
+            yield x, y
+
+    made = shards()
+    try:
+        registry.get(trial.task).reference(trial.of_task, made)
+    except UsageError:
+        raise
+    except Exception as err:
+        raise raised_in(f"{where}: its reference", err) from None
+    for _ in made:  # the shards a reference did not ask for
+        pass

@@ -6,6 +6,7 @@ from typing import List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from ymxb import __version__
+from ymxb.errors import UsageError, raised_in
 from ymxb.protocol import ProgramRun
 from ymxb.results import checks as verify
 from ymxb.results.record import SCHEMA, Member, TrialRecord, trial_config, trial_id
@@ -20,9 +21,16 @@ CURVE_POINTS = 200  # at most this many points of each loss curve are kept
 
 
 def reference_of(program: Program) -> Optional[tasks.Reference]:
-    """The task's reference solution of the program's data (None: the task has none)."""
+    """The task's reference solution of the program's data (None: the task has none);
+    UsageError, in one line, where the task's code raised (a slice whose shape was not known
+    before it started, so plan.try_data could not try it)."""
     cfg = program.trial
-    return registry.get(cfg.task).reference(cfg.of_task, data.shards(cfg, program.slice.processes))
+    try:
+        return registry.get(cfg.task).reference(cfg.of_task, data.shards(cfg, program.slice.processes))
+    except UsageError:
+        raise
+    except Exception as err:
+        raise raised_in(f"--task {cfg.task}: its reference", err) from None
 
 
 def judge(run: ProgramRun, ids: Optional[Sequence[str]] = None, sweep_file: Optional[str] = None,
