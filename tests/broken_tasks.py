@@ -74,6 +74,11 @@ class BadReference(Line):
         return np.linalg.solve(np.zeros((2, 2)), np.zeros(2))  # singular
 
 
+class VectorPenalty(Line):
+    def penalty(self, s, params):
+        return params["w"] * np.ones(2)
+
+
 class NoModel(Task):
     name = "no-model"
 
@@ -84,3 +89,4 @@ class NoModel(Task):
 NOT_A_TASK = object()
 LINE, COLUMN, SHORT, RAISING, NO_HOST_1, NO_MODEL = Line(), Column(), Short(), Raising(), NoHost1(), NoModel()
 HOST_1_ONLY_THERE, HOST_1_INTS, BAD_REFERENCE = Host1OnlyThere(), Host1Ints(), BadReference()
+VECTOR_PENALTY = VectorPenalty()

@@ -129,6 +129,7 @@ BROKEN = [
                                      f"(at tests/broken_tasks.py:{_line_of('no data for host {')} in shard)"),
     ("tests.broken_tasks:HOST_1_INTS", "its shard of host 1 has x, y of float32[], int32[] per point, host 0's "
                                        "float32[], float32[]: every host's must be alike"),
+    ("tests.broken_tasks:VECTOR_PENALTY", "its penalty at the initial params is array([0., 0.]"),
     ("tests.broken_tasks:BAD_REFERENCE", "its reference: LinAlgError: Singular matrix "
                                          f"(at tests/broken_tasks.py:{_line_of('# singular')} in reference)"),
 ]
@@ -173,3 +174,13 @@ def test_a_reference_that_raises_after_training_is_one_line_too():
     with pytest.raises(UsageError, match=r"^--task tests.broken_tasks:BAD_REFERENCE: its reference: LinAlgError: "
                                          r"Singular matrix \(at tests/broken_tasks.py:\d+ in reference\)$"):
         reference_of(program)
+
+
+@pytest.mark.parametrize("parallel,ensemble", [("pmap", 0), ("sharding", 0), ("pmap", 4)])
+def test_a_penalty_on_the_params_is_minimised_with_the_loss(parallel, ensemble):
+    trial = TrialSpec.resolve(task="tests.ridge_task:TASK", parallel=parallel, ensemble=ensemble, lr=0.5, **SMALL)
+    [record] = judge(trained(trial))
+    assert record.verified, record.checks  # at the penalised minimiser, which is not the data's w = 3
+    [(w, reference)] = [(m.shown["p[0]"], record.solution["p[0]"]) for m in record.members[:1]]
+    assert abs(w - reference) < 1e-4 and reference < 2.5
+    assert record.members[0].final_loss > 0.1  # the penalty counts: the data alone are fitted exactly at w = 3

@@ -235,6 +235,10 @@ def try_out(trial: TrialSpec) -> None:
         if not np.all(np.isfinite(loss)):
             raise UsageError(f"{where}: its loss on host 0's first {len(x8)} points is {np.asarray(loss)!r}: "
                              f"it must be finite there")
+        extra = task.penalty(s, params)
+        if extra is not None and (np.shape(extra) != () or not np.isfinite(extra)):
+            raise UsageError(f"{where}: its penalty at the initial params is {np.asarray(extra)!r}: it must be "
+                             f"one finite number")
         flat = task.flat(s, jax.tree.map(lambda leaf: np.asarray(leaf)[None], params))  # as the hosts call it
         if np.ndim(flat) != 2 or len(flat) != 1:
             raise UsageError(f"{where}: flat gives shape {np.shape(flat)} for one model's params: it must be "

@@ -34,7 +34,7 @@ def inspect(spec: SliceSpec, cfg: TrialSpec) -> str:
         raise RuntimeError(f"JAX was started with {jax.local_device_count()} devices before inspect "
                            f"could ask for {spec.devices_per_host}: run inspect in a fresh process")
     task = registry.get(cfg.task)
-    trainer = TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), one, task.loss)
+    trainer = TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), one, task.loss, task.penalty_of(cfg.of_task))
     state = trainer.init()
     batch = trainer.put_data(*data.host_shard(cfg, 0))
     step = trainer.compiled(1)

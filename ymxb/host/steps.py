@@ -58,10 +58,11 @@ def make_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
 
 
 def make_step(model: Model, opt: optax.GradientTransformation, reduce: Callable = lambda tree: tree,
-              loss: Optional[Callable] = None) -> Callable:
+              loss: Optional[Callable] = None, penalty: Optional[Callable] = None) -> Callable:
     """(state, x, y) -> (state, loss): one full-batch step of one model on the mean of `loss`
-    (predictions, y -> per-point loss; None: squared error); `reduce` combines the devices'
-    (loss, grads) where the batch is split over devices."""
+    (predictions, y -> per-point loss; None: squared error) plus `penalty` (params -> a number,
+    or None for none); `reduce` combines the devices' (loss, grads) where the batch is split
+    over devices."""
     if loss is None:  # the squared error, halved: the mean's 2/n is applied once, below
         objective, scale = lambda params, x, y: 0.5 * jnp.sum((model.apply(params, x) - y) ** 2), 2.0
     else:
@@ -74,6 +75,10 @@ def make_step(model: Model, opt: optax.GradientTransformation, reduce: Callable 
         total, grads = jax.value_and_grad(objective)(state.params, x, y)
         factor = scale / x.shape[0]
         mean, grads = reduce((total * factor, jax.tree.map(lambda g: g * factor, grads)))
+        if penalty is not None and penalty(state.params) is not None:  # decided once, as the step is traced
+            # On the params alone, which every device holds whole: added after the devices' mean.
+            extra, extra_grads = jax.value_and_grad(penalty)(state.params)
+            mean, grads = mean + extra, jax.tree.map(jnp.add, grads, extra_grads)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), mean
 
@@ -195,7 +200,8 @@ class Trainer(abc.ABC):
 class PmapTrainer(Trainer):
     """The tutorial's way: pmap over this host's devices; collectives over AXIS reach all hosts."""
 
-    def __init__(self, model: Model, program: Program, loss: Optional[Callable] = None):
+    def __init__(self, model: Model, program: Program, loss: Optional[Callable] = None,
+                 penalty: Optional[Callable] = None):
         super().__init__(model, program)
         self.k = jax.local_device_count()
         if self.ensemble:
@@ -204,7 +210,7 @@ class PmapTrainer(Trainer):
             # pmean keeps the replicas in sync: each device's gradient is the mean over its
             # equal share of the global batch, so the mean over all devices is the full-batch one.
             reduce = _pmean_as_one
-        self.step = make_step(model, self.opt, reduce, loss)
+        self.step = make_step(model, self.opt, reduce, loss, penalty)
         self.axis_index = None  # global position on AXIS of each local device, set by init
         self.local_entries = None  # the entries each local device holds, set by init
 
@@ -282,7 +288,8 @@ def _pmean_as_one(tree):
 class ShardingTrainer(Trainer):
     """The modern way: one jit over a Mesh of all devices of all hosts; XLA adds the collectives."""
 
-    def __init__(self, model: Model, program: Program, loss: Optional[Callable] = None):
+    def __init__(self, model: Model, program: Program, loss: Optional[Callable] = None,
+                 penalty: Optional[Callable] = None):
         super().__init__(model, program)
         devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))  # slice-major
         self.mesh = Mesh(np.array(devices).reshape(program.slice.mesh_shape), MESH_AXES)
@@ -290,7 +297,7 @@ class ShardingTrainer(Trainer):
         self.replicated = NamedSharding(self.mesh, P())
         # One model: params replicated, batch split. Ensemble: members split, batch everywhere.
         self.state_sharding = self.split if self.ensemble else self.replicated
-        self.step = make_step(model, self.opt, loss=loss)
+        self.step = make_step(model, self.opt, loss=loss, penalty=penalty)
 
     def init(self):
         init = lambda: init_state(self.model, self.program, jnp.arange(self.program.padded_entries))

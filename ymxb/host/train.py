@@ -49,7 +49,8 @@ class Resident:
         alone (no initial state made and compiled: theirs are `before`'s)."""
         cfg = program.trial
         task = registry.get(cfg.task)
-        trainer = steps.TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), program, task.loss)
+        trainer = steps.TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), program, task.loss,
+                                               task.penalty_of(cfg.of_task))
         step = resume.step if resume else 0
         if resume and before and before.holds(program):
             state = trainer.adopt(before.trainer, jax.tree.structure(before.state), resume.leaves)

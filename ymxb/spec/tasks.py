@@ -13,9 +13,10 @@ store, table and plots) is the same for every task. A task is a small class:
 
 and may add a loss (`loss(predictions, y)` in JAX, a number per point as optax's losses give,
 e.g. `optax.softmax_cross_entropy_with_integer_labels` on (n, classes) logits and int labels;
-default: squared error, predictions shaped like y), names for a
-few of its params (`shown`), a reference solution (`reference`, made from the data shard by
-shard, with the least tolerance float32 can be held to) and a figure of its fit (`draw_fit`).
+default: squared error, predictions shaped like y), a penalty on the params added to the mean
+loss (`penalty(s, params)`: weight decay as an L2 term, say), names for a few of its params
+(`shown`), a reference solution (`reference`, made from the data shard by shard, with the
+least tolerance float32 can be held to) and a figure of its fit (`draw_fit`).
 `s` is the task's settings, by name. The built-in tasks are in builtin.py; registry.py finds a
 task by its name.
 """
@@ -113,6 +114,15 @@ class Task:
     def model(self, s: Mapping, name: str) -> Model:
         """The JAX functions of model `name` (one of `models`)."""
         raise NotImplementedError
+
+    def penalty(self, s: Mapping, params):
+        """A term on one model's params added to its mean loss (an L2 penalty, say), a number,
+        in JAX; None: none. Training minimises, and the records' losses are, the sum."""
+        return None
+
+    def penalty_of(self, s: Mapping) -> Callable:
+        """params -> this task's penalty at settings `s` (None where it has none)."""
+        return lambda params: self.penalty(s, params)
 
     def flat(self, s: Mapping, params) -> np.ndarray:
         """Every param of each entry, flat: (entries, P) from params with a leading entry axis."""
