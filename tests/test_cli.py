@@ -41,6 +41,7 @@ BAD_INPUT = [
     (["--ensemble", str(2**30)], "lower --ensemble, or run on a cluster"),
     (["--dump-data", "/proc/x.npz"], "cannot write --dump-data '/proc/x.npz'"),
     (["--dump-data", "/tmp"], "--dump-data '/tmp' is a folder; give a file path such as '/tmp/data.npz'"),
+    (["--save-params", "/proc/p.npz"], "cannot write --save-params '/proc/p.npz'"),
 ]
 
 

@@ -160,6 +160,9 @@ def test_a_sweep_stops_and_repacks_interrupted_and_resumed_with_the_params_of_on
             assert [(m["m"], m["b"]) for m in r["members"]] == [(m["m"], m["b"]) for m in alone["members"]]
         elif r["stopped_by"] != "diverged":  # the losses of the same steps, to float32 round-off
             assert r["members"][0]["final_loss"] == pytest.approx(curves[tid][r["stopped_at"] - 1], rel=1e-6)
+    for tid, r in got.items():  # every trial's params kept where it ended, stopped or not
+        saved = np.load(out / "params" / f"{tid}.npz")
+        assert (float(saved["m"]), float(saved["b"])) == (r["members"][0]["m"], r["members"][0]["b"]), tid
     shown = launch("results", out, "--where", "stopped_by==null", "--format", "csv")
     assert shown.returncode == 0 and len(shown.stdout.strip().splitlines()) == 1 + 2, shown.stderr
     table = launch("results", out)

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 import yaml
 
@@ -187,6 +188,10 @@ def test_a_sampled_sweep_runs_its_draws_in_one_program_and_its_kept_copy_draws_n
     kept = yaml.safe_load((out / "sweep.yaml").read_text())
     assert [(t["config"]["lr"], t["config"]["seed"]) for t in trials] == [(d["lr"], d["seed"]) for d in kept["drawn"]]
     assert len({t["group"] for t in trials}) == 1  # lr and seed drawn: one shared program
+    for t in trials:  # each trial's params kept, as its record shows them
+        saved = np.load(out / "params" / f"{t['trial_id']}.npz")
+        assert (float(saved["m"]), float(saved["b"])) == (t["members"][0]["m"], t["members"][0]["b"])
+    assert json.loads(launch("results", out, "--json").stdout)["params"] == str(out / "params")
     again = launch("sweep", out / "sweep.yaml", "--out", out)
     assert again.returncode == 0 and "nothing to run" in again.stderr, again.stderr
     assert Store(str(out)).sweep_files() == ["sweep.yaml"]

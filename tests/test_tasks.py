@@ -184,3 +184,25 @@ def test_a_penalty_on_the_params_is_minimised_with_the_loss(parallel, ensemble):
     [(w, reference)] = [(m.shown["p[0]"], record.solution["p[0]"]) for m in record.members[:1]]
     assert abs(w - reference) < 1e-4 and reference < 2.5
     assert record.members[0].final_loss > 0.1  # the penalty counts: the data alone are fitted exactly at w = 3
+
+
+@pytest.mark.parametrize("task,ensemble,names", [
+    ("ymxb", 0, {"m": (), "b": ()}),  # the default task's shown names are all its params
+    ("examples.tasks.mlp:TASK", 0, {"b1": (4,), "b2": (), "w1": (1, 4), "w2": (4,)}),  # by pytree path
+    ("linreg", 2, {"flat": (2, 9)})])  # its own flat order, 8 features and b; a member axis
+def test_save_params_writes_every_param_by_name_as_npz(tmp_path, capsys, task, ensemble, names):
+    path = tmp_path / "params.npz"
+    extra = ["--hidden", "4"] if "mlp" in task else []
+    assert cli.main(["--task", task, *extra, "--ensemble", str(ensemble), "--hosts", "2", "--devices-per-host", "1",
+                     "--steps", "300", "--samples-per-host", "64", "--save-params", str(path), "--json"]) in (0, 1)
+    result = json.loads(capsys.readouterr().out)
+    saved = np.load(path)
+    assert {k: saved[k].shape for k in saved.files} == names
+    if task == "ymxb":  # what the report shows is what was saved
+        shown = result["hosts"][0]["params"]
+        assert (float(saved["m"]), float(saved["b"])) == (shown["m"], shown["b"])
+
+
+def test_save_params_to_a_folder_is_refused_before_the_run(tmp_path, capsys):
+    assert cli.main(["--save-params", str(tmp_path), "--hosts", "2"]) == 2
+    assert f"--save-params '{tmp_path}' is a folder" in capsys.readouterr().err

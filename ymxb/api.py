@@ -15,6 +15,7 @@ from ymxb.errors import UsageError
 from ymxb.names import launch_line
 from ymxb.plan import Group, Part, Plan, changed
 from ymxb.protocol import ProgramRun, Restart, SliceHost, UserCall, UserEnd
+from ymxb.results import params
 from ymxb.results.judge import judge
 from ymxb.results.record import TrialRecord
 from ymxb.results.store import Store
@@ -128,6 +129,7 @@ def _run_program(part: Part, supervisor, store: Optional[Store], progress: "Prog
         judged_s = time.perf_counter() - judging
         if store:
             store.append(records)
+            params.save_all(store.directory, run, [r.trial_id for r in records])
         if path:
             checkpoint.remove(path)  # its records are in: nothing to resume
     progress.finish(program)

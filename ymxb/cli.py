@@ -30,6 +30,7 @@ import numpy as np
 from ymxb.driver import checkpoint
 from ymxb.spec import data, registry, settings as config, sweep as sweeps, tasks
 from ymxb import api as experiment, plan as plans
+from ymxb.results import params
 from ymxb.results.views import query, report
 from ymxb.results.views import table as trial_table
 from ymxb.spec.settings import Recovery, SliceSpec, TrialSpec
@@ -116,6 +117,9 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
                    "task), say what would run, and start nothing")
     g.add_argument("--dump-data", metavar="PATH",
                    help="write the global dataset (arrays x and y) to PATH as .npz")
+    g.add_argument("--save-params", metavar="PATH",
+                   help="write the trained params to PATH as .npz, one array per param (np.load(PATH)); "
+                        "an ensemble's with a leading member axis")
     g = p.add_argument_group("surviving host loss (a host that dies, hangs or is preempted: the "
                              "slice restarts and training goes on from the last checkpoint)")
     _recovery_flags(g)
@@ -320,8 +324,9 @@ def _inspect(argv: List[str]) -> int:
 def _launch(argv: List[str]) -> int:
     spec, trial, args = parse(argv)
     todo = plans.make(sweeps.single(spec, trial))
-    if args.dump_data:
-        _check_writable(args.dump_data)
+    for flag, path in (("--dump-data", args.dump_data), ("--save-params", args.save_params)):
+        if path:
+            _check_writable(flag, path)
     if args.resume and args.checkpoint_dir and args.resume != args.checkpoint_dir:
         raise UsageError("--resume DIR continues with DIR as its --checkpoint-dir: give one of them")
     folder = args.resume or args.checkpoint_dir
@@ -345,6 +350,8 @@ def _launch(argv: List[str]) -> int:
         x, y = data.global_dataset(trial, run.program.slice.processes)
         with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
             np.savez(f, x=x, y=y)
+    if args.save_params:
+        params.write(args.save_params, params.of_trial(run, 0))
     # Where the time went, in the order it passed.
     phases = {"driver": ended.phases["driver"], "ray_start": ended.phases["ray_start"], **outcome.phases,
               "ray_stop": ended.phases["ray_stop"]}
@@ -522,15 +529,18 @@ def _show_results(records, folder: str, as_json: bool, out, restarts=(), shown=N
     shown = records if shown is None else shown
     store = Store(folder)
     drawn = plots.draw(records, os.path.join(folder, "plots"), source=store)
+    kept = os.path.join(folder, params.FOLDER)
+    kept = kept if os.path.isdir(kept) else None  # a store written before params were kept has none
     if as_json:
         shown = store.whole(shown)
-        doc = {"folder": folder, "store": store.path, "plots": drawn,
+        doc = {"folder": folder, "store": store.path, "plots": drawn, "params": kept,
                "restarts": [dataclasses.asdict(r) for r in restarts], "best": sorted(best(shown)),
                "trials": [json.loads(r.to_json()) for r in shown]}
         print(json.dumps(doc, indent=1), file=out, flush=True)
     else:
         print(table(shown), file=out)
-        print(f"records: {store.path}; plots: {', '.join(drawn)}", file=out, flush=True)
+        where = f"; params: {os.path.join(kept, '<trial_id>.npz')}" if kept else ""
+        print(f"records: {store.path}; plots: {', '.join(drawn)}{where}", file=out, flush=True)
     return _verdict(shown)
 
 
@@ -627,16 +637,16 @@ def _stdout_kept_for_result():
         os.close(kept)
 
 
-def _check_writable(path: str) -> None:
-    """Fail before the run, not after it, when --dump-data cannot be written as given."""
+def _check_writable(flag: str, path: str) -> None:
+    """Fail before the run, not after it, when a file it writes (`flag`'s) cannot be written as given."""
     if os.path.isdir(path):
-        raise UsageError(f"--dump-data {path!r} is a folder; give a file path such as {os.path.join(path, 'data.npz')!r}")
+        raise UsageError(f"{flag} {path!r} is a folder; give a file path such as {os.path.join(path, 'data.npz')!r}")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise UsageError(f"cannot write --dump-data {path!r}: {err.strerror} ({folder}); "
+        raise UsageError(f"cannot write {flag} {path!r}: {err.strerror} ({folder}); "
                          f"choose a path in a writable folder") from None
 
 

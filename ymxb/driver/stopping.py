@@ -12,11 +12,12 @@ the stopped ones recorded, looks for.
 import collections
 import os
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ymxb.driver import checkpoint
 from ymxb.names import launch_line
 from ymxb.protocol import ProgramRun
+from ymxb.results import params
 from ymxb.results.judge import judge, reference_of
 from ymxb.results.record import TrialRecord
 from ymxb.spec import stopping
@@ -52,10 +53,11 @@ class EarlyStopping:
         run = None
         while self.running:
             run = self._call()
-            new = self._record(self._ended(run), run)
+            new, theirs = self._record(self._ended(run), run)
             self._go_on(bool(new))
             if self.store and new:  # after the checkpoint: a crash leaves one for the unrecorded
                 self.store.append(new)
+                params.save_all(self.store.directory, theirs, [r.trial_id for r in new])
             if self._old_path and self._old_path != self.path:
                 checkpoint.remove(self._old_path)
         if self.path:
@@ -84,23 +86,23 @@ class EarlyStopping:
                                 self.step // cfg.steps_per_call, optimal)
         return {self.running[stop.trial]: stop for stop in stops}
 
-    def _record(self, ended: Dict[int, Optional[stopping.Stop]], run: ProgramRun) -> List[TrialRecord]:
+    def _record(self, ended: Dict[int, Optional[stopping.Stop]],
+                run: ProgramRun) -> Tuple[List[TrialRecord], Optional[ProgramRun]]:
         """The records of the trials that `ended`, judged as their own program, recorded as
         trials of the program they began in (its group and trial count), saying where a rule
-        stopped them."""
+        stopped them; and that program's run."""
         if not ended:
-            return []
+            return [], None
         judging = time.perf_counter()
-        theirs = self.program.only(list(ended))
-        made = judge(run.only([self.axis[i] for i in ended], theirs, self.train_s),
-                     [self.ids[i] for i in ended], self.options.sweep_file, self.reference)
+        theirs = run.only([self.axis[i] for i in ended], self.program.only(list(ended)), self.train_s)
+        made = judge(theirs, [self.ids[i] for i in ended], self.options.sweep_file, self.reference)
         for record, stop in zip(made, ended.values()):
             record.group, record.group_trials = self.group, self.program.count
             record.stopped_at, record.stopped_by = (stop.step, stop.why) if stop else (None, None)
         self.records.update(zip(ended, made))
         self.running = [i for i in self.running if i not in ended]
         self.judged_s += time.perf_counter() - judging
-        return made
+        return made, theirs
 
     def _go_on(self, stopped_some: bool) -> None:
         """The running trials' state for the next call: repacked where few enough run, and
