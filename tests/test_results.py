@@ -170,6 +170,29 @@ def test_fit_draws_the_data_of_every_slice():
     assert "data (2000 of 4000 points)" in labels  # 2 slices x 2 hosts x 1000
 
 
+def test_the_loss_panels_name_the_tasks_reference_and_what_sets_each_program_apart():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def titles(records):
+        fig = plots._loss(plt, records)
+        found = fig._suptitle.get_text(), [ax.get_title() for ax in fig.axes if ax.get_visible()]
+        plt.close(fig)
+        return found
+
+    line = [_record(trial=TrialSpec.resolve(lr=lr)) for lr in (0.1, 0.2)]
+    assert titles(line)[0].startswith("Loss above the normal-equation optimum, a line per trial; varying: lr")
+    mlp = [_record(trial=TrialSpec.resolve(task="examples.tasks.mlp:TASK", hidden=h, lr=lr), solution={},
+                   optimal_loss=None) for h in (4, 8) for lr in (0.1, 0.2)]
+    for r in mlp:  # a program per width, as the plan groups them
+        r.group = f"g{r.config['hidden']}"
+    suptitle, panels = titles(mlp)
+    assert suptitle.startswith("Loss, a line per trial") and "normal" not in suptitle
+    assert ["hidden=4" in panels[0], "hidden=8" in panels[1]] == [True, True], panels
+
+
 def test_the_figures_are_drawn_again_only_when_what_they_show_changed(tmp_path):
     store = Store(str(tmp_path))
     records = [_record(trial=TrialSpec.resolve(lr=lr)) for lr in (0.1, 0.2)]

@@ -111,7 +111,8 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
     g = p.add_argument_group("launch and output")
     _launch_flags(g)
     g.add_argument("--tol", type=float, metavar="TOL", default=t.tol,
-                   help="max |param - the task's reference solution (the normal equation)| for the run to verify")
+                   help="max |param - the task's reference solution| for the run to verify (the default task's: "
+                        "the normal equation); a task without one is verified without it")
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     g.add_argument("--dry-run", action="store_true", help="check the flags and the plan (slice, memory, "
                    "task), say what would run, and start nothing")

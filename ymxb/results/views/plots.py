@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ymxb import __version__
+from ymxb.errors import UsageError
 from ymxb.spec import data, registry
 from ymxb.spec.settings import TrialSpec
 from ymxb.results.record import TrialRecord
@@ -110,7 +111,10 @@ def _loss(plt, records):
             excess = np.maximum(np.asarray(r.loss_curve["loss"], float) - (r.optimal_loss or 0.0), 1e-16)
             ax.plot(r.loss_curve["step"], excess, lw=1, label=_label(r, ("lr", "seed")))
         first = members[0].config
-        ax.set_title(f"{first['optimizer']}, {first['model']}, {_shape(first)}"
+        # What sets this program apart from the others (lr and seed vary inside programs).
+        apart = [f"{k}={first.get(k)}" for k in varying if k not in ("lr", "seed", "optimizer", "model")
+                 and len({str(m.config.get(k)) for m in members}) == 1]
+        ax.set_title(", ".join([first["optimizer"], first["model"], _shape(first), *apart])
                      + (f", ensemble {first['ensemble']}" if first["ensemble"] else "")
                      + (f" ({len(drawn)} of {len(members)} trials)" if len(drawn) < len(members) else ""),
                      fontsize=9)
@@ -124,10 +128,21 @@ def _loss(plt, records):
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
     more = f" (first {MAX_PANELS} of {len(groups)} programs)" if len(groups) > MAX_PANELS else ""
-    fig.suptitle(f"Loss above the normal-equation optimum, a line per trial{more}; varying: "
-                 f"{', '.join(varying) or 'nothing'}", fontsize=10)
+    references = {_reference_name(r.config) for r in records if r.solution}
+    what = (f"Loss above the {references.pop() if len(references) == 1 else 'reference'} optimum"
+            if references else "Loss")
+    fig.suptitle(f"{what}, a line per trial{more}; varying: {', '.join(varying) or 'nothing'}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _reference_name(config) -> str:
+    """What a trial's task calls its reference ("normal-equation"), or "reference" where its task
+    cannot be imported here (results read elsewhere)."""
+    try:
+        return registry.of_config(config).reference_name.replace("_", "-")
+    except UsageError:
+        return "reference"
 
 
 def _error_vs_lr(plt, records):
