@@ -76,7 +76,7 @@ def test_a_users_task_without_a_reference_is_judged_on_what_holds_without_one():
     assert not record.verified
 
 
-CLASSIFIER = "tests.classifier_task:TASK"
+CLASSIFIER = "examples.tasks.classifier:TASK"
 
 
 @pytest.mark.parametrize("parallel,ensemble", [("pmap", 0), ("sharding", 4)])
@@ -100,6 +100,17 @@ def test_a_sweep_of_a_classifiers_learning_rates_trains_in_one_program():
     records = judge(trained(*trials))
     assert [r.config["lr"] for r in records] == [0.03, 0.1] and all(r.verified for r in records)
     assert records[1].members[0].final_loss < records[0].members[0].final_loss  # the larger step went further
+
+
+def test_a_classifiers_l2_penalty_keeps_its_weights_small():
+    from ymxb.results import params
+
+    def weights(l2):
+        trial = TrialSpec.resolve(task=CLASSIFIER, l2=l2, optimizer="adam", lr=0.1, **SMALL)
+        return np.linalg.norm(params.of_trial(trained(trial), 0)["w"])
+
+    free, held = weights(0.0), weights(0.1)
+    assert held < 0.5 * free, (held, free)
 
 
 def test_a_classifier_runs_on_the_hosts_of_a_slice(capsys):
