@@ -352,7 +352,12 @@ def _launch(argv: List[str]) -> int:
         with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
             np.savez(f, x=x, y=y)
     if args.save_params:
-        params.write(args.save_params, params.of_trial(run, 0))
+        kept = next(params.by_trial(run))
+        if kept is None:
+            _log(launch_line(f"--save-params: not every model came back from the hosts; {args.save_params} "
+                             f"not written"))
+        else:
+            params.write(args.save_params, kept)
     # Where the time went, in the order it passed.
     phases = {"driver": ended.phases["driver"], "ray_start": ended.phases["ray_start"], **outcome.phases,
               "ray_stop": ended.phases["ray_stop"]}

@@ -5,42 +5,51 @@ param, `np.load(path)["w1"]`. Named by their place in the model's params pytree
 member axis."""
 
 import os
-from typing import Dict, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 
 from ymxb.protocol import ProgramRun
 from ymxb.spec import registry, tasks
 
+FOLDER = "params"  # a sweep's results folder keeps each trial's params here, as <trial id>.npz
 
-def of_trial(run: ProgramRun, position: int) -> Dict[str, np.ndarray]:
-    """The final params of the trial at `position` on the program's axis, by name."""
+
+def by_trial(run: ProgramRun) -> Iterator[Optional[Dict[str, np.ndarray]]]:
+    """Each trial's final params, by name, in the program's order (None for a trial whose
+    models did not all come back)."""
     program = run.program
     cfg, members = program.trial, program.trial.members
     entry = np.concatenate([h.result.entry for h in run.hosts])
     rows = np.concatenate([h.result.params for h in run.hosts])
-    first = {int(e): i for i, e in reversed(list(enumerate(entry)))}  # every copy agrees: verified
-    flat = np.stack([rows[first[position * members + m]] for m in range(members)])  # (members, P)
-    named = _by_name(cfg, flat)
-    return named if cfg.ensemble else {k: v[0] for k, v in named.items()}
+    found, first = np.unique(entry, return_index=True)  # every copy of a model agrees (verified)
+    row_of = dict(zip(found.tolist(), first.tolist()))
+    named = _names(cfg, rows.shape[1])
+    for t in range(program.count):
+        wanted = range(t * members, (t + 1) * members)
+        if not all(e in row_of for e in wanted):
+            yield None
+            continue
+        params = named(rows[[row_of[e] for e in wanted]])  # (members, ...) each
+        yield params if cfg.ensemble else {k: v[0] for k, v in params.items()}
 
 
-def _by_name(cfg, flat: np.ndarray) -> Dict[str, np.ndarray]:
+def _names(cfg, size: int) -> Callable[[np.ndarray], Dict[str, np.ndarray]]:
+    """(models, P) flat params -> their arrays by name, as the task's params are laid out."""
     task = registry.get(cfg.task)
-    shown = task.shown(cfg.of_task, flat)
-    if len(shown) == flat.shape[1]:
-        return {k: np.asarray(v) for k, v in shown.items()}
+    if len(task.shown(cfg.of_task, np.zeros((1, size)))) == size:
+        return lambda flat: {k: np.asarray(v) for k, v in task.shown(cfg.of_task, flat).items()}
     if type(task).flat is not tasks.Task.flat:
-        return {"flat": flat}
+        return lambda flat: {"flat": flat}
     import jax
 
     shapes = jax.eval_shape(task.model(cfg.of_task, cfg.model).init, jax.random.key(0))
-    named, start = {}, 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-        size = int(np.prod(leaf.shape))
-        named[_name(path)] = flat[:, start:start + size].reshape(len(flat), *leaf.shape)
-        start += size
-    return named
+    layout, start = [], 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:  # the default flat's order
+        layout.append((_name(path), start, leaf.shape))
+        start += int(np.prod(leaf.shape))
+    return lambda flat: {name: flat[:, at:at + int(np.prod(shape))].reshape(len(flat), *shape)
+                         for name, at, shape in layout}
 
 
 def _name(path) -> str:
@@ -52,12 +61,10 @@ def write(path: str, params: Dict[str, np.ndarray]) -> None:
         np.savez(f, **params)
 
 
-FOLDER = "params"  # a sweep's results folder keeps each trial's params here, as <trial id>.npz
-
-
 def save_all(results: str, run: ProgramRun, ids: Sequence[str]) -> None:
     """Every trial of `run`'s program (its ids in order) into the results folder's FOLDER."""
     folder = os.path.join(results, FOLDER)
     os.makedirs(folder, exist_ok=True)
-    for position, tid in enumerate(ids):
-        write(os.path.join(folder, f"{tid}.npz"), of_trial(run, position))
+    for tid, params in zip(ids, by_trial(run)):
+        if params is not None:
+            write(os.path.join(folder, f"{tid}.npz"), params)
