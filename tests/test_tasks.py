@@ -2,6 +2,7 @@
 task, and each way a user's task is broken refused in one line (in this process: 4 CPU devices)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -114,10 +115,15 @@ def test_a_classifiers_l2_penalty_keeps_its_weights_small():
 
 
 def test_a_classifier_runs_on_the_hosts_of_a_slice(capsys):
+    from ymxb.ops.ray_cluster import EMBEDDED_ENV
+
+    before = {name: os.environ.get(name) for name in EMBEDDED_ENV}
     assert cli.main(["--task", CLASSIFIER, "--hosts", "2", "--devices-per-host", "1", "--optimizer", "adam",
                      "--lr", "0.1", "--steps", "200", "--samples-per-host", "64", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["verified"] and [h["process_index"] for h in result["hosts"]] == [0, 1], result
+    # The embedded Ray's environment is gone with it: a multi-node `ray start` after it must work.
+    assert {name: os.environ.get(name) for name in EMBEDDED_ENV} == before
 
 
 def _line_of(text: str) -> int:

@@ -64,8 +64,29 @@ def ray_cluster(address: Optional[str], log=lambda line: None):
     than an interrupt (a host failed) keeps its Ray folder, and `log` gets where its logs are.
     """
     phases: Dict[str, float] = {}
-    with _joined(address, log, phases) if address else _embedded(log, phases):
-        yield phases
+    if address:
+        with _joined(address, log, phases):
+            yield phases
+    else:
+        with _environment(EMBEDDED_ENV), _embedded(log, phases):
+            yield phases
+
+
+@contextlib.contextmanager
+def _environment(values: Dict[str, str]):
+    """`values` in this process's environment while the block runs (the processes Ray starts
+    read them), then as they were: a later `ray start` in this process's children (a
+    multi-node cluster) must not inherit them."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -95,7 +116,6 @@ def _joined(address: str, log, phases: Dict[str, float]):
 @contextlib.contextmanager
 def _embedded(log, phases: Dict[str, float]):
     started = time.perf_counter()
-    os.environ.update(EMBEDDED_ENV)  # read by the processes Ray starts
     import ray
 
     ray_internals.keep_on_loopback()  # in case ray was imported before the variable was set
