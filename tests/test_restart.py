@@ -158,16 +158,21 @@ def test_recovery_flags_are_checked_before_launch():
 
 
 @pytest.mark.parametrize("parallel", ["pmap", "sharding"])
-@pytest.mark.parametrize("ensemble,optimizer,model", [(0, "adam", "pure"), (6, "adam", "haiku")])
-def test_training_resumed_from_a_written_checkpoint_is_bit_identical(tmp_path, parallel, ensemble, optimizer, model):
+@pytest.mark.parametrize("ensemble,optimizer,model,options", [
+    (0, "adam", "pure", {}), (6, "adam", "haiku", {}),
+    (0, "sgd", "pure", {"batch_size": 64, "momentum": 0.5, "schedule": "cosine"}),
+    (6, "adamw", "haiku", {"batch_size": 32, "weight_decay": 0.01})])
+def test_training_resumed_from_a_written_checkpoint_is_bit_identical(tmp_path, parallel, ensemble, optimizer, model,
+                                                                     options):
     """In one process: the hosts' pieces assembled, written, read back and restored give
-    exactly the run that never stopped (padded ensemble members included)."""
+    exactly the run that never stopped (padded ensemble members included; minibatches drawn
+    after the restore as they were before: from the step the optimiser's state counts)."""
     from ymxb.spec.settings import Program, SliceSpec, TrialSpec
     from ymxb.protocol import CheckpointPiece
     from ymxb.host.train import train_host, train_stream
 
     trials = [TrialSpec.resolve(parallel=parallel, ensemble=ensemble, optimizer=optimizer, model=model, lr=lr,
-                        steps=300, steps_per_call=50) for lr in (0.05, 0.1)]
+                                steps=300, steps_per_call=50, **options) for lr in (0.05, 0.1)]
     program = Program.of(SliceSpec(hosts=1, devices_per_host=4), trials)
     whole = train_host(program)
     pieces = checkpoint.Assembler(program, hosts=1)

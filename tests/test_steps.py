@@ -130,13 +130,19 @@ def test_a_trial_trains_the_same_in_a_program_of_many_as_alone(parallel, ensembl
                                    alone.losses, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adagrad", "rmsprop"])
-def test_the_injected_optimizer_is_the_plain_one(name):
-    """The learning rate lives in the state (one per model); every other setting stays static,
-    so the updates equal plain optax's bit for bit."""
+@pytest.mark.parametrize("name, options", [("sgd", {}), ("adam", {}), ("adagrad", {}), ("rmsprop", {}),
+                                           ("sgd", {"momentum": 0.9}), ("rmsprop", {"momentum": 0.5}),
+                                           ("adamw", {}), ("adamw", {"weight_decay": 0.01})])
+def test_the_injected_optimizer_is_the_plain_one(name, options):
+    """The learning rate and the options trials set live in the state (one per model); every
+    other setting stays static (adamw's decay at 0 where no trial sets one), so the updates
+    equal plain optax's bit for bit."""
     f32 = lambda v: np.asarray(v, np.float32)
     params = {"m": f32(0.3), "b": f32(-0.2)}
-    plain, injected = getattr(optax, name)(learning_rate=0.05), make_optimizer(name)(learning_rate=0.05)
+    program = Program.of(ONE_HOST, [TrialSpec.resolve(optimizer=name, **options)])
+    off = {"weight_decay": 0.0} if name == "adamw" else {}
+    plain = getattr(optax, name)(learning_rate=0.05, **{**off, **options})
+    injected = make_optimizer(program)(learning_rate=0.05, **options)
     states = [plain.init(params), injected.init(params)]
     for step in range(5):
         grads = {"m": f32(0.1 * step - 0.3), "b": f32(0.7 / (step + 1))}

@@ -64,6 +64,12 @@ def test_a_trial_id_covers_what_it_computes_and_nothing_else():
     assert trial_id(spec.replace(slices=2), trial) != same
     # One slice leaves `slices` out: a trial's id is the one it had before --slices existed.
     assert trial_id(spec, trial) == "fd07fad9aef9"  # made before --slices
+    # The optimiser's options, the schedule and the batch size: in the id where set, and out
+    # of it at their defaults (a trial that sets none keeps the id it had before they existed).
+    assert trial_id(spec, trial) == trial_id(spec, trial, layout=1)
+    changed = [trial.replace(momentum=0.9), trial.replace(optimizer="adamw", weight_decay=0.01),
+               trial.replace(schedule="cosine"), trial.replace(batch_size=64)]
+    assert len({trial_id(spec, t) for t in changed} | {same}) == 5
 
 
 BAD_SWEEPS = [
@@ -74,7 +80,7 @@ BAD_SWEEPS = [
     ({"grid": {"seed": []}}, "grid: seed is empty"),
     ({"grid": {"lr": 0.1}}, "grid: lr must be a list of values"),
     ({"trials": [{"lr": 0.1}, {"optimizer": "adamx"}]},
-     "trials[1] {optimizer: adamx}: optimizer must be one of sgd, adam, adagrad, rmsprop"),
+     "trials[1] {optimizer: adamx}: optimizer must be one of sgd, adam, adamw, adagrad, rmsprop"),
     ({"slice": {"address": "x:1"}}, "unknown key in slice 'address': give the cluster on the command line"),
     ({"sample": {"count": 2, "space": {"lr": {"normal": [0, 1]}}}}, "sample: space: lr must be one distribution"),
     ({"slice": {"hosts": 4, "devices_per_host": 3}}, "samples_per_host (1024) must be divisible by devices_per_host (3)"),

@@ -91,13 +91,23 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
     g.add_argument("--data-seed", type=int, metavar="N", default=t.data_seed, help="seed of the data, 0 to 2**32-1")
     g.add_argument("--samples-per-host", type=int, metavar="N", default=t.samples_per_host,
                    help="points each host generates; split evenly over its devices")
-    g = p.add_argument_group("training (full-batch gradient descent on the mean of the task's loss)")
+    g = p.add_argument_group("training (gradient descent on the mean of the task's loss plus its penalty)")
     g.add_argument("--model", metavar="NAME", default=task.models[0], help=f"one of {', '.join(task.models)}")
     g.add_argument("--optimizer", metavar="NAME", default=t.optimizer,
                    help=f"optax optimiser, one of {', '.join(config.OPTIMIZERS)}: sgd and adam "
                         "converge at the defaults, adagrad wants --lr 0.5, and rmsprop at a constant "
                         "lr hovers near the solution (and may not verify)")
     g.add_argument("--lr", type=float, metavar="LR", default=t.lr, help="learning rate")
+    g.add_argument("--momentum", type=float, metavar="M", default=t.momentum,
+                   help=f"momentum of {' and '.join(config.OPTIONS['momentum'])}, 0 to 1; 0: none")
+    g.add_argument("--weight-decay", type=float, metavar="WD", default=t.weight_decay,
+                   help="adamw's decoupled weight decay; 0: none (adamw is then adam)")
+    g.add_argument("--schedule", metavar="NAME", default=t.schedule,
+                   help=f"the learning rate over the steps, one of {', '.join(config.SCHEDULES)}: "
+                        "constant, or decaying from --lr to 0 at --steps (warmup_cosine warms up over the first 5%%)")
+    g.add_argument("--batch-size", type=int, metavar="B", default=t.batch_size,
+                   help="points per step over the whole slice, drawn afresh each step from the seed, the step "
+                        "and the device (with replacement, each device from its own points); 0: full batch")
     g.add_argument("--seed", type=int, metavar="N", default=t.seed, help="seed of the initial params, 0 to 2**32-1")
     g.add_argument("--steps", type=int, metavar="N", default=t.steps, help="training steps in total")
     g.add_argument("--steps-per-call", type=int, metavar="N", default=t.steps_per_call,

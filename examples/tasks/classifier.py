@@ -4,6 +4,8 @@ the plane, one per class.
 
     python launch.py --task examples.tasks.classifier:TASK --optimizer adam --lr 0.1 --steps 300
     python launch.py --task examples.tasks.classifier:TASK --l2 0.01 --ensemble 8 --save-params params.npz
+    python launch.py --task examples.tasks.classifier:TASK --optimizer adamw --weight-decay 1e-3 \
+        --schedule cosine --batch-size 128 --steps 400     # decay from the optimiser, minibatches
 
 It gives no reference solution (the softmax regression's optimum has no closed form), so a run
 is verified on what holds without one, as examples/tasks/mlp.py's.

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ymxb.protocol import Checkpoint, CheckpointPiece
+from ymxb.spec.settings import OPTIONS
 
 SUFFIX = ".ckpt.npz"
 
@@ -31,8 +32,10 @@ SUFFIX = ".ckpt.npz"
 def program_config(program) -> Dict:
     """The settings that decide a program's training, as JSON-able values."""
     shape = program.slice
-    return {"slice": {"slices": shape.slices, "hosts": shape.hosts, "devices_per_host": shape.devices_per_host},
-            "trial": program.trial.asdict(), "lrs": list(program.lrs), "seeds": list(program.seeds)}
+    config = {"slice": {"slices": shape.slices, "hosts": shape.hosts, "devices_per_host": shape.devices_per_host},
+              "trial": program.trial.as_first_named(), "lrs": list(program.lrs), "seeds": list(program.seeds)}
+    config.update((option, list(program.column(option))) for option in OPTIONS if program.uses(option))
+    return config
 
 
 def name_of(program) -> str:

@@ -1,10 +1,12 @@
 """The training step and its two parallel wrappings: `jax.pmap` and `jax.jit` over a global Mesh.
 
-Everything but the wrapping is shared: one step of full-batch gradient descent on the mean of
-the task's loss (squared error unless the task says otherwise), on any params pytree,
+Everything but the wrapping is shared: one step of gradient descent on the mean of the task's
+loss (squared error unless the task says otherwise) plus its penalty, on any params pytree,
 `vmap`ped over the program's leading model axis (one entry per trial, or per trial and
-ensemble member; each entry has its own learning rate in its optimiser state), and
-`lax.scan`ned so that many steps run in one compiled call (one dispatch, not one per step).
+ensemble member; each entry has its own learning rate and optimiser options in its optimiser
+state), and `lax.scan`ned so that many steps run in one compiled call (one dispatch, not one
+per step). A step sees the whole batch, or (`--batch-size`) a minibatch drawn inside the
+compiled program from the entry's seed and member, the step and the device (`draw_key`).
 
 The devices form a grid of two axes, (slices, devices of a slice) (config.SliceSpec.mesh_shape;
 one slice: (1, D)), in process order. pmap keeps the tutorial's one axis over all D devices,
@@ -18,6 +20,11 @@ Layouts, with D global devices and a program of T trials (config.Program):
   of D), every device sees the whole global batch (gathered once), and no collective runs
   inside the step.
 A single run is a program of one trial.
+
+Minibatches are drawn with replacement: one-model trials draw batch_size / D points on each
+device from the points it holds (its host's shard's part), so the step's mean over devices is
+the mean over the whole batch; an ensemble's member draws batch_size points from the global
+batch every device holds.
 """
 
 import abc
@@ -33,7 +40,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ymxb.spec.settings import Program
+from ymxb.spec.settings import OPTIONS, Program
 from ymxb.spec.tasks import Model
 
 # pmap's one axis: it spans every device of every host of every slice.
@@ -47,28 +54,86 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
+# What each optimiser option is when no trial of the program sets it (optax's meaning of off:
+# sgd without momentum has no trace in its state at all; adamw's default decay is not 0).
+_OFF = {"momentum": None, "weight_decay": 0.0}
+# A key stream of its own for minibatches, apart from the init's keys of the same seed.
+BATCH_STREAM = 0x6D62
+
+
 @functools.lru_cache(maxsize=None)
-def make_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
-    """learning_rate -> optax.<name>, with the rate kept in the optimiser state (one per model
-    on the axis). Every other argument is static, as in the plain optimiser: injected (as
-    float32 arrays) adam's b1, b2 and eps would drift from plain adam's."""
+def _injected(name: str, options: Tuple[str, ...]) -> Callable[..., optax.GradientTransformation]:
+    """optax.<name> with learning_rate and `options` injected (inputs, one per model on the
+    axis), every other argument static as in the plain optimiser: injected (as float32 arrays)
+    adam's b1, b2 and eps would drift from plain adam's."""
     factory = getattr(optax, name)
-    static = tuple(arg for arg in inspect.signature(factory).parameters if arg != "learning_rate")
+    static = tuple(arg for arg in inspect.signature(factory).parameters
+                   if arg not in ("learning_rate", *options))
     return optax.inject_hyperparams(factory, static_args=static)
 
 
+def injected_options(program: Program) -> Tuple[str, ...]:
+    """The optimiser options some trial of `program` sets: inputs of its compiled program."""
+    return tuple(o for o, takers in OPTIONS.items() if program.trial.optimizer in takers and program.uses(o))
+
+
+def make_optimizer(program: Program) -> Callable[..., optax.GradientTransformation]:
+    """(learning_rate, **injected options) -> the program's optimiser: optax.<name> with each
+    option it takes but no trial sets at its off value, then the schedule's factor."""
+    name, options = program.trial.optimizer, injected_options(program)
+    off = {o: v for o, v in _OFF.items() if name in OPTIONS[o] and o not in options and v is not None}
+    inner = _injected(name, options)
+    factor = _schedule(program.trial.schedule, program.trial.steps)
+    if factor is None:
+        return lambda **hyper: inner(**hyper, **off)
+    return lambda **hyper: optax.chain(inner(**hyper, **off), optax.scale_by_schedule(factor))
+
+
+def _schedule(name: str, steps: int) -> Optional[Callable]:
+    """The learning rate's factor at each step, from 1 (None: constant)."""
+    if name == "cosine":
+        return optax.cosine_decay_schedule(1.0, decay_steps=steps)
+    if name == "linear":
+        return optax.linear_schedule(1.0, 0.0, transition_steps=steps)
+    if name == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=max(1, steps // 20),
+                                                  decay_steps=steps, end_value=0.0)
+    return None
+
+
+def steps_taken(opt_state) -> jax.Array:
+    """The optimiser's count of updates: the step a model is at (checkpoints keep it)."""
+    return (opt_state[0] if type(opt_state) is tuple else opt_state).count  # a chain: the schedule's after it
+
+
+def draw_key(who: jax.Array, step: jax.Array) -> jax.Array:
+    """The key of one entry's minibatch at `step`: from its trial's seed and its member (`who`)."""
+    key = jax.random.fold_in(jax.random.key(who[0]), BATCH_STREAM)
+    return jax.random.fold_in(jax.random.fold_in(key, who[1]), step)
+
+
+def _drawn(key, n: int, size: int, *arrays):
+    """`size` points of each of `arrays` (a leading axis of `n`), drawn with replacement."""
+    picked = jax.random.randint(key, (size,), 0, n)
+    return tuple(a[picked] for a in arrays)
+
+
 def make_step(model: Model, opt: optax.GradientTransformation, reduce: Callable = lambda tree: tree,
-              loss: Optional[Callable] = None, penalty: Optional[Callable] = None) -> Callable:
-    """(state, x, y) -> (state, loss): one full-batch step of one model on the mean of `loss`
+              loss: Optional[Callable] = None, penalty: Optional[Callable] = None,
+              draw: Optional[Callable] = None) -> Callable:
+    """(state, x, y[, who]) -> (state, loss): one step of one model on the mean of `loss`
     (predictions, y -> per-point loss; None: squared error) plus `penalty` (params -> a number,
     or None for none); `reduce` combines the devices' (loss, grads) where the batch is split
-    over devices."""
+    over devices. `draw` (key, x, y) -> (x, y): the step's minibatch, keyed by `who` (the
+    entry's seed and member) and the step; None: the whole batch."""
     if loss is None:  # the squared error, halved: the mean's 2/n is applied once, below
         objective, scale = lambda params, x, y: 0.5 * jnp.sum((model.apply(params, x) - y) ** 2), 2.0
     else:
         objective, scale = lambda params, x, y: jnp.sum(loss(model.apply(params, x), y)), 1.0
 
-    def step(state, x, y):
+    def step(state, x, y, who=None):
+        if draw is not None:
+            x, y = draw(draw_key(who, steps_taken(state.opt_state)), x, y)
         # The mean's 1/n is applied once to the sums, not inside every point's product: there
         # it is a broadcast in each of XLA:CPU's reductions, which slows the step (docs/
         # benchmarks.md). Same math, float32 round-off apart.
@@ -86,24 +151,31 @@ def make_step(model: Model, opt: optax.GradientTransformation, reduce: Callable 
 
 
 def fuse(step: Callable, n_steps: int) -> Callable:
-    """(state, x, y) -> (state, losses): `n_steps` steps of every model on the leading axis in
-    one call. Losses have shape (models, n_steps)."""
-    batched = jax.vmap(step, in_axes=(0, None, None))  # models share the batch
+    """(state, x, y[, who]) -> (state, losses): `n_steps` steps of every model on the leading
+    axis in one call (`who`: a row per model, as the state). Losses have shape (models, n_steps)."""
+    def steps_of(one_step, state, x, y, *who):
+        return lax.scan(lambda s, _: one_step(s, x, y, *who), state, length=n_steps)
 
-    def steps_of(one_step, state, x, y):
-        return lax.scan(lambda s, _: one_step(s, x, y), state, length=n_steps)
-
-    def run(state, x, y):
+    def run(state, x, y, *who):
         if jax.tree.leaves(state)[0].shape[0] > 1:
-            state, losses = steps_of(batched, state, x, y)
+            batched = jax.vmap(step, in_axes=(0, None, None) + (0,) * len(who))  # models share the batch
+            state, losses = steps_of(batched, state, x, y, *who)
             return state, losses.T
         # One model: the axis of 1 dropped around the whole loop. vmap over it leaves (1, n)
         # arrays, whose reductions XLA:CPU runs many times slower than those of (n,) arrays
         # (docs/benchmarks.md); and a loop carrying (1,) params copied them each step.
-        state, losses = steps_of(step, jax.tree.map(lambda a: a[0], state), x, y)
+        first = lambda a: a[0]
+        state, losses = steps_of(step, jax.tree.map(first, state), x, y, *map(first, who))
         return jax.tree.map(lambda a: a[None], state), losses[None]
 
     return run
+
+
+def _trial_and_member(program: Program, entries: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """Which trial and which of its members each entry of the axis is (padding: the last entry's)."""
+    members = program.trial.members
+    entries = jnp.minimum(entries, program.entries - 1)
+    return entries // members, entries % members
 
 
 def init_state(model: Model, program: Program, entries: jax.Array) -> TrainState:
@@ -111,20 +183,27 @@ def init_state(model: Model, program: Program, entries: jax.Array) -> TrainState
     one model starts from key(seed); member j of an ensemble from the j-th of E keys split from
     it, whichever device holds it: exactly as the trial would start alone."""
     members = program.trial.members
-    entries = jnp.minimum(entries, program.entries - 1)  # padding: a copy of the last entry
-    trial, member = entries // members, entries % members
+    trial, member = _trial_and_member(program, entries)
     seeds = jnp.asarray(program.seeds, jnp.uint32)[trial]
-    lrs = jnp.asarray(program.lrs, jnp.float32)[trial]
-    optimizer = make_optimizer(program.trial.optimizer)
+    names = ("learning_rate", *injected_options(program))
+    hyper = [jnp.asarray(program.column("lr" if n == "learning_rate" else n), jnp.float32)[trial] for n in names]
+    optimizer = make_optimizer(program)
 
-    def one(seed, member, lr):
+    def one(seed, member, *values):
         key = jax.random.key(seed)
         if program.trial.ensemble:
             key = jax.random.split(key, members)[member]
         params = model.init(key)
-        return TrainState(params, optimizer(learning_rate=lr).init(params))
+        return TrainState(params, optimizer(**dict(zip(names, values))).init(params))
 
-    return jax.vmap(one)(seeds, member, lrs)
+    return jax.vmap(one)(seeds, member, *hyper)
+
+
+def who_of(program: Program, entries: jax.Array) -> jax.Array:
+    """(entries, 2) uint32: each entry's trial's seed and its member, what its minibatches are
+    drawn from."""
+    trial, member = _trial_and_member(program, entries)
+    return jnp.stack([jnp.asarray(program.seeds, jnp.uint32)[trial], member.astype(jnp.uint32)], axis=1)
 
 
 class Trainer(abc.ABC):
@@ -132,8 +211,9 @@ class Trainer(abc.ABC):
 
     def __init__(self, model: Model, program: Program):
         self.program, self.model = program, model
-        # The rate given here is never used: each model's own is in its optimiser state.
-        self.opt = make_optimizer(program.trial.optimizer)(learning_rate=0.0)
+        # The values given here are never used: each model's own are in its optimiser state.
+        self.opt = make_optimizer(program)(learning_rate=0.0, **{o: 0.0 for o in injected_options(program)})
+        self.batch_size = program.trial.batch_size
         self.ensemble = bool(program.trial.ensemble)
         self._compiled = {}
 
@@ -210,7 +290,7 @@ class PmapTrainer(Trainer):
             # pmean keeps the replicas in sync: each device's gradient is the mean over its
             # equal share of the global batch, so the mean over all devices is the full-batch one.
             reduce = _pmean_as_one
-        self.step = make_step(model, self.opt, reduce, loss, penalty)
+        self.step = make_step(model, self.opt, reduce, loss, penalty, self._draw if self.batch_size else None)
         self.axis_index = None  # global position on AXIS of each local device, set by init
         self.local_entries = None  # the entries each local device holds, set by init
 
@@ -236,7 +316,19 @@ class PmapTrainer(Trainer):
             put = jax.pmap(lambda a: lax.all_gather(a, AXIS, tiled=True), axis_name=AXIS)
         else:
             put = jax.pmap(lambda a: a)  # one slice per local device, kept there for every call
-        return tuple(put(split_over_devices(a, self.k)) for a in (x, y))
+        data = tuple(put(split_over_devices(a, self.k)) for a in (x, y))
+        if self.batch_size:
+            data += (jax.pmap(lambda _: who_of(self.program, self._entries(lax.axis_index(AXIS))),
+                              axis_name=AXIS)(jnp.arange(self.k)),)
+        return data
+
+    def _draw(self, key, x, y):
+        """The step's minibatch: a member's from the whole batch; else this device's share of
+        the batch from its own points, keyed by its place on AXIS too."""
+        if self.ensemble:
+            return _drawn(key, x.shape[0], self.batch_size, x, y)
+        key = jax.random.fold_in(key, lax.axis_index(AXIS))
+        return _drawn(key, x.shape[0], self.batch_size // lax.axis_size(AXIS), x, y)
 
     def _wrap(self, n_steps):
         return jax.pmap(fuse(self.step, n_steps), axis_name=AXIS)
@@ -297,7 +389,8 @@ class ShardingTrainer(Trainer):
         self.replicated = NamedSharding(self.mesh, P())
         # One model: params replicated, batch split. Ensemble: members split, batch everywhere.
         self.state_sharding = self.split if self.ensemble else self.replicated
-        self.step = make_step(model, self.opt, loss=loss, penalty=penalty)
+        self.step = make_step(model, self.opt, loss=loss, penalty=penalty,
+                              draw=self._draw if self.batch_size else None)
 
     def init(self):
         init = lambda: init_state(self.model, self.program, jnp.arange(self.program.padded_entries))
@@ -308,12 +401,28 @@ class ShardingTrainer(Trainer):
         if self.ensemble:
             # Every member trains on the whole global batch: gather all shards once.
             data = jax.jit(lambda *a: a, out_shardings=self.replicated)(*data)
+        if self.batch_size:
+            who = lambda: who_of(self.program, jnp.arange(self.program.padded_entries))
+            data += (jax.jit(who, out_shardings=self.state_sharding)(),)
         return data
+
+    def _draw(self, key, x, y):
+        """The step's minibatch, as PmapTrainer draws it: a member's from the whole batch; else
+        each device's share from the points it holds, keyed by its place on the mesh."""
+        if self.ensemble:
+            return _drawn(key, x.shape[0], self.batch_size, x, y)
+        devices = self.mesh.devices.size
+        share = lambda a: a.reshape(devices, a.shape[0] // devices, *a.shape[1:])
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(devices))
+        drawn = jax.vmap(lambda k, *a: _drawn(k, a[0].shape[0], self.batch_size // devices, *a))(
+            keys, share(x), share(y))
+        return tuple(a.reshape(self.batch_size, *a.shape[2:]) for a in drawn)
 
     def _wrap(self, n_steps):
         data_sharding = self.replicated if self.ensemble else self.split
+        who = (self.state_sharding,) if self.batch_size else ()
         return jax.jit(fuse(self.step, n_steps),
-                       in_shardings=(self.state_sharding, data_sharding, data_sharding),
+                       in_shardings=(self.state_sharding, data_sharding, data_sharding, *who),
                        out_shardings=(self.state_sharding, self.state_sharding))
 
     def local(self, tree):

@@ -76,13 +76,13 @@ class Resident:
         """Whether `program`'s trials are some of this one's one-model trials, on its slice."""
         if self.kind != _kind(program) or program.trial.ensemble:
             return False
-        return set(zip(program.lrs, program.seeds)) <= set(zip(self.program.lrs, self.program.seeds))
+        return set(program.values) <= set(self.program.values)
 
     def init_of(self, program: Program) -> list:
         """The initial params of the trials of `program` (one-model trials: each device holds
         every trial), numbered as `program` numbers them."""
-        where = {pair: k for k, pair in enumerate(zip(self.program.lrs, self.program.seeds))}
-        picked = np.array([where[pair] for pair in zip(program.lrs, program.seeds)])
+        where = {values: k for k, values in enumerate(self.program.values)}
+        picked = np.array([where[values] for values in program.values])
         return [(device, np.arange(len(picked)), jax.tree.map(lambda leaf: leaf[picked], tree))
                 for device, _, tree in self.init_params]
 

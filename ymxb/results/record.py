@@ -14,6 +14,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
+from ymxb.spec.settings import LATER
+
 # The layout of a record: 1 before records said (ids as first made, the platform as asked),
 # 2 with the ymxb version, the sweep file it came from and the steps where members diverged,
 # 3 with its loss curve apart, 4 with where and why it was stopped early.
@@ -165,13 +167,14 @@ RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(TrialRecord))
 # trial's task and that task's own settings, and the settings every task shares below. The
 # settings that never change what a trial computes are named too: a setting in none of these
 # lists is refused, so that a new one is put in a new layout on purpose, never by accident.
-ID_LAYOUT = 1
-ID_KEYS = {
-    1: {"slice": ("hosts", "devices_per_host", "slices", "platform", "tpu_type", "tpu_topology"),
-        "shared": ("data_seed", "samples_per_host", "model", "optimizer", "lr", "seed", "steps",
-                   "steps_per_call", "parallel", "ensemble", "tol"),
-        "not_in_id": ("address", "timeout", "wait")},
-}
+# Layout 2 adds the optimiser's options, the schedule and the batch size, each left out at its
+# default (settings.LATER): a trial that sets none of them has its layout-1 id.
+ID_LAYOUT = 2
+_FIRST = {"slice": ("hosts", "devices_per_host", "slices", "platform", "tpu_type", "tpu_topology"),
+          "shared": ("data_seed", "samples_per_host", "model", "optimizer", "lr", "seed", "steps",
+                     "steps_per_call", "parallel", "ensemble", "tol"),
+          "not_in_id": ("address", "timeout", "wait")}
+ID_KEYS = {1: _FIRST, 2: {**_FIRST, "later": LATER}}
 
 
 def trial_config(spec, trial) -> dict:
@@ -185,7 +188,7 @@ def trial_id(spec, trial, layout: int = ID_LAYOUT) -> str:
     if not spec.settled:
         raise ValueError(f"a trial's id needs the slice it runs on, shaped, with its platform; got {spec}")
     keys = ID_KEYS[layout]
-    config = trial_config(spec, trial)
+    config = {**spec.asdict(), **trial.as_first_named()}
     own = set(trial.of_task) | {"task"}
     unnamed = [k for k in config if k not in own and not any(k in keys[part] for part in keys)]
     if unnamed:

@@ -4,8 +4,9 @@
 - `TrialSpec`: what one trial trains (its task and the task's settings, data, model, optimiser,
   lr, seed, steps, ...);
 - `Recovery`: checkpoints and the restart budgets (how a run survives host loss);
-- `Program`: trials that differ only in lr and seed, trained together as one compiled program
-  on one shaped slice (a single run is a program of one trial).
+- `Program`: trials that differ only in the values it batches (lr, seed, momentum, weight
+  decay), trained together as one compiled program on one shaped slice (a single run is a
+  program of one trial).
 
 Made directly, a spec holds what it is given, unchecked (tests and benchmarks write valid values).
 User values come in through `resolve`, the one boundary: every value coerced by its rule (one
@@ -22,9 +23,14 @@ from ymxb.spec.coerce import INT32, SECONDS, Rule, coerce, flag
 
 PLATFORMS = ("tpu", "gpu", "cpu-sim")  # the platforms of driver/platforms.py
 PARALLEL_MODES = ("pmap", "sharding")
-# optax optimisers offered by --optimizer, each built as optax.<name>(learning_rate=lr). No
-# weight decay (adamw) here: it moves the optimum away from the normal-equation solution.
-OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
+# optax optimisers offered by --optimizer, each built as optax.<name>(learning_rate=lr, ...).
+OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
+# Which optimisers take each option (optax's own argument names): sgd's and rmsprop's momentum,
+# adamw's decoupled weight decay.
+OPTIONS = {"momentum": ("sgd", "rmsprop"), "weight_decay": ("adamw",)}
+# How the learning rate changes over the run's steps: a factor on every trial's own lr (optax
+# schedules from 1 to 0 over --steps; warmup_cosine warms up over the first 5%).
+SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine")
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: 2**32 would silently be seed 0
 MAX_HOSTS = 100_000
 MAX_DEVICES = 4096  # per host
@@ -145,10 +151,14 @@ class TrialSpec(_Spec):
     settings: Tuple[Tuple[str, object], ...] = registry.BUILT_IN[registry.DEFAULT].resolve({})
     data_seed: int = 0  # with the host index, what each host's shard is made from
     samples_per_host: int = 1024
-    # Training: full-batch gradient descent on the task's loss (default: mean squared error).
+    # Training: gradient descent on the mean of the task's loss (default: squared error).
     model: str = "pure"  # one of the task's models (its first by default)
     optimizer: str = "sgd"
     lr: float = 0.1
+    momentum: float = 0.0  # sgd, rmsprop (0: none)
+    weight_decay: float = 0.0  # adamw's decoupled weight decay (0: none, adamw is adam)
+    schedule: str = "constant"  # the lr's factor over the steps (SCHEDULES)
+    batch_size: int = 0  # points per step over the whole slice, drawn afresh each step; 0: full batch
     seed: int = 0  # the initial params
     steps: int = 500
     steps_per_call: int = 100  # steps fused into one compiled call; the host blocks between calls
@@ -162,6 +172,10 @@ class TrialSpec(_Spec):
         "model": Rule(str),  # the task's models: checked in resolve
         "optimizer": Rule(str, choices=OPTIMIZERS),
         "lr": _POSITIVE,
+        "momentum": Rule(float, low=0, high=1, wants="a number from 0 (none) to 1"),
+        "weight_decay": Rule(float, low=0, high=1e6, wants="a finite number >= 0 (0: none)"),
+        "schedule": Rule(str, choices=SCHEDULES),
+        "batch_size": Rule(int, low=0, high=2**40, wants="0 (full batch) or a positive number of points"),
         "seed": _SEED,
         "steps": _count(),
         "steps_per_call": _count(),
@@ -179,6 +193,11 @@ class TrialSpec(_Spec):
         shared = {k: coerce(flag(k), values.pop(k), rule) for k, rule in cls.RULES.items() if k in values}
         shared.setdefault("model", task.models[0])
         coerce("--model", shared["model"], Rule(str, choices=task.models))
+        optimizer = shared.get("optimizer", cls.optimizer)
+        for option, takers in OPTIONS.items():
+            if shared.get(option) and optimizer not in takers:
+                raise UsageError(f"{flag(option)} is an option of {' and '.join(takers)}, not of "
+                                 f"{optimizer}: pick one of those with --optimizer, or leave it at 0")
         return cls(task=name, settings=task.resolve({**given, **values}), **shared)
 
     @classmethod
@@ -207,6 +226,11 @@ class TrialSpec(_Spec):
         named.update((k, getattr(self, k)) for k in self.RULES)
         return named
 
+    def as_first_named(self) -> dict:
+        """asdict without the LATER settings that are at their defaults: how ids and checkpoint
+        names were made before those settings were."""
+        return {k: v for k, v in self.asdict().items() if not (k in LATER and v == getattr(TrialSpec, k))}
+
     @property
     def of_task(self) -> Dict[str, object]:
         """The task's settings, by name (what the task's functions are given)."""
@@ -222,6 +246,16 @@ class TrialSpec(_Spec):
         if self.samples_per_host % slice_spec.devices_per_host:
             raise UsageError(f"--samples-per-host ({self.samples_per_host}) must be divisible by "
                              f"--devices-per-host ({slice_spec.devices_per_host})")
+        if not self.batch_size:
+            return
+        points, devices = self.global_samples(slice_spec.processes), slice_spec.global_devices
+        if self.batch_size > points:
+            raise UsageError(f"--batch-size ({self.batch_size}) is more than the slice's "
+                             f"{points} points ({slice_spec.processes} hosts x --samples-per-host "
+                             f"{self.samples_per_host}): make it smaller, or 0 for full batch")
+        if not self.ensemble and self.batch_size % devices:
+            raise UsageError(f"--batch-size ({self.batch_size}) must be divisible by the slice's "
+                             f"{devices} devices: each device draws its equal share from its own points")
 
     def global_samples(self, hosts: int) -> int:
         return hosts * self.samples_per_host
@@ -247,15 +281,21 @@ class Recovery(_Spec):
     }
 
 
-# The settings trials of one program may differ in: each is one entry on the program's model axis.
-BATCHED = ("lr", "seed")
+# The settings trials of one program may differ in: each trial is one entry on the program's
+# model axis, with its own values of these (optax's inject_hyperparams makes the optimiser's
+# an input of the compiled program, not a constant of it).
+BATCHED = ("lr", "seed", "momentum", "weight_decay")
+# Settings that came after the first trial ids and checkpoint names: left out of both where at
+# their defaults, so that what was written before them names the same trials and programs.
+LATER = ("momentum", "weight_decay", "schedule", "batch_size")
 _BATCHED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialSpec) if f.name in BATCHED}
 
 
 @dataclasses.dataclass(frozen=True)
 class Program:
     """Trials trained together in one compiled program on one (shaped) slice: the same
-    `trial` settings but for lr and seed, which are one per trial.
+    `trial` settings but for those in BATCHED, which are one per trial (`values`, in BATCHED's
+    order).
 
     The program's model axis has one entry per trial (one-model trials: replicated on every
     device, the batch split over devices) or one per (trial, member) (ensembles: split over
@@ -263,25 +303,42 @@ class Program:
     """
 
     slice: SliceSpec
-    trial: TrialSpec  # the settings the trials share (its own lr and seed: the first trial's)
-    lrs: Tuple[float, ...]
-    seeds: Tuple[int, ...]
+    trial: TrialSpec  # the settings the trials share (its own batched ones: the first trial's)
+    values: Tuple[Tuple, ...]  # per trial: its value of each setting in BATCHED
 
     @classmethod
     def of(cls, slice_spec: SliceSpec, trials) -> "Program":
-        """The program of `trials` (TrialSpecs equal but for lr and seed) on a shaped slice."""
+        """The program of `trials` (TrialSpecs equal but for BATCHED) on a shaped slice."""
         trials = tuple(trials)
         if len({t.shared() for t in trials}) != 1:
-            raise ValueError("a program holds one or more trials that differ only in " + " and ".join(BATCHED))
-        return cls(slice_spec, trials[0], tuple(t.lr for t in trials), tuple(t.seed for t in trials))
+            raise ValueError("a program holds one or more trials that differ only in " + ", ".join(BATCHED))
+        return cls(slice_spec, trials[0], tuple(tuple(getattr(t, k) for k in BATCHED) for t in trials))
 
     def trials(self) -> Tuple[TrialSpec, ...]:
-        return tuple(self.trial.replace(lr=lr, seed=seed) for lr, seed in zip(self.lrs, self.seeds))
+        return tuple(self.trial.replace(**dict(zip(BATCHED, v))) for v in self.values)
+
+    def column(self, name: str) -> Tuple:
+        """Each trial's value of the batched setting `name`."""
+        k = BATCHED.index(name)
+        return tuple(v[k] for v in self.values)
+
+    @property
+    def lrs(self) -> Tuple[float, ...]:
+        return self.column("lr")
+
+    @property
+    def seeds(self) -> Tuple[int, ...]:
+        return self.column("seed")
+
+    def uses(self, option: str) -> bool:
+        """Whether any trial sets the optimiser option `option` (OPTIONS): only then is it an
+        input of the compiled program (at 0 everywhere, the program is as without it)."""
+        return any(self.column(option))
 
     @property
     def count(self) -> int:
         """Trials in the program."""
-        return len(self.lrs)
+        return len(self.values)
 
     @property
     def entries(self) -> int:
@@ -302,5 +359,4 @@ class Program:
 
     def only(self, positions) -> "Program":
         """The program of the trials at `positions` (early stopping keeps some, drops the rest)."""
-        return Program(self.slice, self.trial, tuple(self.lrs[i] for i in positions),
-                       tuple(self.seeds[i] for i in positions))
+        return Program(self.slice, self.trial, tuple(self.values[i] for i in positions))

@@ -57,6 +57,13 @@ def to_json(report: Dict) -> str:
     return json.dumps(jsonable(report), indent=1, allow_nan=False)
 
 
+def _optimizer(cfg: Dict) -> str:
+    """The optimiser as a run's first line says it: "sgd lr=0.1 momentum=0.9 (cosine)"."""
+    options = "".join(f" {k}={cfg[k]:g}" for k in ("momentum", "weight_decay") if cfg.get(k))
+    schedule = cfg.get("schedule", "constant")
+    return f"{cfg['optimizer']} lr={cfg['lr']:g}{options}" + (f" ({schedule})" if schedule != "constant" else "")
+
+
 def summary(report: Dict) -> str:
     """A short human summary: one row per host (and per member), the solution, the verdict."""
     cfg, task = report["config"], registry.of_config(report["config"])
@@ -65,8 +72,9 @@ def summary(report: Dict) -> str:
                     for s in task.settings)
     lines = [f"{slices}{cfg['hosts']} hosts x {cfg['devices_per_host']} devices ({report['platform']}), "
              + (f"task {cfg['task']} ({own}), " if "task" in cfg else "")
-             + f"{cfg['model']} model, {cfg['parallel']}, {cfg['optimizer']} lr={cfg['lr']:g}, "
+             + f"{cfg['model']} model, {cfg['parallel']}, {_optimizer(cfg)}, "
              f"{cfg['steps']} steps on {_points(cfg)} points"
+             + (f" in minibatches of {cfg['batch_size']}" if cfg.get("batch_size") else "")
              + (f", ensemble of {cfg['ensemble']}" if cfg["ensemble"] else ""), ""]
     names = list(report["hosts"][0].get("params", {})) or [k[5:] for k in report.get("ensemble", {}) if k.startswith("mean_")]
     lines.append(f"{'host':>4}  {'node':<16} {'pid':>7}  {'devices':>7}  "
