@@ -102,3 +102,26 @@ def test_batch_sizes_a_slice_cannot_draw_are_named(values, message):
     with pytest.raises(UsageError, match=message):
         TrialSpec.resolve(**values).check_fits(SliceSpec(hosts=2, devices_per_host=2))
     TrialSpec.resolve(ensemble=2, batch_size=6).check_fits(SliceSpec(hosts=2, devices_per_host=2))  # members: any size
+
+
+@pytest.mark.parametrize("parallel", ["pmap", "sharding"])
+@pytest.mark.parametrize("ensemble", [0, 3])
+def test_survivors_of_early_stopping_draw_their_own_minibatches(parallel, ensemble):
+    """Early stopping goes on with some trials on the data the whole program placed (a kept
+    Resident): the survivors draw the batches they draw from the same checkpoint alone."""
+    from ymxb.driver import checkpoint
+    from ymxb.host.train import train_stream
+    from ymxb.protocol import CheckpointPiece
+
+    base = TrialSpec.resolve(batch_size=32, parallel=parallel, ensemble=ensemble, samples_per_host=256, steps=100,
+                             steps_per_call=50)
+    program = Program.of(ONE_HOST, [base.replace(seed=s) for s in range(3)])
+    kept = []
+    pieces = checkpoint.Assembler(program, hosts=1)
+    taken = [pieces.add(0, item) for item in train_stream(program, checkpoint_every=1, until=50, keep=kept.append)
+             if isinstance(item, CheckpointPiece)]
+    survivors = program.only([2])
+    start = checkpoint.of_trials(taken[-1], [2], survivors)
+    *_, on_kept = train_stream(survivors, resume=start, resident=kept[0])
+    *_, fresh = train_stream(survivors, resume=start)
+    np.testing.assert_array_equal(_by_entry(on_kept), _by_entry(fresh))

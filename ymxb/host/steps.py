@@ -214,6 +214,7 @@ class Trainer(abc.ABC):
         # The values given here are never used: each model's own are in its optimiser state.
         self.opt = make_optimizer(program)(learning_rate=0.0, **{o: 0.0 for o in injected_options(program)})
         self.batch_size = program.trial.batch_size
+        self._drawn_by = None  # _who(), made at the first minibatch call
         self.ensemble = bool(program.trial.ensemble)
         self._compiled = {}
 
@@ -247,8 +248,18 @@ class Trainer(abc.ABC):
         return self._compiled[n_steps]
 
     def run(self, state: TrainState, data: Tuple, n_steps: int) -> Tuple[TrainState, Any]:
-        """`n_steps` steps in one call: (state, losses)."""
-        return self.compiled(n_steps)(state, *data)
+        """`n_steps` steps in one call: (state, losses). Minibatches are drawn by this program's
+        own entries (`_who`), not by the data's: a smaller program may train on placed data it
+        shares with the program it came from."""
+        if not self.batch_size:
+            return self.compiled(n_steps)(state, *data)
+        if self._drawn_by is None:
+            self._drawn_by = self._who()
+        return self.compiled(n_steps)(state, *data, self._drawn_by)
+
+    @abc.abstractmethod
+    def _who(self) -> jax.Array:
+        """who_of every entry of the program's axis, placed as the state is."""
 
     def restore(self, state: TrainState, leaves: List[np.ndarray]) -> TrainState:
         """`state` (as `init` made it) with the values of `leaves`: the flat leaves of a whole
@@ -316,11 +327,11 @@ class PmapTrainer(Trainer):
             put = jax.pmap(lambda a: lax.all_gather(a, AXIS, tiled=True), axis_name=AXIS)
         else:
             put = jax.pmap(lambda a: a)  # one slice per local device, kept there for every call
-        data = tuple(put(split_over_devices(a, self.k)) for a in (x, y))
-        if self.batch_size:
-            data += (jax.pmap(lambda _: who_of(self.program, self._entries(lax.axis_index(AXIS))),
-                              axis_name=AXIS)(jnp.arange(self.k)),)
-        return data
+        return tuple(put(split_over_devices(a, self.k)) for a in (x, y))
+
+    def _who(self):
+        return jax.pmap(lambda _: who_of(self.program, self._entries(lax.axis_index(AXIS))),
+                        axis_name=AXIS)(jnp.arange(self.k))
 
     def _draw(self, key, x, y):
         """The step's minibatch: a member's from the whole batch; else this device's share of
@@ -401,10 +412,11 @@ class ShardingTrainer(Trainer):
         if self.ensemble:
             # Every member trains on the whole global batch: gather all shards once.
             data = jax.jit(lambda *a: a, out_shardings=self.replicated)(*data)
-        if self.batch_size:
-            who = lambda: who_of(self.program, jnp.arange(self.program.padded_entries))
-            data += (jax.jit(who, out_shardings=self.state_sharding)(),)
         return data
+
+    def _who(self):
+        who = lambda: who_of(self.program, jnp.arange(self.program.padded_entries))
+        return jax.jit(who, out_shardings=self.state_sharding)()
 
     def _draw(self, key, x, y):
         """The step's minibatch, as PmapTrainer draws it: a member's from the whole batch; else
