@@ -3,7 +3,7 @@ in one line, before any host starts where the driver can see it, else named with
 
 import numpy as np
 
-from ymxb import Model, Task
+from ymxb import Metric, Model, Task
 
 
 class Line(Task):
@@ -79,6 +79,30 @@ class VectorPenalty(Line):
         return params["w"] * np.ones(2)
 
 
+class MeanMetric(Line):
+    # One number, not one per point.
+    metrics = {"close": Metric(lambda predictions, y: (abs(predictions - y) < 0.1).mean())}
+
+
+class SpacedMetric(Line):
+    metrics = {"eval close": Metric(lambda predictions, y: abs(predictions - y) < 0.1)}
+
+
+class BareMetric(Line):
+    metrics = {"close": lambda predictions, y: abs(predictions - y) < 0.1}
+
+
+class HeldOutShortOnHost1(Line):
+    def held_out(self, s, data_seed, host_index, samples):
+        x, y = super().shard(s, data_seed + 1, host_index, 8)
+        return (x[:7], y[:7]) if host_index == 1 else (x, y)
+
+
+class HeldOutRaising(Line):
+    def held_out(self, s, data_seed, host_index, samples):
+        raise ValueError("no held-out data yet")
+
+
 class NoModel(Task):
     name = "no-model"
 
@@ -90,3 +114,5 @@ NOT_A_TASK = object()
 LINE, COLUMN, SHORT, RAISING, NO_HOST_1, NO_MODEL = Line(), Column(), Short(), Raising(), NoHost1(), NoModel()
 HOST_1_ONLY_THERE, HOST_1_INTS, BAD_REFERENCE = Host1OnlyThere(), Host1Ints(), BadReference()
 VECTOR_PENALTY = VectorPenalty()
+MEAN_METRIC, SPACED_METRIC, BARE_METRIC = MeanMetric(), SpacedMetric(), BareMetric()
+HELD_OUT_SHORT_ON_HOST_1, HELD_OUT_RAISING = HeldOutShortOnHost1(), HeldOutRaising()

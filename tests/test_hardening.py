@@ -163,10 +163,11 @@ def test_a_stopped_host_is_named_as_the_one_not_answering(tmpdir_env):
 
 
 def test_a_run_longer_than_the_timeout_trains_on_while_it_progresses():
-    # Every compiled call starts 1 s late (a test fault): 20 calls take over 20 s, twice the
-    # timeout, on any machine, while each host completes a call every second or so.
-    result = launch("--hosts", 2, "--devices-per-host", 1, "--steps", 1000, "--steps-per-call", 50,
-                    "--timeout", 10, "--json", env={FAULT_ENV: "slow:all:train:1"})
+    # Each piece of a host's work (placing, compiling, every call) starts 0.6 s late (a test
+    # fault): 50 calls take over 30 s, half as long again as the timeout, on any machine, while
+    # each host completes a piece every second or so (setting up, under load, in a few).
+    result = launch("--hosts", 2, "--devices-per-host", 1, "--steps", 2000, "--steps-per-call", 40,
+                    "--timeout", 20, "--json", env={FAULT_ENV: "slow:all:train:0.6"})
     assert result.returncode == 0, result.stderr[-2000:]
     rep = json.loads(result.stdout)
     assert rep["verified"]

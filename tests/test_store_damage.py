@@ -91,7 +91,9 @@ def test_bytes_overwritten(where, junk, legacy, which):
 
 
 VALUES = st.one_of(st.none(), st.integers(-3, 3), st.floats(allow_nan=False), st.text(max_size=8), st.binary(max_size=8),
-                   st.sampled_from(["{}", "[]", "{\"lr\": [1]}", "[{\"error\": 1}]", "nope", "{"]))
+                   st.sampled_from(["{}", "[]", "{\"lr\": [1]}", "[{\"error\": 1}]", "nope", "{",
+                                    "{\"eval_accuracy\": \"high\"}", "[1]",
+                                    "[{\"error\": 1, \"final_loss\": 1, \"converged_step\": 1, \"metrics\": [1]}]"]))
 FIELDS = [("trials", n) for n in ("seq",) + NAMES] + [("details", "members"), ("details", "checks"),
                                                       ("curves", "step"), ("curves", "loss"), ("configs", "body")]
 
@@ -133,3 +135,30 @@ def test_a_garbage_database_is_one_line_naming_it(tmp_path):
     except UsageError as err:
         result_lines = str(err).splitlines()
     assert len(result_lines) == 1 and str(tmp_path / "trials.db") in result_lines[0]
+
+
+def test_a_store_interrupted_while_it_is_made_is_not_left_half_made(tmp_path):
+    """Ctrl-C between making the tables and saying the layout: all of it is undone, so the
+    next run makes the store anew (it used to be committed half-made, and then refused as 'a
+    database, but not a results store')."""
+    import pytest
+
+    from ymxb.results import tables
+
+    path = str(tmp_path / "trials.db")
+    db = sqlite3.connect(path, isolation_level=None)
+
+    class Interrupted:  # the connection, interrupted as it says the layout
+        in_transaction = property(lambda self: db.in_transaction)
+
+        def execute(self, sql, *args):
+            if sql.startswith("PRAGMA user_version ="):
+                raise KeyboardInterrupt
+            return db.execute(sql, *args)
+
+    with pytest.raises(KeyboardInterrupt):
+        tables.create(Interrupted(), path)
+    db.close()
+    store = Store(str(tmp_path))
+    store.append([trial_record()])
+    assert len(Store(str(tmp_path)).load()) == 1

@@ -38,7 +38,9 @@ def test_a_default_trials_record_has_the_fields_it_had():
     written = json.loads(record.to_json())
     assert list(written) == ["trial_id", "config", "verified", "max_error", "solution", "optimal_loss", "members",
                              "loss_curve", "checks", "group", "slice", "group_trials", "wall_s", "sweep_file",
-                             "ymxb_version", "schema", "stopped_at", "stopped_by"]  # the last two: layout 4
+                             "ymxb_version", "schema", "stopped_at", "stopped_by",  # these two: layout 4
+                             "metrics", "higher_is_better"]  # layout 5: none of its task's
+    assert written["metrics"] == {} and written["higher_is_better"] == []
     assert written["stopped_at"] is None and written["stopped_by"] is None
     assert list(written["members"][0]) == ["m", "b", "error", "final_loss", "converged_step", "diverged_step"]
     assert list(written["solution"]) == ["m", "b"] and written["verified"]
@@ -152,6 +154,15 @@ BROKEN = [
     ("tests.broken_tasks:VECTOR_PENALTY", "its penalty at the initial params is array([0., 0.]"),
     ("tests.broken_tasks:BAD_REFERENCE", "its reference: LinAlgError: Singular matrix "
                                          f"(at tests/broken_tasks.py:{_line_of('# singular')} in reference)"),
+    ("tests.broken_tasks:MEAN_METRIC", "its metric close on host 0's first 8 points has shape (): it must give "
+                                       "a number per point (shape (8,))"),
+    ("tests.broken_tasks:SPACED_METRIC", "its metrics must map names (letters, digits and _: accuracy; not loss, "
+                                         "measured already) to Metric(fn, higher_is_better), not 'eval close'"),
+    ("tests.broken_tasks:BARE_METRIC", "to Metric(fn, higher_is_better), not 'close' to <function"),
+    ("tests.broken_tasks:HELD_OUT_SHORT_ON_HOST_1", "its held-out shard of host 1 has 7 points, host 0's 8: every "
+                                                    "host's must have as many"),
+    ("tests.broken_tasks:HELD_OUT_RAISING", "its held-out shard of host 0: ValueError: no held-out data yet "
+                                            f"(at tests/broken_tasks.py:{_line_of('no held-out data yet')} in held_out)"),
 ]
 
 

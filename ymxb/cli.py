@@ -249,7 +249,8 @@ def _results_parser() -> argparse.ArgumentParser:
                             "results folder alone (no cluster); or ask it which trials, in what order, "
                             "are best by what.",
                 epilog="Keys: every setting, named as in a record's config (lr, optimizer, steps, "
-                       "hosts, ...), and the metrics " + ", ".join(query.METRICS) + ". Example: "
+                       "hosts, ...), the metrics " + ", ".join(query.METRICS) + ", and a task's own "
+                       "metrics (train_<name>, and eval_<name>, eval_loss where it holds data out). Example: "
                        f"{PROG} results runs/optimizers --where 'optimizer==adam and lr<0.1' "
                        "--sort final_loss --top 10 --best-by final_loss,wall_s. Exit codes: 0 every "
                        "trial shown verified (or stopped by a rung), 1 some did not, 2 bad input.")
@@ -262,8 +263,9 @@ def _results_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, metavar="N", help="only the first N trials in --sort's order (default: "
                    "by --best-by's first metric, else as the table ranks them)")
     p.add_argument("--best-by", metavar="METRIC[,METRIC]", help="mark with * the best (smallest) by "
-                   f"one of {', '.join(query.RANKING)} or a numeric setting; several: the Pareto front "
-                   "(no other trial smaller in all); default: max_error, or final_loss without a reference")
+                   f"one of {', '.join(query.RANKING)}, a task's metric (largest first where the task says "
+                   "so: eval_accuracy) or a numeric setting; several: the Pareto front (no other trial "
+                   "better in all); default: max_error, or final_loss without a reference")
     p.add_argument("--format", choices=query.FORMATS, default="table",
                    help="table; csv (a row per trial: every setting and metric, best 0/1); json (every record)")
     p.add_argument("--json", action="store_true", help="the same as --format json")
@@ -517,7 +519,7 @@ def _results(argv: List[str]) -> int:
     # Kept till the process ends: the garbage collector need never walk them (docs/benchmarks.md).
     gc.freeze()
     metrics = [m.strip() for m in args.best_by.split(",")] if args.best_by else []
-    order = args.sort or (metrics[0] if metrics and args.top else None)
+    order = args.sort or (query.best_first(metrics[0], records) if metrics and args.top else None)
     shown = query.select(records, args.where, order, args.top)
     best = query.best_by(metrics, records) if metrics else trial_table.default_best
     if args.tensorboard:
@@ -530,7 +532,8 @@ def _results(argv: List[str]) -> int:
         return _verdict(shown)
     by = None
     if metrics:
-        by = f"smallest {metrics[0]}" if len(metrics) == 1 else f"Pareto front of {', '.join(metrics)}"
+        extreme = "largest" if query.best_first(metrics[0], records).startswith("-") else "smallest"
+        by = f"{extreme} {metrics[0]}" if len(metrics) == 1 else f"Pareto front of {', '.join(metrics)}"
     table = functools.partial(trial_table.table, best=best, by=by, grouped=not (args.sort or args.top))
     return _show_results(records, args.dir, args.json or args.format == "json", sys.stdout, shown=shown,
                          table=table, best=best)

@@ -15,7 +15,7 @@ trials, and the skipping, to `Group.shaped`, done once when the slice is up.
 import dataclasses
 import functools
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from ymxb.driver import budget
 from ymxb.errors import UsageError, raised_in
 from ymxb.results.record import TrialRecord, trial_id
 from ymxb.spec import registry
+from ymxb.spec.tasks import Metric
 from ymxb.spec.settings import Program, SliceSpec, TrialSpec
 from ymxb.spec.sweep import Sweep
 
@@ -199,7 +200,7 @@ def _try_out_tasks(trials) -> None:
         data_of = (trial.task, trial.settings, trial.data_seed, trial.samples_per_host)
         if spec.shaped and (data_of, spec.processes) not in made:
             made.add((data_of, spec.processes))
-            try_data(trial, spec.processes)
+            try_data(trial, spec.processes, spec.devices_per_host)
 
 
 def try_out(trial: TrialSpec) -> None:
@@ -235,6 +236,7 @@ def try_out(trial: TrialSpec) -> None:
         if not np.all(np.isfinite(loss)):
             raise UsageError(f"{where}: its loss on host 0's first {len(x8)} points is {np.asarray(loss)!r}: "
                              f"it must be finite there")
+        _try_metrics(task, where, predictions, jnp.asarray(y8))
         extra = task.penalty(s, params)
         if extra is not None and (np.shape(extra) != () or not np.isfinite(extra)):
             raise UsageError(f"{where}: its penalty at the initial params is {np.asarray(extra)!r}: it must be "
@@ -252,9 +254,25 @@ def try_out(trial: TrialSpec) -> None:
         raise raised_in(where, err) from None
 
 
-def try_data(trial: TrialSpec, hosts: int) -> None:
+def _try_metrics(task, where: str, predictions, y) -> None:
+    """The task's metrics, each named as --where can name it, a number per point of `y`."""
+    if not isinstance(task.metrics, Mapping):
+        raise UsageError(f"{where}: its metrics are {type(task.metrics).__name__}: give a dict of names to "
+                         f"Metric(fn, higher_is_better)")
+    for name, metric in task.metrics.items():
+        if not (isinstance(name, str) and name.isidentifier() and isinstance(metric, Metric)) or name == "loss":
+            raise UsageError(f"{where}: its metrics must map names (letters, digits and _: accuracy; not loss, "
+                             f"measured already) to Metric(fn, higher_is_better), not {name!r} to {metric!r}")
+        shape = np.shape(metric.fn(predictions, y))
+        if shape[:1] != (len(y),):
+            raise UsageError(f"{where}: its metric {name} on host 0's first {len(y)} points has shape {shape}: "
+                             f"it must give a number per point (shape ({len(y)},))")
+
+
+def try_data(trial: TrialSpec, hosts: int, devices: int) -> None:
     """Every host's shard made here, as that host will make it (its size, and x and y alike
-    in kind to host 0's), and the task's reference from them. UsageError, in one line naming
+    in kind to host 0's), its held-out shard too (as many points as every other host's, of
+    the same kind), and the task's reference from the shards. UsageError, in one line naming
     the host or the reference and where in the task it went wrong, if any of it fails."""
     from ymxb.spec import data
 
@@ -283,3 +301,20 @@ def try_data(trial: TrialSpec, hosts: int) -> None:
         raise raised_in(f"{where}: its reference", err) from None
     for _ in made:  # the shards a reference did not ask for
         pass
+    held = None  # host 0's count of held-out points (None: it holds none out)
+    for i in range(hosts):
+        try:
+            out = data.host_held_out(trial, i, devices)
+        except UsageError:
+            raise
+        except Exception as err:
+            raise raised_in(f"{where}: its held-out shard of host {i}", err) from None
+        count = None if out is None else len(out[0])
+        held = count if i == 0 else held
+        if count != held:
+            raise UsageError(f"{where}: its held-out shard of host {i} has {count or 'no'} points, host 0's "
+                             f"{held or 'none'}: every host's must have as many")
+        kind = None if out is None else tuple(f"{a.dtype}{list(a.shape[1:])}" for a in out)
+        if kind not in (None, kinds[0]):
+            raise UsageError(f"{where}: its held-out shard of host {i} has x, y of {', '.join(kind)} per point, "
+                             f"the training shards {', '.join(kinds[0])}: they must be alike")

@@ -132,6 +132,8 @@ class HostResult:
     collective_devices: int  # ... and over both
     train_s: float
     first_call_s: float  # compile and run of the first compiled call
+    # The task's metrics at the end (train_accuracy, eval_loss, ...), one value per loss_entry.
+    metrics: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def only(self, trials: Sequence[int], members: int) -> "HostResult":
         """This result of just the given trials (positions on its program's axis), numbered as
@@ -148,7 +150,8 @@ class HostResult:
         rows, entry = renumber(self.entry)
         kept, loss_entry = renumber(self.loss_entry)
         return dataclasses.replace(self, entry=entry, device=self.device[rows], params=self.params[rows],
-                                   init=self.init[rows], loss_entry=loss_entry, losses=self.losses[kept])
+                                   init=self.init[rows], loss_entry=loss_entry, losses=self.losses[kept],
+                                   metrics={name: values[kept] for name, values in self.metrics.items()})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ is verified on what holds without one, as examples/tasks/mlp.py's.
 
 import numpy as np
 
-from ymxb import Model, Setting, Task
+from ymxb import Metric, Model, Setting, Task
 
 CLASSES = 3
 CENTRES = np.array([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
@@ -26,10 +26,14 @@ class Blobs(Task):
     settings = (Setting("spread", 0.5, "std of each blob", lambda v: None if v > 0 else "must be positive"),
                 Setting("l2", 0.0, "weight of the L2 penalty on w", lambda v: None if v >= 0 else "must be >= 0"))
 
+    # A number per point, averaged: train_accuracy, eval_accuracy in the records, --best-by it.
+    metrics = {"accuracy": Metric(lambda logits, labels: logits.argmax(-1) == labels, higher_is_better=True)}
+
     def shard(self, s, data_seed, host_index, samples):
-        rng = np.random.default_rng([data_seed, host_index])  # this host's points, the same every time
-        labels = rng.integers(0, CLASSES, samples)
-        return CENTRES[labels] + s["spread"] * rng.standard_normal((samples, 2)), labels
+        return _blobs(s, [data_seed, host_index], samples)  # this host's points, the same every time
+
+    def held_out(self, s, data_seed, host_index, samples):
+        return _blobs(s, [data_seed, host_index, HELD_OUT], HELD_OUT_POINTS)  # never trained on
 
     def model(self, s, name):
         import jax
@@ -50,4 +54,11 @@ class Blobs(Task):
         return s["l2"] * jnp.sum(params["w"] ** 2) if s["l2"] else None
 
 
+def _blobs(s, seed, samples):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, samples)
+    return CENTRES[labels] + s["spread"] * rng.standard_normal((samples, 2)), labels
+
+
+HELD_OUT, HELD_OUT_POINTS = 1, 256  # a key of their own; points per host (a multiple of its devices)
 TASK = Blobs()

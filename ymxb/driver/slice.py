@@ -281,9 +281,10 @@ def _gather(actors: List, refs: List, phase: str, timeout: float,
 
 
 class _Progress:
-    """A training call's progress: a host is hung when it completes no compiled call within
-    the timeout, however long the run as a whole takes. `reports_optional` (a user's program):
-    a host that has not reported a step yet is hung only when it stops answering."""
+    """A training call's progress: a host is hung when it completes no piece of work (placing
+    its data, compiling, a compiled call) within the timeout, however long the run as a whole
+    takes. `reports_optional` (a user's program): a host that has not reported a step yet is
+    hung only when it stops answering."""
 
     def __init__(self, actors: List, timeout: float, steps_per_call: int,
                  on_steps: Callable[[int], None] = lambda steps: None, reports_optional: bool = False):
@@ -291,7 +292,8 @@ class _Progress:
         self.on_steps, self.reports_optional = on_steps, reports_optional
         now = time.monotonic()
         self.steps = {i: None for i in range(len(actors))}  # steps done; None: not started
-        self.since = {i: now for i in range(len(actors))}  # when `steps` last changed
+        self.beats = {}  # pieces of work each host reported (actor.progress)
+        self.since = {i: now for i in range(len(actors))}  # when a host last reported one
         self.asked = {}  # host -> (progress query, when asked), until it answers
 
     def check(self, pending: List[int]) -> Optional[Stall]:
@@ -307,9 +309,9 @@ class _Progress:
             if self.asked[i][0] in answered:
                 ref, _ = self.asked.pop(i)
                 with contextlib.suppress(ray.exceptions.RayError):  # a dead host: train says so
-                    steps = ray.get(ref)
-                    if steps != self.steps[i]:
-                        self.steps[i], self.since[i] = steps, now
+                    steps, beats = ray.get(ref)
+                    if beats != self.beats.get(i):
+                        self.steps[i], self.beats[i], self.since[i] = steps, beats, now
         done = [steps for steps in self.steps.values() if steps is not None]
         if done:
             self.on_steps(min(done))

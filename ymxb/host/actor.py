@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from typing import Dict, Iterator, Optional, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 from ymxb.host import setup as hostsetup
 from ymxb.names import MEGASCALE_PREFIX
@@ -27,6 +27,7 @@ class Host:
         os.environ.update(setup.env)  # before anything imports JAX
         self.host_index, self.setup = host_index, setup
         self._steps_started = None  # None until training starts
+        self._beats = 0  # pieces of work reported: progress, though the steps stand still
         self._resident = None  # a program stopped at a call boundary, on the devices (train.Resident)
         self._lock = threading.Lock()
         # Importing JAX takes seconds: begin now, while the other hosts start, not at initialize.
@@ -115,13 +116,14 @@ class Host:
         self._maybe_fault("train")
         yield from program.run(call, self._set_progress)
 
-    def progress(self) -> Optional[int]:
-        """Steps done (by the compiled calls completed so far), None before training starts.
+    def progress(self) -> Tuple[Optional[int], int]:
+        """(steps done by the compiled calls completed so far, None before training starts;
+        how many pieces of work this host has reported: placing and compiling count too).
 
         Answered while `train` runs (the actor has two threads): the driver judges training by
         it. A host whose count stops is stuck; one that does not answer at all is stopped."""
         with self._lock:
-            return self._steps_started
+            return self._steps_started, self._beats
 
     def shutdown(self) -> None:
         import jax
@@ -130,7 +132,7 @@ class Host:
 
     def _set_progress(self, steps: Optional[int]) -> None:
         with self._lock:
-            self._steps_started = steps
+            self._steps_started, self._beats = steps, self._beats + 1
 
     def _maybe_fault(self, phase: str) -> None:
         if self.setup.faults:

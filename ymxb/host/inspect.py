@@ -37,7 +37,7 @@ def inspect(spec: SliceSpec, cfg: TrialSpec) -> str:
     trainer = TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), one, task.loss, task.penalty_of(cfg.of_task))
     state = trainer.init()
     batch = trainer.put_data(*data.host_shard(cfg, 0))
-    step = trainer.compiled(1)
+    step = trainer.wrapped(1)
     jaxpr = jax.make_jaxpr(step)(state, *batch)
     compiled = step.lower(state, *batch).compile()
 

@@ -30,7 +30,7 @@ batch every device holds.
 import abc
 import functools
 import inspect
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -150,6 +150,25 @@ def make_step(model: Model, opt: optax.GradientTransformation, reduce: Callable 
     return step
 
 
+def make_measure(model: Model, loss: Optional[Callable], metrics: Sequence[Callable],
+                 reduce: Callable = lambda means: means) -> Callable:
+    """(params, x, y) -> (1 + len(metrics),): one model's loss (as `make_step` minimises it,
+    without the penalty) and each of `metrics` ((predictions, y) -> a number per point), each
+    a mean over the points; `reduce` combines the devices' means where the points are split
+    over devices (in equal shares)."""
+    squared = lambda predictions, y: (predictions - y) ** 2
+    fns = (loss or squared, *metrics)
+
+    def per_point(v, n):  # a number per point, or per element of each point's prediction: summed
+        return jnp.sum(jnp.reshape(v, (n, -1)).astype(jnp.float32), axis=1)
+
+    def measure(params, x, y):
+        predictions = model.apply(params, x)
+        return reduce(jnp.stack([jnp.mean(per_point(fn(predictions, y), x.shape[0])) for fn in fns]))
+
+    return measure
+
+
 def fuse(step: Callable, n_steps: int) -> Callable:
     """(state, x, y[, who]) -> (state, losses): `n_steps` steps of every model on the leading
     axis in one call (`who`: a row per model, as the state). Losses have shape (models, n_steps)."""
@@ -211,6 +230,7 @@ class Trainer(abc.ABC):
 
     def __init__(self, model: Model, program: Program):
         self.program, self.model = program, model
+        self._measured = None  # the wrapped `measure`, made at its first call
         # The values given here are never used: each model's own are in its optimiser state.
         self.opt = make_optimizer(program)(learning_rate=0.0, **{o: 0.0 for o in injected_options(program)})
         self.batch_size = program.trial.batch_size
@@ -241,21 +261,44 @@ class Trainer(abc.ABC):
         """What sums of ones over the devices count: over the slices axis, over the devices
         axis (within a slice), and over both. Proves every slice, host and device takes part."""
 
-    def compiled(self, n_steps: int) -> Callable:
+    def wrapped(self, n_steps: int) -> Callable:
         """The wrapped function running `n_steps` fused steps; made once per n."""
         if n_steps not in self._compiled:
             self._compiled[n_steps] = self._wrap(n_steps)
         return self._compiled[n_steps]
 
+    def compile(self, state: TrainState, data: Tuple, n_steps: int) -> None:
+        """Compile the call of `n_steps` steps on arguments like these, ahead of its first run,
+        so that compiling is a piece of work of its own (train.py reports each: a long compile
+        is not taken for a stalled call). JAX keeps the executable in its compilation cache,
+        where the run finds it (the AOT executable itself is not called: under pmap on several
+        processes it wants global arrays, where the call passes this host's)."""
+        self.wrapped(n_steps).lower(state, *self._args(data)).compile()
+
     def run(self, state: TrainState, data: Tuple, n_steps: int) -> Tuple[TrainState, Any]:
-        """`n_steps` steps in one call: (state, losses). Minibatches are drawn by this program's
-        own entries (`_who`), not by the data's: a smaller program may train on placed data it
-        shares with the program it came from."""
+        """`n_steps` steps in one call: (state, losses)."""
+        return self.wrapped(n_steps)(state, *self._args(data))
+
+    def _args(self, data: Tuple) -> Tuple:
+        """The data a call takes: minibatches are drawn by this program's own entries (`_who`),
+        not by the data's: a smaller program may train on placed data it shares with the
+        program it came from."""
         if not self.batch_size:
-            return self.compiled(n_steps)(state, *data)
+            return data
         if self._drawn_by is None:
             self._drawn_by = self._who()
-        return self.compiled(n_steps)(state, *data, self._drawn_by)
+        return (*data, self._drawn_by)
+
+    def measure(self, state: TrainState, data: Tuple) -> jax.Array:
+        """Each model's loss and metrics (make_measure's, as `self.measure_one`) on `data` (as
+        `put_data` placed it): (entries, 1 + metrics), placed as the state is."""
+        if self._measured is None:
+            self._measured = self._wrap_measure(jax.vmap(self.measure_one, in_axes=(0, None, None)))
+        return self._measured(state.params, *data)
+
+    @abc.abstractmethod
+    def _wrap_measure(self, measure: Callable) -> Callable:
+        """`measure` ((params, x, y), params with a leading entry axis), wrapped for this mode."""
 
     @abc.abstractmethod
     def _who(self) -> jax.Array:
@@ -292,7 +335,7 @@ class PmapTrainer(Trainer):
     """The tutorial's way: pmap over this host's devices; collectives over AXIS reach all hosts."""
 
     def __init__(self, model: Model, program: Program, loss: Optional[Callable] = None,
-                 penalty: Optional[Callable] = None):
+                 penalty: Optional[Callable] = None, metrics: Sequence[Callable] = ()):
         super().__init__(model, program)
         self.k = jax.local_device_count()
         if self.ensemble:
@@ -302,6 +345,7 @@ class PmapTrainer(Trainer):
             # equal share of the global batch, so the mean over all devices is the full-batch one.
             reduce = _pmean_as_one
         self.step = make_step(model, self.opt, reduce, loss, penalty, self._draw if self.batch_size else None)
+        self.measure_one = make_measure(model, loss, metrics, reduce)
         self.axis_index = None  # global position on AXIS of each local device, set by init
         self.local_entries = None  # the entries each local device holds, set by init
 
@@ -343,6 +387,9 @@ class PmapTrainer(Trainer):
 
     def _wrap(self, n_steps):
         return jax.pmap(fuse(self.step, n_steps), axis_name=AXIS)
+
+    def _wrap_measure(self, measure):
+        return jax.pmap(measure, axis_name=AXIS)
 
     def local(self, tree):
         tree = jax.device_get(tree)
@@ -392,7 +439,7 @@ class ShardingTrainer(Trainer):
     """The modern way: one jit over a Mesh of all devices of all hosts; XLA adds the collectives."""
 
     def __init__(self, model: Model, program: Program, loss: Optional[Callable] = None,
-                 penalty: Optional[Callable] = None):
+                 penalty: Optional[Callable] = None, metrics: Sequence[Callable] = ()):
         super().__init__(model, program)
         devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))  # slice-major
         self.mesh = Mesh(np.array(devices).reshape(program.slice.mesh_shape), MESH_AXES)
@@ -402,6 +449,7 @@ class ShardingTrainer(Trainer):
         self.state_sharding = self.split if self.ensemble else self.replicated
         self.step = make_step(model, self.opt, loss=loss, penalty=penalty,
                               draw=self._draw if self.batch_size else None)
+        self.measure_one = make_measure(model, loss, metrics)  # on global arrays: XLA combines devices
 
     def init(self):
         init = lambda: init_state(self.model, self.program, jnp.arange(self.program.padded_entries))
@@ -436,6 +484,11 @@ class ShardingTrainer(Trainer):
         return jax.jit(fuse(self.step, n_steps),
                        in_shardings=(self.state_sharding, data_sharding, data_sharding, *who),
                        out_shardings=(self.state_sharding, self.state_sharding))
+
+    def _wrap_measure(self, measure):
+        data_sharding = self.replicated if self.ensemble else self.split
+        return jax.jit(measure, in_shardings=(self.state_sharding, data_sharding, data_sharding),
+                       out_shardings=self.state_sharding)
 
     def local(self, tree):
         devices = list(self.mesh.devices.flat)  # global device index: position on the mesh

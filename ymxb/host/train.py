@@ -5,7 +5,7 @@ Runs inside each host's process after `jax.distributed.initialize` (or alone, as
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Union
 
 import jax
 import numpy as np
@@ -39,6 +39,7 @@ class Resident:
     batch: tuple
     init_params: list
     collective: tuple
+    held_out: Optional[tuple] = None  # the task's held-out data, placed as `batch` (None: none)
 
     @classmethod
     def begin(cls, program: Program, resume: Optional[Checkpoint], before: Optional["Resident"]) -> "Resident":
@@ -50,19 +51,23 @@ class Resident:
         cfg = program.trial
         task = registry.get(cfg.task)
         trainer = steps.TRAINERS[cfg.parallel](task.model(cfg.of_task, cfg.model), program, task.loss,
-                                               task.penalty_of(cfg.of_task))
+                                               task.penalty_of(cfg.of_task), [m.fn for m in task.metrics.values()])
         step = resume.step if resume else 0
         if resume and before and before.holds(program):
             state = trainer.adopt(before.trainer, jax.tree.structure(before.state), resume.leaves)
-            return cls(program, step, task, trainer, state, before.batch, before.init_of(program), before.collective)
+            return cls(program, step, task, trainer, state, before.batch, before.init_of(program), before.collective,
+                       before.held_out)
         state = trainer.init()
         init_params = trainer.local(state.params)
         if resume:
             state = trainer.restore(state, resume.leaves)
         if before and before.kind == _kind(program):  # the same data on the same slice
-            return cls(program, step, task, trainer, state, before.batch, init_params, before.collective)
+            return cls(program, step, task, trainer, state, before.batch, init_params, before.collective,
+                       before.held_out)
         batch = trainer.put_data(*data.host_shard(cfg, jax.process_index()))
-        return cls(program, step, task, trainer, state, batch, init_params, trainer.collective_counts())
+        held = data.host_held_out(cfg, jax.process_index(), program.slice.devices_per_host)
+        return cls(program, step, task, trainer, state, batch, init_params, trainer.collective_counts(),
+                   None if held is None else trainer.put_data(*held))
 
     @property
     def kind(self) -> tuple:
@@ -99,7 +104,8 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
     """Train this process's share of `program`, yielding its CheckpointPiece after every
     `checkpoint_every` compiled calls (0: never; none after the last), and finally its
     HostResult. `resume` (the driver's whole checkpoint) continues from its step.
-    `on_progress(steps)` is called before each compiled call (so a hung call shows where).
+    `on_progress(steps)` is called after each piece of work: placing, compiling and before each
+    compiled call (so a hung call shows where).
     `until`: stop after that many steps (a call boundary) as if the program ended there, its
     piece yielded and the program handed to `keep`, resident; `resident` (one kept so) is
     used instead of `resume`'s state when it is that program at that step.
@@ -115,18 +121,23 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
     if not (resident and resident.goes_on_as(program, resume)):
         resident = Resident.begin(program, resume, resident)
     task, trainer, state, batch = resident.task, resident.trainer, resident.state, resident.batch
+    # Each piece of work is progress of its own (placing, compiling, each call): the driver
+    # judges a host by the time between two, so a long compile is not taken for a stalled call.
+    on_progress(done)
 
     chunks, first_call_s, calls, unsent = [], 0.0, 0, 0
+    first_start = time.perf_counter()
+    if done < end:
+        trainer.compile(state, batch, min(cfg.steps_per_call, end - done))
     while done < end:
         n = min(cfg.steps_per_call, end - done)
         on_progress(done)
-        call_start = time.perf_counter()
         state, losses = trainer.run(state, batch, n)
         # Fetching the losses blocks on the call: never queue collective calls unboundedly.
         chunks.append(_first_copy(trainer.local(losses)))
         calls, unsent, done = calls + 1, unsent + 1, done + n
         if calls == 1:
-            first_call_s = time.perf_counter() - call_start  # compile + run
+            first_call_s = time.perf_counter() - first_start  # compile + run
         if done < cfg.steps and ((checkpoint_every and calls % checkpoint_every == 0) or done == end):
             yield _piece(trainer, state, done, chunks[-unsent:])
             unsent = 0
@@ -138,11 +149,28 @@ def train_stream(program: Program, on_progress: Callable[[int], None] = lambda s
     loss_entry = chunks[0][0]
     history = [resume.losses[loss_entry]] if resume else []
     real = loss_entry < program.entries
+    metrics = _measures(resident, state)
     yield HostResult(
         **rows, loss_entry=loss_entry[real],
         losses=np.concatenate(history + [losses for _, losses in chunks], axis=1)[real],
+        metrics={name: values[real] for name, values in metrics.items()},
         collective_axes=tuple(resident.collective[:2]),  # over slices, over devices (within a slice)
         collective_devices=resident.collective[2], train_s=time.perf_counter() - started, first_call_s=first_call_s)
+
+
+def _measures(resident: Resident, state) -> Dict[str, np.ndarray]:
+    """Each entry's metrics at `state` (tasks.Task.metrics), each entry once in entry order (as
+    its losses): on the training shard, and with the loss on the held-out one if the task has one."""
+    names = list(resident.task.metrics)
+    measured = {}
+    for part, placed in (("train", resident.batch), ("eval", resident.held_out)):
+        if placed is None or (part == "train" and not names):
+            continue
+        _, values = _first_copy(resident.trainer.local(resident.trainer.measure(state, placed)))
+        for k, name in enumerate(["loss", *names]):
+            if part == "eval" or name != "loss":  # the training loss is in the losses already
+                measured[f"{part}_{name}"] = values[:, k]
+    return measured
 
 
 def _piece(trainer: steps.Trainer, state, step: int, chunks) -> CheckpointPiece:

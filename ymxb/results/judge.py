@@ -49,11 +49,14 @@ def judge(run: ProgramRun, ids: Optional[Sequence[str]] = None, sweep_file: Opti
     rows = {k: np.concatenate([getattr(r, k) for r in results]) for k in ("entry", "device", "params", "init")}
     rows["host"] = np.concatenate([np.full(len(h.result.entry), h.host.process_index) for h in run.hosts])
     losses = {}  # entry -> its loss histories: one per host holding it (one-model: every host)
+    metrics = {}  # entry -> its metrics, from the first host holding it
     for r in results:
-        for entry, history in zip(r.loss_entry, r.losses):
+        for k, (entry, history) in enumerate(zip(r.loss_entry, r.losses)):
             losses.setdefault(int(entry), []).append(history)
+            metrics.setdefault(int(entry), {name: _finite(values[k]) for name, values in r.metrics.items()})
+    higher = [f"{part}_{name}" for name, m in task.metrics.items() if m.higher_is_better for part in ("train", "eval")]
     judged = _Judged(reference, show, f"matches {task.reference_name.replace('_', ' ')}", participation,
-                     f"{spec.label()} {run.platform}", run.train_s)
+                     f"{spec.label()} {run.platform}", run.train_s, metrics, higher)
     trials = program.trials()
     ids = list(ids) if ids is not None else [trial_id(spec, trial) for trial in trials]
     # The rows of each trial, found once (a program may hold thousands of trials).
@@ -77,6 +80,8 @@ class _Judged(NamedTuple):
     participation: verify.Check
     shape: str
     wall_s: float
+    metrics: dict  # entry -> its metrics ({name: value or None})
+    higher_is_better: list  # the metric names that rank larger first
 
 
 def _record(program: Program, t: int, trial: TrialSpec, rows, losses, judged: _Judged, tid: str,
@@ -115,7 +120,10 @@ def _record(program: Program, t: int, trial: TrialSpec, rows, losses, judged: _J
         params, history = rows["params"][first[j]], histories[j][0]
         kept.append(Member(show(params), verify.param_error(params, reference.params) if reference else None,
                            float(history[-1]), _converged_step(history, reference.loss) if reference else None,
-                           _first_nonfinite(history)))
+                           _first_nonfinite(history), judged.metrics.get(t * members + j, {})))
+    names = list(kept[0].metrics) if kept else []
+    means = {n: None if any(m.metrics[n] is None for m in kept) else float(np.mean([m.metrics[n] for m in kept]))
+             for n in names}
     curve = np.mean([histories[j][0] for j in sorted(histories)], axis=0)
     steps = np.unique(np.linspace(0, len(curve) - 1, min(CURVE_POINTS, len(curve))).round().astype(int))
     return TrialRecord(
@@ -125,7 +133,14 @@ def _record(program: Program, t: int, trial: TrialSpec, rows, losses, judged: _J
         optimal_loss=reference.loss if reference else None, members=kept,
         loss_curve={"step": steps.tolist(), "loss": curve[steps].astype(float).tolist()},
         checks=[c._asdict() for c in checks], group=group, slice=judged.shape,
-        group_trials=program.count, wall_s=judged.wall_s, ymxb_version=__version__, schema=SCHEMA)
+        group_trials=program.count, wall_s=judged.wall_s, ymxb_version=__version__, schema=SCHEMA,
+        metrics=means, higher_is_better=[n for n in judged.higher_is_better if n in means])
+
+
+def _finite(value) -> Optional[float]:
+    """A metric's value as a record keeps it: None where it is not finite."""
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def _first_nonfinite(losses: np.ndarray) -> Optional[int]:

@@ -18,8 +18,9 @@ from ymxb.spec.settings import LATER
 
 # The layout of a record: 1 before records said (ids as first made, the platform as asked),
 # 2 with the ymxb version, the sweep file it came from and the steps where members diverged,
-# 3 with its loss curve apart, 4 with where and why it was stopped early.
-SCHEMA = 4
+# 3 with its loss curve apart, 4 with where and why it was stopped early, 5 with its task's
+# metrics (its members' too).
+SCHEMA = 5
 
 
 @dataclasses.dataclass
@@ -29,15 +30,20 @@ class Member:
     final_loss: Optional[float]
     converged_step: Optional[int]
     diverged_step: Optional[int] = None  # the first step whose loss was non-finite
+    metrics: Dict[str, Optional[float]] = dataclasses.field(default_factory=dict)  # its task's, at the end
 
     def asdict(self) -> dict:
-        """As a record holds it: its named scalars, then the rest."""
-        return {**self.shown, **{k: getattr(self, k) for k in MEMBER_KEYS}}
+        """As a record holds it: its named scalars, then the rest (metrics where it has any)."""
+        own = {"metrics": self.metrics} if self.metrics else {}
+        return {**self.shown, **{k: getattr(self, k) for k in MEMBER_KEYS}, **own}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Member":
-        return cls({k: v for k, v in d.items() if k not in MEMBER_KEYS}, d["error"], d["final_loss"],
-                   d["converged_step"], d.get("diverged_step"))
+        metrics = d.get("metrics", {})
+        if not (isinstance(metrics, dict) and all(v is None or type(v) in (int, float) for v in metrics.values())):
+            raise TypeError("its metrics are not an object of numbers")
+        return cls({k: v for k, v in d.items() if k not in MEMBER_KEYS and k != "metrics"}, d["error"],
+                   d["final_loss"], d["converged_step"], d.get("diverged_step"), metrics)
 
 
 MEMBER_KEYS = ("error", "final_loss", "converged_step", "diverged_step")
@@ -101,6 +107,10 @@ class TrialRecord:
     schema: int = 1  # SCHEMA when written; records without one are of the first layout
     stopped_at: Optional[int] = None  # steps trained, where a `stop:` rule ended it early
     stopped_by: Optional[str] = None  # ... the rule: diverged, converged, rung N
+    # Its task's metrics (train_accuracy, eval_loss, ...): the mean over its members; and those
+    # of them that rank larger first (--best-by).
+    metrics: Dict[str, Optional[float]] = dataclasses.field(default_factory=dict)
+    higher_is_better: List[str] = dataclasses.field(default_factory=list)
 
     def asdict(self) -> dict:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -90,7 +90,7 @@ class Store:
         record of a trial already recorded replaces it, in its place."""
         records = list(records)
         db = self._open(create=True)
-        with self._reading(), _transaction(db):
+        with self._reading(), tables.transaction(db):
             tables.insert(db, records)
 
     def keep_sweep_file(self, as_run: str) -> str:
@@ -99,7 +99,7 @@ class Store:
         sweep.2.yaml, ... one per version that ran, in the database and as a file beside it
         (to run again). Returns the copy's name (records say which version they ran from)."""
         db = self._open(create=True)
-        with self._reading(), _transaction(db):
+        with self._reading(), tables.transaction(db):
             kept = db.execute("SELECT name, text FROM sweep_files ORDER BY version").fetchall()
             for name, text in kept:
                 if text == as_run:
@@ -112,7 +112,7 @@ class Store:
     def clear(self) -> None:
         """Forget every trial (--fresh); the kept sweep files stay."""
         db = self._open(create=True)
-        with self._reading(), _transaction(db):
+        with self._reading(), tables.transaction(db):
             for table in ("trials", "details", "curves", "configs"):
                 db.execute(f"DELETE FROM {table}")
 
@@ -216,18 +216,6 @@ class Store:
 
 
 
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection):
-    """One write transaction: committed whole, or (an exception) rolled back whole."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _replaced(record: TrialRecord, **changes) -> TrialRecord:

@@ -26,7 +26,7 @@ from ymxb.results.record import SCHEMA, Member, StoredMembers, Summary, TrialRec
 
 SWEEP_FILE = "sweep.yaml"  # the sweep file as run; later versions sweep.1.yaml, sweep.2.yaml, ...
 RESTORE = "restore the store from a copy, or remove it (its trials run again)"
-FORMAT = 1  # the database's layout (PRAGMA user_version)
+FORMAT = 2  # the database's layout (PRAGMA user_version)
 # The trials table's columns after seq: (name, type, may be null).
 COLUMNS = (
     ("trial_id", "TEXT", False), ("base", "INTEGER", True), ("delta", "TEXT", False),
@@ -35,8 +35,12 @@ COLUMNS = (
     ("converged_step", "REAL", True), ("diverged_step", "INTEGER", True), ("grp", "TEXT", False),
     ("slice", "TEXT", False), ("group_trials", "INTEGER", False), ("wall_s", "REAL", True),
     ("sweep_file", "TEXT", True), ("ymxb_version", "TEXT", True), ("schema", "INTEGER", False),
-    ("stopped_at", "INTEGER", True), ("stopped_by", "TEXT", True),
+    ("stopped_at", "INTEGER", True), ("stopped_by", "TEXT", True), ("metrics", "TEXT", False),
+    ("higher_is_better", "TEXT", False),
 )
+# What each layout added to the one before it, as the statements that bring a store up to it.
+UPGRADES = {2: ("ALTER TABLE trials ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'",
+                "ALTER TABLE trials ADD COLUMN higher_is_better TEXT NOT NULL DEFAULT '[]'")}
 NAMES = tuple(name for name, _, _ in COLUMNS)
 TABLES = f"""
 CREATE TABLE configs (id INTEGER PRIMARY KEY, body TEXT NOT NULL UNIQUE) STRICT;
@@ -63,20 +67,37 @@ def sweep_version(n: int) -> str:
 def create(db: sqlite3.Connection, path: str) -> None:
     """Make the tables in a new (empty) database; refuse one a newer ymxb laid out."""
     if _layout(db, path) == 0:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if _layout(db, path) == 0:
+        with transaction(db):
+            if _layout(db, path) == 0:  # no other process made them meanwhile
                 for statement in TABLES.strip().split(";\n"):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {FORMAT}")
-        finally:
-            if db.in_transaction:
-                db.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection):
+    """One write transaction: committed whole, or (an exception, Ctrl-C too) rolled back whole."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def check(db: sqlite3.Connection, path: str) -> None:
-    """Refuse a database that is not a results store of this layout."""
+    """Refuse a database that is not a results store of this layout; bring one of an older
+    layout up to it (in one transaction: all of it, or none)."""
     layout = _layout(db, path)
+    if 0 < layout < FORMAT:
+        with transaction(db):
+            layout = _layout(db, path)  # another process may have upgraded it meanwhile
+            for version in range(layout + 1, FORMAT + 1):
+                for statement in UPGRADES[version]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {FORMAT}")
+        layout = FORMAT
     if layout != FORMAT:
         raise UsageError(f"{path}: not a results store of this ymxb (database layout {layout}; this one, "
                          f"{__version__}, reads {FORMAT})" + (": upgrade ymxb to read it" if layout > FORMAT else ""))
@@ -119,7 +140,7 @@ def row(r: TrialRecord, base_id: int, base: dict) -> tuple:
             _real(r.max_error), json_line(r.solution), _real(r.optimal_loss), len(r.members),
             _real(s.final_loss), _real(s.converged_step), _int(s.diverged_step), r.group, r.slice,
             int(r.group_trials), _real(r.wall_s), r.sweep_file, r.ymxb_version, int(r.schema),
-            _int(r.stopped_at), r.stopped_by)
+            _int(r.stopped_at), r.stopped_by, json_line(r.metrics), json_line(r.higher_is_better))
 
 
 def blobs(curve: dict) -> Tuple[bytes, bytes]:
@@ -151,23 +172,30 @@ def records(db: sqlite3.Connection, path: str, fetch: Callable[[str], List[Membe
     bases = {cid: _object(body, path, "a config") for cid, body in db.execute("SELECT id, body FROM configs")}
     rows = db.execute(f"SELECT {', '.join(NAMES)} FROM trials ORDER BY seq").fetchall()
     deltas = _objects([r[2] for r in rows], path)
+    metrics = _objects([r[20] for r in rows], path, "a trial's metrics")
+    for r, m in zip(rows, metrics):
+        if not all(v is None or (type(v) in (int, float)) for v in m.values()):
+            raise _damaged(path, r[0], "metrics are", "a value that is not a number")
     texts = {}
     with _collection_paused():
         try:
-            return {r[0]: _record(r, delta, bases, fetch, texts, path) for r, delta in zip(rows, deltas)}
+            return {r[0]: _record(r, delta, m, bases, fetch, texts, path) for r, delta, m in zip(rows, deltas, metrics)}
         except KeyError as err:
             raise UsageError(f"{path}: a trial names config {err} that is not there; restore the store from "
                              f"a copy, or remove it (its trials run again)") from None
 
 
-def _record(r: tuple, delta: dict, bases: dict, fetch, _texts: dict, path: str) -> TrialRecord:
+def _record(r: tuple, delta: dict, metrics: dict, bases: dict, fetch, _texts: dict, path: str) -> TrialRecord:
     """A record from its row (without running __init__: 10^5 at once). Texts repeated from row
-    to row (a group, a slice, a solution) are made once."""
+    to row (a group, a slice, a solution, the metrics ranked larger first) are made once."""
     (tid, base, _, verified, max_error, solution, optimal_loss, members, final_loss, converged, diverged, group,
-     slice_, group_trials, wall_s, sweep_file, version, schema, stopped_at, stopped_by) = r
+     slice_, group_trials, wall_s, sweep_file, version, schema, stopped_at, stopped_by, _, higher) = r
     shown = _texts.get(solution)
     if shown is None:
         shown = _texts[solution] = _object(solution, path, "a solution")
+    larger = _texts.get(higher)
+    if larger is None:
+        larger = _texts[higher] = _names(higher, path)
     made = TrialRecord.__new__(TrialRecord)
     made.__dict__ = {
         "trial_id": tid, "config": delta if base is None else {**bases[base], **delta}, "verified": bool(verified),
@@ -177,11 +205,22 @@ def _record(r: tuple, delta: dict, bases: dict, fetch, _texts: dict, path: str) 
         "loss_curve": None, "checks": None, "group": _texts.setdefault(group, group),
         "slice": _texts.setdefault(slice_, slice_), "group_trials": group_trials, "wall_s": wall_s,
         "sweep_file": sweep_file, "ymxb_version": _texts.setdefault(version, version), "schema": schema,
-        "stopped_at": stopped_at, "stopped_by": stopped_by}
+        "stopped_at": stopped_at, "stopped_by": stopped_by, "metrics": metrics, "higher_is_better": list(larger)}
     return made
 
 
-def _objects(texts: List[str], path: str) -> List[dict]:
+def _names(text: str, path: str) -> tuple:
+    """A JSON list of names (the metrics ranked larger first); UsageError where it is damaged."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if not (isinstance(parsed, list) and all(isinstance(n, str) for n in parsed)):
+        raise UsageError(f"{path}: a trial's metric names are damaged (not a list of names); {RESTORE}")
+    return tuple(parsed)
+
+
+def _objects(texts: List[str], path: str, what: str = "a trial's config") -> List[dict]:
     """Each text parsed as a JSON object: all in one parse (far faster than one at a time),
     one at a time only to name a damaged one."""
     try:
@@ -190,7 +229,7 @@ def _objects(texts: List[str], path: str) -> List[dict]:
             return parsed
     except ValueError:
         pass
-    return [_object(t, path, "a trial's config") for t in texts]
+    return [_object(t, path, what) for t in texts]
 
 
 def _object(text: str, path: str, what: str) -> dict:

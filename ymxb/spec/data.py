@@ -3,7 +3,7 @@
 exact data of every host, one shard at a time, without asking the hosts for it.
 """
 
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -24,6 +24,19 @@ def host_shard(cfg: TrialSpec, host_index: int) -> Tuple[np.ndarray, np.ndarray]
     if len(x) != n or len(y) != n:
         raise UsageError(f"--task {cfg.task}: its shard of host {host_index} has {len(x)} x and {len(y)} y, "
                          f"not --samples-per-host ({n}) of each")
+    return x, y
+
+
+def host_held_out(cfg: TrialSpec, host_index: int, devices: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The held-out (x, y) of one host (as host_shard makes a shard), None where the task gives
+    none; UsageError, naming the task, where its count does not split over the host's devices."""
+    made = registry.get(cfg.task).held_out(cfg.of_task, cfg.data_seed, host_index, cfg.samples_per_host)
+    if made is None:
+        return None
+    x, y = (_as_jax_kind(a) for a in made)
+    if len(x) != len(y) or not len(x) or len(x) % devices:
+        raise UsageError(f"--task {cfg.task}: its held-out shard of host {host_index} has {len(x)} x and "
+                         f"{len(y)} y: give as many of each, a multiple of the host's {devices} devices")
     return x, y
 
 

@@ -16,7 +16,9 @@ e.g. `optax.softmax_cross_entropy_with_integer_labels` on (n, classes) logits an
 default: squared error, predictions shaped like y), a penalty on the params added to the mean
 loss (`penalty(s, params)`: weight decay as an L2 term, say), names for a few of its params
 (`shown`), a reference solution (`reference`, made from the data shard by shard, with the
-least tolerance float32 can be held to) and a figure of its fit (`draw_fit`).
+least tolerance float32 can be held to), metrics (`metrics`: accuracy, say, measured at the
+end on the training shard and on a held-out shard the task gives, `held_out`) and a figure of
+its fit (`draw_fit`).
 `s` is the task's settings, by name. The built-in tasks are in builtin.py; registry.py finds a
 task by its name.
 """
@@ -40,6 +42,15 @@ class Model(NamedTuple):
 
     init: Callable  # PRNG key -> params (a pytree)
     apply: Callable  # (params, x) -> predictions, a leading axis of points (shaped like y for squared error)
+
+
+class Metric(NamedTuple):
+    """A task's measure of a model: `fn(predictions, y)` in JAX gives a number per point, and
+    the metric is its mean over the points (accuracy: `(logits.argmax(-1) == labels)`).
+    `higher_is_better` says which way ranks trials (--best-by)."""
+
+    fn: Callable
+    higher_is_better: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +111,9 @@ class Task:
     # (predictions, y) -> the loss per point, (n,), or per element of each point's prediction
     # (summed per point), in JAX; training minimises its mean over points. None: squared error.
     loss: Optional[Callable] = None
+    # name -> Metric. Each trial records, per member and as their mean, `train_<name>` on the
+    # training shard and, where the task gives a held-out shard, `eval_<name>` and `eval_loss`.
+    metrics: Mapping[str, Metric] = {}
 
     def check(self, s: Mapping) -> Optional[str]:
         """What is wrong with these settings together, or None."""
@@ -110,6 +124,13 @@ class Task:
         x and y each with a leading axis of points, in floats (as float32) or integers (as int32:
         labels, say)."""
         raise NotImplementedError
+
+    def held_out(self, s: Mapping, data_seed: int, host_index: int,
+                 samples: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Host `host_index`'s held-out data, never trained on (NumPy x, y as `shard` gives
+        them; `samples`: the training shard's size, for scale), or None: none. Every host's
+        has the same number of points, a multiple of its devices."""
+        return None
 
     def model(self, s: Mapping, name: str) -> Model:
         """The JAX functions of model `name` (one of `models`)."""

@@ -3,7 +3,7 @@ tensorboardX (the optional extra: `pip install 'ymxb[tensorboard]'`), for `tenso
 
     OUT/<group>/                          a program: its trials' table (TEXT)
     OUT/<group>/lr=0.1,seed=3,<trial id>/  a trial: its loss curve (SCALARS, `loss`), its settings
-                                          that vary in the program and its metrics (HPARAMS)
+                                          that vary in the program and its metrics, its task's too (HPARAMS)
 """
 
 import math
@@ -16,7 +16,8 @@ from ymxb.errors import UsageError
 from ymxb.results.record import TrialRecord
 from ymxb.results.store import Store
 
-# What the HPARAMS table compares trials by (beside the curves' own `loss`): query's metrics.
+# What the HPARAMS table compares trials by (beside the curves' own `loss`): query's metrics,
+# and each trial's task's own (eval_accuracy, ...).
 METRICS = ("final_loss", "max_error", "converged_step", "verified", "stopped_at")
 
 
@@ -47,7 +48,7 @@ def tensorboard(records: Sequence[TrialRecord], store: Store, out: str) -> List[
                 for step, loss in zip(r.loss_curve["step"], r.loss_curve["loss"]):
                     if loss is not None and math.isfinite(loss):
                         writer.add_scalar("loss", loss, step)
-                metrics = {f"hparam/{k}": float(v) for k in METRICS for v in [query.value(r, k)]
+                metrics = {f"hparam/{k}": float(v) for k in (*METRICS, *r.metrics) for v in [query.value(r, k)]
                            if v is not None and math.isfinite(v)}
                 # add_hparams would write them through a second writer, to a second run folder.
                 for summary in hparams({k: _value(r.config[k]) for k in varying}, metrics):

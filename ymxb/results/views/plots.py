@@ -55,6 +55,8 @@ def draw(records: Sequence[TrialRecord], folder: str, source: Optional[Store] = 
     paths = []
     figures = [("loss.png", _loss), ("error_vs_lr.png", _error_vs_lr)]
     best = _best(records)
+    if any(r.metrics for r in records):
+        figures.append(("metrics_vs_lr.png", _metrics_vs_lr))
     if best.solution and registry.of_config(best.config).draws_fit:
         figures.append(("fit.png", _fit))
     for name, figure in figures:
@@ -149,24 +151,12 @@ def _error_vs_lr(plt, records):
     # Against the reference where every trial's task gives one; else the final loss.
     referenced = all(r.solution for r in records)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    by_optimizer = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        value = r.max_error if referenced else r.final_loss
-        by_optimizer[r.config["optimizer"]][r.config["lr"]].append(
-            value if value is not None and math.isfinite(value) else np.nan)
-    for optimizer, by_lr in sorted(by_optimizer.items()):
-        lrs = sorted(by_lr)
-        line, = ax.plot(lrs, [np.nanmedian(by_lr[lr]) if not np.all(np.isnan(by_lr[lr])) else np.nan
-                              for lr in lrs], marker="o", label=optimizer)
-        for lr in lrs:
-            ax.scatter([lr] * len(by_lr[lr]), by_lr[lr], s=8, alpha=0.4, color=line.get_color())
+    positive = _against_lr(ax, records, lambda r: r.max_error if referenced else r.final_loss)
     if referenced:
         tol = records[0].config["tol"]
         ax.axhline(tol, color="grey", ls="--", lw=1, label=f"tol {tol:g}")
-    ax.set_xscale("log")
-    if any(v > 0 for by_lr in by_optimizer.values() for values in by_lr.values() for v in values):
-        ax.set_yscale("log")  # (NaN compares false: a sweep that all diverged stays linear)
-    ax.set_xlabel("learning rate")
+    if positive:
+        ax.set_yscale("log")  # (a sweep that all diverged stays linear)
     ax.set_ylabel("final max |param - reference solution|" if referenced else "final loss")
     what = "error" if referenced else "loss (no reference solution)"
     ax.set_title(f"Final {what} against learning rate (median; dots: every trial; diverged: absent)", fontsize=9)
@@ -174,6 +164,40 @@ def _error_vs_lr(plt, records):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _metrics_vs_lr(plt, records):
+    """A panel per metric of the trials' task (eval_accuracy, ...) against learning rate."""
+    names = list(dict.fromkeys(k for r in records for k in r.metrics))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.8 * len(names), 4.0), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        _against_lr(ax, records, lambda r: r.metrics.get(name))
+        larger = any(name in r.higher_is_better for r in records)
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} at the end ({'larger' if larger else 'smaller'} is better)", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle("The task's metrics against learning rate (median; dots: every trial; none: absent)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _against_lr(ax, records, value) -> bool:
+    """`value(record)` against each trial's learning rate, a line (the median) per optimiser and
+    a dot per trial; a missing or non-finite value is left out. Whether any value is positive."""
+    by_optimizer = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        v = value(r)
+        by_optimizer[r.config["optimizer"]][r.config["lr"]].append(v if v is not None and math.isfinite(v) else np.nan)
+    for optimizer, by_lr in sorted(by_optimizer.items()):
+        lrs = sorted(by_lr)
+        line, = ax.plot(lrs, [np.nanmedian(by_lr[lr]) if not np.all(np.isnan(by_lr[lr])) else np.nan
+                              for lr in lrs], marker="o", label=optimizer)
+        for lr in lrs:
+            ax.scatter([lr] * len(by_lr[lr]), by_lr[lr], s=8, alpha=0.4, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.grid(alpha=0.3, which="both")
+    return any(v > 0 for by_lr in by_optimizer.values() for values in by_lr.values() for v in values)  # NaN: not > 0
 
 
 def _fit(plt, records):

@@ -1,11 +1,13 @@
 """Questions to a results store: which trials (`--where`), in what order (`--sort`, `--top`),
 which are best and by what (`--best-by`), and as what (`--format`).
 
-A key is a trial's setting, named as in its `config` (lr, optimizer, hosts, ...), or one of
-METRICS. `--where` is a small expression language, parsed with Python's `ast` and never
-evaluated by it: comparisons (`== != < <= > >= in`, chains like `0.01<lr<=0.1`, a single `=`
-meaning `==`) and keys alone (`verified`) joined by `and`, `or`, `not` and parentheses; a bare
-word beside a key is a string (`optimizer==adam`), `true`/`false` are booleans.
+A key is a trial's setting, named as in its `config` (lr, optimizer, hosts, ...), one of
+METRICS, or one of its task's metrics (train_accuracy, eval_loss, ...: the mean over its
+members; --best-by ranks those the task says are better larger, larger first). `--where` is a
+small expression language, parsed with Python's `ast` and never evaluated by it: comparisons
+(`== != < <= > >= in`, chains like `0.01<lr<=0.1`, a single `=` meaning `==`) and keys alone
+(`verified`) joined by `and`, `or`, `not` and parentheses; a bare word beside a key is a string
+(`optimizer==adam`), `true`/`false` are booleans.
 """
 
 import ast
@@ -47,15 +49,36 @@ _WORDS = {"true": True, "false": False, "null": None, "none": None}
 
 
 def value(record: TrialRecord, key: str):
-    """The record's value of `key` (a metric, else a setting; None where it has none)."""
-    return METRICS[key](record) if key in METRICS else record.config.get(key)
+    """The record's value of `key` (one of METRICS, else its task's metric, else a setting;
+    None where it has none)."""
+    if key in METRICS:
+        return METRICS[key](record)
+    return record.metrics[key] if key in record.metrics else record.config.get(key)
 
 
 def keys(records: Sequence[TrialRecord]) -> List[str]:
-    """Every key a question may name: the metrics, then every setting the records have."""
-    # A program's trials have the same settings: one of each program is enough to ask.
-    settings = dict.fromkeys(k for config in {r.group: r.config for r in records}.values() for k in config)
-    return list(METRICS) + [k for k in settings if k not in METRICS]
+    """Every key a question may name: METRICS, the tasks' metrics, then every setting the
+    records have."""
+    # A program's trials have the same settings and metrics: one of each program is enough to ask.
+    one = {r.group: r for r in records}.values()
+    metrics = dict.fromkeys(k for r in one for k in r.metrics)
+    settings = dict.fromkeys(k for r in one for k in r.config)
+    return list(METRICS) + [k for k in {**metrics, **settings} if k not in METRICS]
+
+
+def task_metrics(records: Sequence[TrialRecord]) -> List[str]:
+    """The names of the tasks' metrics the records hold (train_accuracy, eval_loss, ...)."""
+    return list(dict.fromkeys(k for r in {r.group: r for r in records}.values() for k in r.metrics))
+
+
+def _larger_first(key: str, records: Sequence[TrialRecord]) -> bool:
+    """Whether `key` is a task's metric that ranks larger first (accuracy)."""
+    return any(key in r.higher_is_better for r in {r.group: r for r in records}.values())
+
+
+def best_first(key: str, records: Sequence[TrialRecord]) -> str:
+    """The --sort that puts the best by `key` first: `-key` for a metric ranked larger first."""
+    return f"-{key}" if _larger_first(key, records) else key
 
 
 def where(text: str, known: Sequence[str]) -> Callable[[TrialRecord], bool]:
@@ -182,15 +205,19 @@ def sort(records: Sequence[TrialRecord], key: str) -> List[TrialRecord]:
 
 
 def best_by(metrics: Sequence[str], records: Sequence[TrialRecord]) -> Callable[[Sequence[TrialRecord]], Set[str]]:
-    """Which of a set of trials are best: by one metric the smallest, by several every trial
-    no other beats in all of them (the Pareto front). Only verified trials are candidates."""
+    """Which of a set of trials are best: by one metric the smallest (the largest, for a task's
+    metric that says so: accuracy), by several every trial no other beats in all of them (the
+    Pareto front). Only verified trials are candidates."""
+    own = task_metrics(records)
     for m in metrics:
-        if m not in RANKING and not _numeric(m, records):
-            raise UsageError(f"--best-by {m!r}: rank by one of {', '.join(RANKING)} (smaller is better), or "
-                             "a numeric setting")
+        if m not in RANKING and m not in own and not _numeric(m, records):
+            raise UsageError(f"--best-by {m!r}: rank by one of {', '.join(RANKING + tuple(own))} (smaller is "
+                             "better, or larger where the task says so), or a numeric setting")
+    sign = [-1.0 if _larger_first(m, records) else 1.0 for m in metrics]
 
     def best(shown: Sequence[TrialRecord]) -> Set[str]:
-        points = {r.trial_id: tuple(_rankable(value(r, m)) for m in metrics) for r in shown if r.verified}
+        points = {r.trial_id: tuple(s * _rankable(value(r, m), s) for m, s in zip(metrics, sign))
+                  for r in shown if r.verified}
         points = {t: p for t, p in points.items() if all(math.isfinite(x) for x in p)}
         if len(metrics) == 1:
             low = min(points.values(), default=None)
@@ -211,8 +238,9 @@ def _front(points: Dict[str, tuple]) -> Set[str]:
     return {t for t, _ in front}
 
 
-def _rankable(v) -> float:
-    return math.inf if v is None else float(v)
+def _rankable(v, sign: float = 1.0) -> float:
+    """`v` as a number to rank by; a missing one ranks last (`sign` -1: ranked larger first)."""
+    return sign * math.inf if v is None else float(v)
 
 
 def _numeric(key: str, records: Sequence[TrialRecord]) -> bool:
@@ -227,11 +255,13 @@ def _known(key: str, records: Sequence[TrialRecord], flag: str) -> None:
 
 
 def to_csv(records: Sequence[TrialRecord], best: Set[str]) -> str:
-    """One row per trial: its id, where it ran, every setting, the metrics, and best (1/0)."""
-    settings = [k for k in keys(records) if k not in METRICS]
+    """One row per trial: its id, where it ran, every setting, the metrics (its task's too), and
+    best (1/0)."""
+    own = task_metrics(records)
+    settings = [k for k in keys(records) if k not in METRICS and k not in own]
     columns = ["trial_id", "group", "slice", "sweep_file", *settings, "verified", "diverged", "members",
-               "max_error", "final_loss", "converged_step", "diverged_step", "stopped_at", "stopped_by", "wall_s",
-               "best"]
+               "max_error", "final_loss", *own, "converged_step", "diverged_step", "stopped_at", "stopped_by",
+               "wall_s", "best"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)

@@ -32,6 +32,7 @@ def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[
         task.reference_name: {**record.solution, "points": _points(cfg)} if record.solution else None,
         "optimal_loss": record.optimal_loss,
         "max_error": record.max_error,
+        "metrics": record.metrics,  # the task's, at the end (of an ensemble: the mean over its members)
         "tol": cfg["tol"],
         "checks": record.checks,
         "verified": record.verified,
@@ -108,6 +109,10 @@ def summary(report: Dict) -> str:
     else:
         lines += [f"no reference solution: task {task.name} gives none, so the run is judged on every host "
                   f"and device taking part, the replicas (or members), and a finite loss that went down", ""]
+    if report.get("metrics"):
+        over = f" (the mean over its {cfg['ensemble']} members)" if cfg["ensemble"] else ""
+        lines += ["metrics at the end" + over + ": "
+                  + ", ".join(f"{k} {_float(v):.4g}" for k, v in report["metrics"].items()), ""]
     for c in report["checks"]:
         lines.append(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']}: {c['detail']}")
     for r in report["restarts"]:

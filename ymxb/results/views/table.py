@@ -12,7 +12,7 @@ from ymxb.spec.settings import BATCHED
 
 def table(records: Sequence[TrialRecord], limit: int = 100, best: Optional[Callable] = None,
           by: Optional[str] = None, grouped: bool = True) -> str:
-    """One row per trial, showing only the settings that vary. `grouped`: by program (and the
+    """One row per trial, showing only the settings that vary, and its task's metrics. `grouped`: by program (and the
     sweep file each came from, where they differ), diverged trials last, with the step they
     diverged at; else in the order given. `best(rows) -> their best trials' ids` marks them
     with * among each group's rows (default: the smallest max |error| of the verified); `by`
@@ -21,10 +21,11 @@ def table(records: Sequence[TrialRecord], limit: int = 100, best: Optional[Calla
         return "no trials recorded"
     best = best or default_best
     varying = varying_settings(records)
+    own = list(dict.fromkeys(k for r in {r.group: r for r in records}.values() for k in r.metrics))
     stops = any(r.stopped_at is not None for r in records)
     head = ([f"{k:>12}" for k in varying] + [f"{'members':>7}", f"{'verified':>8}", f"{'max|error|':>10}",
                                                f"{'converged':>9}", f"{'final loss':>14}"]
-            + [f"{'stopped':>16}"] * stops)
+            + [f"{k:>{max(10, len(k))}}" for k in own] + [f"{'stopped':>16}"] * stops)
     lines = ["  " + " ".join(head)]
     groups: Dict[tuple, List[TrialRecord]] = {}
     for r in records:
@@ -45,7 +46,8 @@ def table(records: Sequence[TrialRecord], limit: int = 100, best: Optional[Calla
             cells = [f"{_cell(r.config[k]):>12}" for k in varying] + [
                 f"{len(r.members):>7}", f"{'yes' if r.verified else 'no':>8}",
                 f"{_num(r.max_error) if r.solution else '-':>10}", f"{'-' if step is None else f'{step:g}':>9}",
-                f"{_final(r):>14}"] + [f"{_stopped(r):>16}"] * stops
+                f"{_final(r):>14}"] + [f"{_num(r.metrics.get(k)):>{max(10, len(k))}}" for k in own] + [
+                f"{_stopped(r):>16}"] * stops
             lines.append(("* " if r.trial_id in marked else "  ") + " ".join(cells))
     if shown < len(records):
         lines.append(f"... {len(records) - shown} more trials in {DB} (or --json)"
