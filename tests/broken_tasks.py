@@ -103,6 +103,11 @@ class HeldOutRaising(Line):
         raise ValueError("no held-out data yet")
 
 
+class DatasetRaising(Line):
+    def dataset(self, s, data_seed):
+        raise FileNotFoundError("digits.npz is not there")
+
+
 class NoModel(Task):
     name = "no-model"
 
@@ -115,4 +120,4 @@ LINE, COLUMN, SHORT, RAISING, NO_HOST_1, NO_MODEL = Line(), Column(), Short(), R
 HOST_1_ONLY_THERE, HOST_1_INTS, BAD_REFERENCE = Host1OnlyThere(), Host1Ints(), BadReference()
 VECTOR_PENALTY = VectorPenalty()
 MEAN_METRIC, SPACED_METRIC, BARE_METRIC = MeanMetric(), SpacedMetric(), BareMetric()
-HELD_OUT_SHORT_ON_HOST_1, HELD_OUT_RAISING = HeldOutShortOnHost1(), HeldOutRaising()
+HELD_OUT_SHORT_ON_HOST_1, HELD_OUT_RAISING, DATASET_RAISING = HeldOutShortOnHost1(), HeldOutRaising(), DatasetRaising()

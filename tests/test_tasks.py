@@ -161,6 +161,10 @@ BROKEN = [
     ("tests.broken_tasks:BARE_METRIC", "to Metric(fn, higher_is_better), not 'close' to <function"),
     ("tests.broken_tasks:HELD_OUT_SHORT_ON_HOST_1", "its held-out shard of host 1 has 7 points, host 0's 8: every "
                                                     "host's must have as many"),
+    ("tests.dataset_task:TASK", "its dataset has 1000 points, fewer than 2 hosts x --samples-per-host 1024: give "
+                                "--samples-per-host 500 or less"),
+    ("tests.broken_tasks:DATASET_RAISING", "its dataset: FileNotFoundError: digits.npz is not there "
+                                           f"(at tests/broken_tasks.py:{_line_of('is not there')} in dataset)"),
     ("tests.broken_tasks:HELD_OUT_RAISING", "its held-out shard of host 0: ValueError: no held-out data yet "
                                             f"(at tests/broken_tasks.py:{_line_of('no held-out data yet')} in held_out)"),
 ]
@@ -237,3 +241,21 @@ def test_save_params_writes_every_param_by_name_as_npz(tmp_path, capsys, task, e
 def test_save_params_to_a_folder_is_refused_before_the_run(tmp_path, capsys):
     assert cli.main(["--save-params", str(tmp_path), "--hosts", "2"]) == 2
     assert f"--save-params '{tmp_path}' is a folder" in capsys.readouterr().err
+
+
+def test_a_fixed_dataset_is_cut_into_the_hosts_shards_and_what_is_left_out_is_said(capsys):
+    from ymxb.spec import data
+    from tests.dataset_task import TASK
+
+    trial = TrialSpec.resolve(task="tests.dataset_task:TASK", samples_per_host=332, steps=400, lr=0.5)
+    x, y = TASK.dataset({}, 0)
+    for host in range(3):  # in order, each host's own points
+        np.testing.assert_array_equal(data.host_shard(trial, host)[0], x[332 * host:332 * (host + 1)].astype(np.float32))
+    assert cli.main(["--task", "tests.dataset_task:TASK", "--hosts", "3", "--devices-per-host", "1", "--samples-per-host",
+                     "332", "--lr", "0.5", "--steps", "400", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dataset"] == {"points": 1000, "trained_on": 996, "left_out": 4}
+    assert report["verified"], report["checks"]  # against the line of the 996 points trained on
+    from ymxb.results.views import report as views
+
+    assert "dataset: 1000 points, 996 trained on (3 hosts x 332), the last 4 left out" in views.summary(report)

@@ -194,6 +194,8 @@ def _try_out_tasks(trials) -> None:
     for spec, trial in trials:
         if trial.task in registry.BUILT_IN:
             continue
+        if spec.shaped and registry.get(trial.task).has_dataset:  # before try_out cuts host 0's shard
+            _try_dataset(trial, spec.processes, spec.devices_per_host, f"--task {trial.task}")
         if trial.shared() not in tried:
             tried.add(trial.shared())
             try_out(trial)
@@ -267,6 +269,24 @@ def _try_metrics(task, where: str, predictions, y) -> None:
         if shape[:1] != (len(y),):
             raise UsageError(f"{where}: its metric {name} on host 0's first {len(y)} points has shape {shape}: "
                              f"it must give a number per point (shape ({len(y)},))")
+
+
+def _try_dataset(trial: TrialSpec, hosts: int, devices: int, where: str) -> None:
+    """A fixed dataset made here: enough points for every host's --samples-per-host."""
+    from ymxb.spec import data
+
+    try:
+        size = data.dataset_size(trial)
+    except UsageError:
+        raise
+    except Exception as err:
+        raise raised_in(f"{where}: its dataset", err) from None
+    if hosts * trial.samples_per_host > size:
+        most = size // hosts // devices * devices
+        raise UsageError(f"{where}: its dataset has {size} points, fewer than {hosts} hosts x --samples-per-host "
+                         f"{trial.samples_per_host}: " + (f"give --samples-per-host {most} or less" if most else
+                                                          "use fewer hosts")
+                         + (f" (a multiple of a host's {devices} devices)" if most and devices > 1 else ""))
 
 
 def try_data(trial: TrialSpec, hosts: int, devices: int) -> None:

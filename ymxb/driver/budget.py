@@ -60,7 +60,11 @@ def width(trial: TrialSpec) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _width(task: str, settings: tuple, data_seed: int) -> int:
-    x, y = registry.get(task).shard(dict(settings), data_seed, 0, 1)
+    made = registry.get(task)
+    if made.has_dataset:  # its first point
+        x, y = (np.asarray(a)[:1] for a in made.dataset(dict(settings), data_seed))
+    else:
+        x, y = made.shard(dict(settings), data_seed, 0, 1)
     return int(np.size(x) + np.size(y))
 
 

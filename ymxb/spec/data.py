@@ -3,6 +3,7 @@
 exact data of every host, one shard at a time, without asking the hosts for it.
 """
 
+import functools
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
@@ -18,12 +19,32 @@ def host_shard(cfg: TrialSpec, host_index: int) -> Tuple[np.ndarray, np.ndarray]
     `shard` made is not that."""
     if host_index < 0:
         raise ValueError(f"host index {host_index} is negative")
-    x, y = registry.get(cfg.task).shard(cfg.of_task, cfg.data_seed, host_index, cfg.samples_per_host)
-    x, y = _as_jax_kind(x), _as_jax_kind(y)
     n = cfg.samples_per_host
+    if registry.get(cfg.task).has_dataset:
+        x, y = (a[host_index * n:(host_index + 1) * n] for a in _dataset(cfg.task, cfg.settings, cfg.data_seed))
+        if len(x) < n:
+            raise UsageError(f"--task {cfg.task}: its dataset has {dataset_size(cfg)} points, too few for host "
+                             f"{host_index}'s {n} (--samples-per-host): give at most the points / hosts")
+        return x, y
+    x, y = registry.get(cfg.task).shard(cfg.of_task, cfg.data_seed, host_index, n)
+    x, y = _as_jax_kind(x), _as_jax_kind(y)
     if len(x) != n or len(y) != n:
         raise UsageError(f"--task {cfg.task}: its shard of host {host_index} has {len(x)} x and {len(y)} y, "
                          f"not --samples-per-host ({n}) of each")
+    return x, y
+
+
+def dataset_size(cfg: TrialSpec) -> int:
+    """The points of the task's fixed dataset (tasks.Task.dataset)."""
+    return len(_dataset(cfg.task, cfg.settings, cfg.data_seed)[0])
+
+
+@functools.lru_cache(maxsize=2)  # every host's shard is cut from it, one after another
+def _dataset(task: str, settings: tuple, data_seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The task's fixed dataset, as JAX computes in; UsageError where x and y differ in length."""
+    x, y = (_as_jax_kind(a) for a in registry.get(task).dataset(dict(settings), data_seed))
+    if len(x) != len(y):
+        raise UsageError(f"--task {task}: its dataset has {len(x)} x and {len(y)} y: give as many of each")
     return x, y
 
 

@@ -36,7 +36,8 @@ def _load(name: str) -> Task:
     task = found() if isinstance(found, type) else found
     if not isinstance(task, Task):
         raise UsageError(f"--task {name}: {attribute} is not a task: make it a subclass of ymxb.Task")
-    missing = [m for m in ("shard", "model") if getattr(type(task), m) is getattr(Task, m)]
+    missing = [m for m in ("shard", "model") if getattr(type(task), m) is getattr(Task, m)
+               and not (m == "shard" and task.has_dataset)]
     if missing:
         raise UsageError(f"--task {name}: {attribute} does not say how to make its {' or its '.join(missing)} "
                          f"(define {' and '.join(missing)}: see ymxb.Task)")

@@ -7,7 +7,8 @@ store, table and plots) is the same for every task. A task is a small class:
     class MyTask(Task):
         name = "mine"
         settings = (Setting("features", 4, "inputs per point"),)   # flags, sweep keys, trial ids
-        def shard(self, s, data_seed, host_index, samples): ...    # NumPy (x, y), this host's
+        def shard(self, s, data_seed, host_index, samples): ...    # NumPy (x, y), this host's (or
+                                                                   # dataset(s, data_seed): all of it)
         def model(self, s, name): return Model(init, apply)        # JAX: key -> params; (params, x) -> y
     TASK = MyTask()                                                # launch.py --task my.module:TASK
 
@@ -124,6 +125,18 @@ class Task:
         x and y each with a leading axis of points, in floats (as float32) or integers (as int32:
         labels, say)."""
         raise NotImplementedError
+
+    def dataset(self, s: Mapping, data_seed: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """A fixed dataset, whole (NumPy x, y as `shard` gives them), for a task that has one
+        instead of a `shard`: ymxb cuts it in order, host i's shard the points [i * samples,
+        (i + 1) * samples) (--samples-per-host), and leaves out the points past the last host's,
+        as the report says. None (the default): `shard` makes each host's."""
+        return None
+
+    @property
+    def has_dataset(self) -> bool:
+        """Whether the task gives a fixed dataset (it defines `dataset`)."""
+        return type(self).dataset is not Task.dataset
 
     def held_out(self, s: Mapping, data_seed: int, host_index: int,
                  samples: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ymxb.spec import registry
+from ymxb.spec import data, registry
 from ymxb.protocol import HostRun, ProgramRun, Restart
 from ymxb.results.record import TrialRecord, jsonable
 
@@ -40,6 +40,9 @@ def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[
         "restarts": [dataclasses.asdict(r) for r in restarts],
         "wall_s": wall_s,
     }
+    if task.has_dataset:  # cut by ymxb: what was left out is said
+        size = data.dataset_size(run.program.trial)
+        report["dataset"] = {"points": size, "trained_on": _points(cfg), "left_out": size - _points(cfg)}
     if len(run.hosts) > HOSTS_IN_FULL and not cfg["ensemble"]:
         report["loss_history_of"] = ("host 0 and each host whose history differs from it; every other host's is "
                                      "host 0's")
@@ -77,6 +80,11 @@ def summary(report: Dict) -> str:
              f"{cfg['steps']} steps on {_points(cfg)} points"
              + (f" in minibatches of {cfg['batch_size']}" if cfg.get("batch_size") else "")
              + (f", ensemble of {cfg['ensemble']}" if cfg["ensemble"] else ""), ""]
+    if "dataset" in report:
+        d, hosts = report["dataset"], cfg["slices"] * cfg["hosts"]
+        left = f"the last {d['left_out']} left out" if d["left_out"] else "none left out"
+        lines.insert(1, f"dataset: {d['points']} points, {d['trained_on']} trained on ({hosts} hosts x "
+                        f"{cfg['samples_per_host']}), {left}")
     names = list(report["hosts"][0].get("params", {})) or [k[5:] for k in report.get("ensemble", {}) if k.startswith("mean_")]
     lines.append(f"{'host':>4}  {'node':<16} {'pid':>7}  {'devices':>7}  "
                  + ("members" if cfg["ensemble"] else "  ".join(f"{k:>12}" for k in names)))
