@@ -19,7 +19,7 @@ from ymxb.results import params
 from ymxb.results.judge import judge
 from ymxb.results.record import TrialRecord
 from ymxb.results.store import Store
-from ymxb.spec import stopping
+from ymxb.spec import registry, stopping
 from ymxb.spec.settings import Program, Recovery, SliceSpec
 
 # Plain progress lines (stderr not a terminal): at most one per this many seconds.
@@ -159,6 +159,17 @@ def resume_point(folder: str, program: Program, required: bool) -> Optional[chec
                      f"wrote it ({'; '.join(differs) or 'a sweep: rerun the sweep instead'})")
 
 
+def _left_out(program: Program) -> str:
+    """What of a task's fixed dataset the program leaves out, as its line says it ('' for none)."""
+    from ymxb.spec import data
+
+    cfg = program.trial
+    if not registry.get(cfg.task).has_dataset:
+        return ""
+    size, used = data.dataset_size(cfg), cfg.global_samples(program.slice.processes)
+    return f"; of its dataset's {size} points, the last {size - used} left out" if size > used else ""
+
+
 class Progress:
     """Trials done out of all, and the running program's steps: a tqdm bar on a terminal,
     plain lines now and then otherwise (a log file), nothing when quiet."""
@@ -175,7 +186,7 @@ class Progress:
     def start(self, program: Program) -> None:
         self.program, self.said = program, time.monotonic()
         self._say(f"program of {program.count} trials ({program.trial.optimizer}, {program.trial.model}, "
-                  f"{program.entries} models) on {program.slice.label()}")
+                  f"{program.entries} models) on {program.slice.label()}" + _left_out(program))
 
     def steps(self, steps: int) -> None:
         if self.bar is not None:

@@ -174,15 +174,18 @@ def _ranges(indices: List[int]) -> str:
 
 
 def _member_rows(run: ProgramRun, show) -> List[Dict]:
-    """Every ensemble member once, in order: where it ran, where it started and ended."""
+    """Every ensemble member once, in order: where it ran, where it started and ended (its
+    task's metrics too)."""
     rows = []
     for h in run.hosts:
         r = h.result
         final = dict(zip(r.loss_entry.tolist(), r.losses[:, -1].tolist()))
+        at = {entry: k for k, entry in enumerate(r.loss_entry.tolist())}
         for i, entry in enumerate(r.entry.tolist()):
             ended, began = show(r.params[i]), show(r.init[i])
             rows.append({"index": entry, "host": h.host.process_index, "device": int(r.device[i]),
-                         **ended, **{f"init_{k}": v for k, v in began.items()}, "final_loss": final[entry]})
+                         **ended, **{f"init_{k}": v for k, v in began.items()}, "final_loss": final[entry],
+                         **{name: float(values[at[entry]]) for name, values in r.metrics.items()}})
     return sorted(rows, key=lambda row: row["index"])
 
 

@@ -23,8 +23,9 @@ def table(records: Sequence[TrialRecord], limit: int = 100, best: Optional[Calla
     varying = varying_settings(records)
     own = list(dict.fromkeys(k for r in {r.group: r for r in records}.values() for k in r.metrics))
     stops = any(r.stopped_at is not None for r in records)
-    head = ([f"{k:>12}" for k in varying] + [f"{'members':>7}", f"{'verified':>8}", f"{'max|error|':>10}",
-                                               f"{'converged':>9}", f"{'final loss':>14}"]
+    referenced = any(r.solution for r in records)  # else no error, nor a step it converged at, to show
+    head = ([f"{k:>12}" for k in varying] + [f"{'members':>7}", f"{'verified':>8}"]
+            + [f"{'max|error|':>10}", f"{'converged':>9}"] * referenced + [f"{'final loss':>14}"]
             + [f"{k:>{max(10, len(k))}}" for k in own] + [f"{'stopped':>16}"] * stops)
     lines = ["  " + " ".join(head)]
     groups: Dict[tuple, List[TrialRecord]] = {}
@@ -43,11 +44,11 @@ def table(records: Sequence[TrialRecord], limit: int = 100, best: Optional[Calla
         for r in members[:max(0, limit - shown)]:
             shown += 1
             step = r.converged_step()
-            cells = [f"{_cell(r.config[k]):>12}" for k in varying] + [
-                f"{len(r.members):>7}", f"{'yes' if r.verified else 'no':>8}",
-                f"{_num(r.max_error) if r.solution else '-':>10}", f"{'-' if step is None else f'{step:g}':>9}",
-                f"{_final(r):>14}"] + [f"{_num(r.metrics.get(k)):>{max(10, len(k))}}" for k in own] + [
-                f"{_stopped(r):>16}"] * stops
+            cells = ([f"{_cell(r.config[k]):>12}" for k in varying] + [f"{len(r.members):>7}",
+                                                                        f"{'yes' if r.verified else 'no':>8}"]
+                     + [f"{_num(r.max_error) if r.solution else '-':>10}",
+                        f"{'-' if step is None else f'{step:g}':>9}"] * referenced + [f"{_final(r):>14}"]
+                     + [f"{_num(r.metrics.get(k)):>{max(10, len(k))}}" for k in own] + [f"{_stopped(r):>16}"] * stops)
             lines.append(("* " if r.trial_id in marked else "  ") + " ".join(cells))
     if shown < len(records):
         lines.append(f"... {len(records) - shown} more trials in {DB} (or --json)"
