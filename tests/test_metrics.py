@@ -167,3 +167,16 @@ def test_a_classifier_on_a_dataset_a_package_ships_matches_scikit_learns():
     assert record.verified, record.checks
     assert record.checks[-1]["name"] == "matches sklearn logistic regression" and record.max_error < 1e-4
     assert record.metrics["eval_accuracy"] > 0.85
+
+
+def test_a_haiku_classifier_with_weight_decay_and_minibatches_trains_as_an_ensemble_and_a_sweep():
+    # The whole classifier: haiku, integer labels, optax's cross-entropy, adamw's decay,
+    # minibatches, accuracy on held-out points; an ensemble in each of a sweep's trials.
+    trials = [TrialSpec.resolve(**{**TRIAL, "optimizer": "adamw", "steps": 300}, model="haiku", ensemble=2,
+                                weight_decay=wd, batch_size=64, lr=0.05) for wd in (0.0, 0.1)]
+    records = judge(trained(*trials))
+    assert all(r.verified for r in records), [r.checks for r in records]
+    assert all(len(r.members) == 2 and 0.7 < r.metrics["eval_accuracy"] < 1.0 for r in records)
+    best = query.best_by(["eval_accuracy"], records)(records)
+    top = max(r.metrics["eval_accuracy"] for r in records)
+    assert best and all(next(r for r in records if r.trial_id == b).metrics["eval_accuracy"] == top for b in best)

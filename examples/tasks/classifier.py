@@ -1,11 +1,13 @@
-"""A classifier written as optax users write one: integer labels, (n, classes) logits, optax's own
-per-point cross-entropy as the loss, and an L2 penalty on the weights. Three Gaussian blobs in
-the plane, one per class.
+"""A classifier written as optax and haiku users write one: integer labels, (n, classes) logits,
+optax's own per-point cross-entropy as the loss, an L2 penalty on the weights, accuracy as a
+metric on points held out. Three Gaussian blobs in the plane, one per class; the model in
+plain JAX (`--model pure`) or as a haiku module (`--model haiku`: hk.Linear).
 
     python launch.py --task examples.tasks.classifier:TASK --optimizer adam --lr 0.1 --steps 300
     python launch.py --task examples.tasks.classifier:TASK --l2 0.01 --ensemble 8 --save-params params.npz
     python launch.py --task examples.tasks.classifier:TASK --optimizer adamw --weight-decay 1e-3 \
         --schedule cosine --batch-size 128 --steps 400     # decay from the optimiser, minibatches
+    python launch.py --task examples.tasks.classifier:TASK --model haiku --ensemble 4 --parallel sharding
 
 It gives no reference solution (the softmax regression's optimum has no closed form), so a run
 is verified on what holds without one, as examples/tasks/mlp.py's.
@@ -23,6 +25,7 @@ class Blobs(Task):
     name = "blobs"
     summary = "softmax regression on three Gaussian blobs"
     about = "data: a point of one of 3 Gaussian blobs, labelled by its blob; model: logits = x @ w + b"
+    models = ("pure", "haiku")
     settings = (Setting("spread", 0.5, "std of each blob", lambda v: None if v > 0 else "must be positive"),
                 Setting("l2", 0.0, "weight of the L2 penalty on w", lambda v: None if v >= 0 else "must be >= 0"))
 
@@ -39,6 +42,11 @@ class Blobs(Task):
         import jax
         import jax.numpy as jnp
 
+        if name == "haiku":
+            import haiku as hk
+
+            net = hk.without_apply_rng(hk.transform(lambda x: hk.Linear(CLASSES)(x)))
+            return Model(lambda key: net.init(key, jnp.zeros((1, 2))), net.apply)
         return Model(lambda key: {"w": 0.1 * jax.random.normal(key, (2, CLASSES)), "b": jnp.zeros(CLASSES)},
                      lambda params, x: x @ params["w"] + params["b"])
 
@@ -51,7 +59,8 @@ class Blobs(Task):
     def penalty(self, s, params):
         import jax.numpy as jnp
 
-        return s["l2"] * jnp.sum(params["w"] ** 2) if s["l2"] else None
+        w = params["linear"]["w"] if "linear" in params else params["w"]  # haiku's, or the plain model's
+        return s["l2"] * jnp.sum(w ** 2) if s["l2"] else None
 
 
 def _blobs(s, seed, samples):

@@ -178,10 +178,10 @@ class Store:
 
     @contextlib.contextmanager
     def _reading(self):
-        """Any error of the database as one line naming it."""
+        """Any error of the database as one line naming it (a text in it no longer UTF-8 too)."""
         try:
             yield
-        except sqlite3.DatabaseError as err:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
             raise UsageError(f"{self.path}: not a readable results store ({first_line(err, 200)}); restore "
                              f"it from a copy, or remove it (its trials run again)") from None
 
