@@ -162,7 +162,7 @@ BROKEN = [
     ("tests.broken_tasks:HELD_OUT_SHORT_ON_HOST_1", "its held-out shard of host 1 has 7 points, host 0's 8: every "
                                                     "host's must have as many"),
     ("tests.dataset_task:TASK", "its dataset has 1000 points, fewer than 2 hosts x --samples-per-host 1024: give "
-                                "--samples-per-host 500 or less"),
+                                "--samples-per-host 500 or less, or 0 for that many"),
     ("tests.broken_tasks:DATASET_RAISING", "its dataset: FileNotFoundError: digits.npz is not there "
                                            f"(at tests/broken_tasks.py:{_line_of('is not there')} in dataset)"),
     ("tests.broken_tasks:HELD_OUT_RAISING", "its held-out shard of host 0: ValueError: no held-out data yet "
@@ -259,3 +259,18 @@ def test_a_fixed_dataset_is_cut_into_the_hosts_shards_and_what_is_left_out_is_sa
     from ymxb.results.views import report as views
 
     assert "dataset: 1000 points, 996 trained on (3 hosts x 332), the last 4 left out" in views.summary(report)
+
+
+def test_samples_per_host_0_takes_all_of_a_fixed_dataset_cut_evenly(tmp_path):
+    from ymxb.spec import sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("slice: {hosts: 3, devices_per_host: 2}\n"
+                    "base: {task: 'tests.dataset_task:TASK', samples_per_host: 0}\ngrid: {lr: [0.1, 0.2]}\n")
+    made = plan.make(sweep.load(str(path)))
+    assert [t.samples_per_host for _, t in made.trials] == [332, 332]  # 1000 // 3 hosts = 333, even over 2 devices
+    explicit = TrialSpec.resolve(task="tests.dataset_task:TASK", samples_per_host=332, lr=0.1)
+    spec = made.trials[0][0]
+    from ymxb.results.record import trial_id
+
+    assert made.ids[0] == trial_id(spec, explicit)  # the same trial as the number typed

@@ -90,7 +90,8 @@ def _parser(prog: str, task: tasks.Task) -> argparse.ArgumentParser:
                        default=setting.default, help=setting.help)
     g.add_argument("--data-seed", type=int, metavar="N", default=t.data_seed, help="seed of the data, 0 to 2**32-1")
     g.add_argument("--samples-per-host", type=int, metavar="N", default=t.samples_per_host,
-                   help="points each host generates; split evenly over its devices")
+                   help="points each host generates (a task's fixed dataset: cuts; 0: all of it, cut evenly "
+                        "over the hosts); split evenly over its devices")
     g = p.add_argument_group("training (gradient descent on the mean of the task's loss plus its penalty)")
     g.add_argument("--model", metavar="NAME", default=task.models[0], help=f"one of {', '.join(task.models)}")
     g.add_argument("--optimizer", metavar="NAME", default=t.optimizer,
@@ -330,7 +331,8 @@ def _inspect(argv: List[str]) -> int:
     from ymxb.host.inspect import inspect
 
     spec, trial, _ = parse(argv, prog=f"{PROG} inspect")
-    print(inspect(plans.known_shape(spec.replace(address=None)), trial))
+    spec = plans.known_shape(spec.replace(address=None))
+    print(inspect(spec, plans.bound(spec, trial)))
     return 0
 
 
@@ -360,7 +362,7 @@ def _launch(argv: List[str]) -> int:
         return ended
     outcome, run = ended.outcome, ended.outcome.last_run
     if args.dump_data:
-        x, y = data.global_dataset(trial, run.program.slice.processes)
+        x, y = data.global_dataset(run.program.trial, run.program.slice.processes)
         with open(args.dump_data, "wb") as f:  # a file object: np.savez adds no suffix
             np.savez(f, x=x, y=y)
     if args.save_params:

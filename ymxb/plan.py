@@ -121,12 +121,13 @@ def make(sweep: Sweep) -> Plan:
     `Plan.skip_recorded`."""
     trials = [(known_shape(spec), trial) for spec, trial in sweep.trials]
     for i, (spec, trial) in enumerate(trials):
-        if spec.shaped:
-            try:
-                trial.check_fits(spec)
-            except UsageError as err:
-                where = f"trial {i + 1} ({changed(trial)})" if len(trials) > 1 else None
-                raise UsageError(f"{where}: {err}" if where else str(err)) from None
+        try:
+            trials[i] = spec, bound(spec, trial)
+            if spec.shaped:
+                trials[i][1].check_fits(spec)
+        except UsageError as err:
+            where = f"trial {i + 1} ({changed(trial)})" if len(trials) > 1 else None
+            raise UsageError(f"{where}: {err}" if where else str(err)) from None
     _try_out_tasks(trials)
     ids = [trial_id(spec, trial) if spec.settled else None for spec, trial in trials]
     groups = [_group(spec, members, len(trials) == 1) for spec, members in _programs(zip(trials, ids))]
@@ -271,22 +272,49 @@ def _try_metrics(task, where: str, predictions, y) -> None:
                              f"it must give a number per point (shape ({len(y)},))")
 
 
-def _try_dataset(trial: TrialSpec, hosts: int, devices: int, where: str) -> None:
-    """A fixed dataset made here: enough points for every host's --samples-per-host."""
+def bound(spec: SliceSpec, trial: TrialSpec) -> TrialSpec:
+    """`trial` as it runs on `spec`: --samples-per-host 0 (all of its task's fixed dataset) made
+    the most points every host takes alike (a multiple of its devices); UsageError where that
+    cannot be known, or the task has no fixed dataset."""
+    if trial.samples_per_host:
+        return trial
+    if not registry.get(trial.task).has_dataset:
+        raise UsageError(f"--samples-per-host 0 (all of a task's fixed dataset) is for a task that gives one "
+                         f"(Task.dataset); task {trial.task} makes each host's shard: give the points per host")
+    if not spec.shaped:
+        raise UsageError("--samples-per-host 0 (all of a task's fixed dataset) needs the slice's hosts before "
+                         "it starts, which this cluster says only once placed: give the points per host")
+    size, devices = _dataset_size(trial), spec.devices_per_host
+    most = size // spec.processes // devices * devices
+    if not most:
+        raise UsageError(f"--task {trial.task}: its dataset has {size} points, fewer than the {spec.processes} "
+                         f"hosts x {devices} devices: use fewer hosts")
+    return trial.replace(samples_per_host=most)
+
+
+def _dataset_size(trial: TrialSpec) -> int:
+    """The points of the trial's task's fixed dataset, made here; UsageError in one line where
+    the task's code raised."""
     from ymxb.spec import data
 
     try:
-        size = data.dataset_size(trial)
+        return data.dataset_size(trial)
     except UsageError:
         raise
     except Exception as err:
-        raise raised_in(f"{where}: its dataset", err) from None
+        raise raised_in(f"--task {trial.task}: its dataset", err) from None
+
+
+def _try_dataset(trial: TrialSpec, hosts: int, devices: int, where: str) -> None:
+    """A fixed dataset made here: enough points for every host's --samples-per-host."""
+    size = _dataset_size(trial)
     if hosts * trial.samples_per_host > size:
         most = size // hosts // devices * devices
         raise UsageError(f"{where}: its dataset has {size} points, fewer than {hosts} hosts x --samples-per-host "
                          f"{trial.samples_per_host}: " + (f"give --samples-per-host {most} or less" if most else
                                                           "use fewer hosts")
-                         + (f" (a multiple of a host's {devices} devices)" if most and devices > 1 else ""))
+                         + (f" (a multiple of a host's {devices} devices)" if most and devices > 1 else "")
+                         + (", or 0 for that many" if most else ""))
 
 
 def try_data(trial: TrialSpec, hosts: int, devices: int) -> None:

@@ -9,6 +9,7 @@ first 1,500 images are the dataset ymxb cuts into the hosts' shards; the last 29
 
     python launch.py --task examples.tasks.digits:TASK --hosts 2 --samples-per-host 750 \
         --optimizer adam --lr 0.05 --schedule cosine --steps 1500
+    python launch.py --task examples.tasks.digits:TASK --samples-per-host 0 ...   # all of it, on any slice
     python launch.py sweep examples/sweeps/digits.yaml
 """
 

@@ -168,7 +168,8 @@ class TrialSpec(_Spec):
 
     RULES = {
         "data_seed": _SEED,
-        "samples_per_host": _count(2**40),  # the memory budget refuses the large ones, saying why
+        # The memory budget refuses the large ones, saying why; 0: all of a task's fixed dataset.
+        "samples_per_host": Rule(int, low=0, high=2**40, wants="a positive integer (or 0: all of a task's fixed dataset)"),
         "model": Rule(str),  # the task's models: checked in resolve
         "optimizer": Rule(str, choices=OPTIMIZERS),
         "lr": _POSITIVE,
