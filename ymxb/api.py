@@ -19,7 +19,7 @@ from ymxb.results import params
 from ymxb.results.judge import judge
 from ymxb.results.record import TrialRecord
 from ymxb.results.store import Store
-from ymxb.spec import registry, stopping
+from ymxb.spec import stopping
 from ymxb.spec.settings import Program, Recovery, SliceSpec
 
 # Plain progress lines (stderr not a terminal): at most one per this many seconds.
@@ -163,11 +163,8 @@ def _left_out(program: Program) -> str:
     """What of a task's fixed dataset the program leaves out, as its line says it ('' for none)."""
     from ymxb.spec import data
 
-    cfg = program.trial
-    if not registry.get(cfg.task).has_dataset:
-        return ""
-    size, used = data.dataset_size(cfg), cfg.global_samples(program.slice.processes)
-    return f"; of its dataset's {size} points, the last {size - used} left out" if size > used else ""
+    cut = data.left_out(program.trial, program.slice.processes)
+    return f"; of its dataset's {cut[0]} points, the last {cut[1]} left out" if cut and cut[1] else ""
 
 
 class Progress:

@@ -195,13 +195,14 @@ def _try_out_tasks(trials) -> None:
     for spec, trial in trials:
         if trial.task in registry.BUILT_IN:
             continue
-        if spec.shaped and registry.get(trial.task).has_dataset:  # before try_out cuts host 0's shard
+        data_of = (trial.task, trial.settings, trial.data_seed, trial.samples_per_host)
+        new_data = spec.shaped and (data_of, spec.processes) not in made
+        if new_data and registry.get(trial.task).has_dataset:  # before try_out cuts host 0's shard
             _try_dataset(trial, spec.processes, spec.devices_per_host, f"--task {trial.task}")
         if trial.shared() not in tried:
             tried.add(trial.shared())
             try_out(trial)
-        data_of = (trial.task, trial.settings, trial.data_seed, trial.samples_per_host)
-        if spec.shaped and (data_of, spec.processes) not in made:
+        if new_data:
             made.add((data_of, spec.processes))
             try_data(trial, spec.processes, spec.devices_per_host)
 
@@ -285,11 +286,16 @@ def bound(spec: SliceSpec, trial: TrialSpec) -> TrialSpec:
         raise UsageError("--samples-per-host 0 (all of a task's fixed dataset) needs the slice's hosts before "
                          "it starts, which this cluster says only once placed: give the points per host")
     size, devices = _dataset_size(trial), spec.devices_per_host
-    most = size // spec.processes // devices * devices
+    most = _most_per_host(size, spec.processes, devices)
     if not most:
         raise UsageError(f"--task {trial.task}: its dataset has {size} points, fewer than the {spec.processes} "
                          f"hosts x {devices} devices: use fewer hosts")
     return trial.replace(samples_per_host=most)
+
+
+def _most_per_host(size: int, hosts: int, devices: int) -> int:
+    """The most points of a dataset of `size` every host takes alike, split evenly over its devices."""
+    return size // hosts // devices * devices
 
 
 def _dataset_size(trial: TrialSpec) -> int:
@@ -309,7 +315,7 @@ def _try_dataset(trial: TrialSpec, hosts: int, devices: int, where: str) -> None
     """A fixed dataset made here: enough points for every host's --samples-per-host."""
     size = _dataset_size(trial)
     if hosts * trial.samples_per_host > size:
-        most = size // hosts // devices * devices
+        most = _most_per_host(size, hosts, devices)
         raise UsageError(f"{where}: its dataset has {size} points, fewer than {hosts} hosts x --samples-per-host "
                          f"{trial.samples_per_host}: " + (f"give --samples-per-host {most} or less" if most else
                                                           "use fewer hosts")

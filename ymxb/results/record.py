@@ -173,6 +173,17 @@ class TrialRecord:
 
 RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(TrialRecord))
 
+
+def metric_names(records: Sequence[TrialRecord]) -> List[str]:
+    """The names of the task metrics the records hold (train_accuracy, eval_loss, ...), in order.
+    A program's trials hold the same ones: one trial of each is asked."""
+    return list(dict.fromkeys(k for r in {r.group: r for r in records}.values() for k in r.metrics))
+
+
+def larger_first(name: str, records: Sequence[TrialRecord]) -> bool:
+    """Whether `name` is a task metric of the records that ranks larger first (accuracy)."""
+    return any(name in r.higher_is_better for r in {r.group: r for r in records}.values())
+
 # What a trial's id is made of, by the layout of ids. Layout 1: the slice's keys below, the
 # trial's task and that task's own settings, and the settings every task shares below. The
 # settings that never change what a trial computes are named too: a setting in none of these

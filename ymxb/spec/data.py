@@ -39,6 +39,15 @@ def dataset_size(cfg: TrialSpec) -> int:
     return len(_dataset(cfg.task, cfg.settings, cfg.data_seed)[0])
 
 
+def left_out(cfg: TrialSpec, hosts: int) -> Optional[Tuple[int, int]]:
+    """(its points, how many of them `hosts` leave out) of the task's fixed dataset; None for a
+    task that makes its shards."""
+    if not registry.get(cfg.task).has_dataset:
+        return None
+    size = dataset_size(cfg)
+    return size, size - cfg.global_samples(hosts)
+
+
 @functools.lru_cache(maxsize=2)  # every host's shard is cut from it, one after another
 def _dataset(task: str, settings: tuple, data_seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """The task's fixed dataset, as JAX computes in; UsageError where x and y differ in length."""

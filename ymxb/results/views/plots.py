@@ -22,7 +22,7 @@ from ymxb import __version__
 from ymxb.errors import UsageError
 from ymxb.spec import data, registry
 from ymxb.spec.settings import TrialSpec
-from ymxb.results.record import TrialRecord
+from ymxb.results.record import TrialRecord, larger_first, metric_names
 from ymxb.results.store import Store
 from ymxb.results.views.table import rank, varying_settings
 
@@ -55,7 +55,7 @@ def draw(records: Sequence[TrialRecord], folder: str, source: Optional[Store] = 
     paths = []
     figures = [("loss.png", _loss), ("error_vs_lr.png", _error_vs_lr)]
     best = _best(records)
-    if any(r.metrics for r in records):
+    if metric_names(records):
         figures.append(("metrics_vs_lr.png", _metrics_vs_lr))
     if best.solution and registry.of_config(best.config).draws_fit:
         figures.append(("fit.png", _fit))
@@ -168,13 +168,13 @@ def _error_vs_lr(plt, records):
 
 def _metrics_vs_lr(plt, records):
     """A panel per metric of the trials' task (eval_accuracy, ...) against learning rate."""
-    names = list(dict.fromkeys(k for r in records for k in r.metrics))
+    names = metric_names(records)
     fig, axes = plt.subplots(1, len(names), figsize=(4.8 * len(names), 4.0), squeeze=False)
     for ax, name in zip(axes.flat, names):
         _against_lr(ax, records, lambda r: r.metrics.get(name))
-        larger = any(name in r.higher_is_better for r in records)
         ax.set_ylabel(name)
-        ax.set_title(f"{name} at the end ({'larger' if larger else 'smaller'} is better)", fontsize=9)
+        ax.set_title(f"{name} at the end ({'larger' if larger_first(name, records) else 'smaller'} is better)",
+                     fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle("The task's metrics against learning rate (median; dots: every trial; none: absent)", fontsize=10)
     fig.tight_layout()

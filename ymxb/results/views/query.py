@@ -19,7 +19,7 @@ import re
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
 from ymxb.errors import UsageError
-from ymxb.results.record import TrialRecord
+from ymxb.results.record import TrialRecord, larger_first, metric_names
 from ymxb.results.views.table import rank
 
 # What a record says of itself beyond its settings; the numeric ones can rank trials (smaller
@@ -60,25 +60,13 @@ def keys(records: Sequence[TrialRecord]) -> List[str]:
     """Every key a question may name: METRICS, the tasks' metrics, then every setting the
     records have."""
     # A program's trials have the same settings and metrics: one of each program is enough to ask.
-    one = {r.group: r for r in records}.values()
-    metrics = dict.fromkeys(k for r in one for k in r.metrics)
-    settings = dict.fromkeys(k for r in one for k in r.config)
-    return list(METRICS) + [k for k in {**metrics, **settings} if k not in METRICS]
-
-
-def task_metrics(records: Sequence[TrialRecord]) -> List[str]:
-    """The names of the tasks' metrics the records hold (train_accuracy, eval_loss, ...)."""
-    return list(dict.fromkeys(k for r in {r.group: r for r in records}.values() for k in r.metrics))
-
-
-def _larger_first(key: str, records: Sequence[TrialRecord]) -> bool:
-    """Whether `key` is a task's metric that ranks larger first (accuracy)."""
-    return any(key in r.higher_is_better for r in {r.group: r for r in records}.values())
+    settings = dict.fromkeys(k for config in {r.group: r.config for r in records}.values() for k in config)
+    return list(METRICS) + [k for k in {**dict.fromkeys(metric_names(records)), **settings} if k not in METRICS]
 
 
 def best_first(key: str, records: Sequence[TrialRecord]) -> str:
     """The --sort that puts the best by `key` first: `-key` for a metric ranked larger first."""
-    return f"-{key}" if _larger_first(key, records) else key
+    return f"-{key}" if larger_first(key, records) else key
 
 
 def where(text: str, known: Sequence[str]) -> Callable[[TrialRecord], bool]:
@@ -208,12 +196,12 @@ def best_by(metrics: Sequence[str], records: Sequence[TrialRecord]) -> Callable[
     """Which of a set of trials are best: by one metric the smallest (the largest, for a task's
     metric that says so: accuracy), by several every trial no other beats in all of them (the
     Pareto front). Only verified trials are candidates."""
-    own = task_metrics(records)
+    own = metric_names(records)
     for m in metrics:
         if m not in RANKING and m not in own and not _numeric(m, records):
             raise UsageError(f"--best-by {m!r}: rank by one of {', '.join(RANKING + tuple(own))} (smaller is "
                              "better, or larger where the task says so), or a numeric setting")
-    sign = [-1.0 if _larger_first(m, records) else 1.0 for m in metrics]
+    sign = [-1.0 if larger_first(m, records) else 1.0 for m in metrics]
 
     def best(shown: Sequence[TrialRecord]) -> Set[str]:
         points = {r.trial_id: tuple(s * _rankable(value(r, m), s) for m, s in zip(metrics, sign))
@@ -257,7 +245,7 @@ def _known(key: str, records: Sequence[TrialRecord], flag: str) -> None:
 def to_csv(records: Sequence[TrialRecord], best: Set[str]) -> str:
     """One row per trial: its id, where it ran, every setting, the metrics (its task's too), and
     best (1/0)."""
-    own = task_metrics(records)
+    own = metric_names(records)
     settings = [k for k in keys(records) if k not in METRICS and k not in own]
     columns = ["trial_id", "group", "slice", "sweep_file", *settings, "verified", "diverged", "members",
                "max_error", "final_loss", *own, "converged_step", "diverged_step", "stopped_at", "stopped_by",

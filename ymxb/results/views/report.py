@@ -40,9 +40,9 @@ def build(record: TrialRecord, run: ProgramRun, wall_s: float, phases: Optional[
         "restarts": [dataclasses.asdict(r) for r in restarts],
         "wall_s": wall_s,
     }
-    if task.has_dataset:  # cut by ymxb: what was left out is said
-        size = data.dataset_size(run.program.trial)
-        report["dataset"] = {"points": size, "trained_on": _points(cfg), "left_out": size - _points(cfg)}
+    cut = data.left_out(run.program.trial, run.program.slice.processes)
+    if cut:  # a fixed dataset, cut by ymxb: what was left out is said
+        report["dataset"] = {"points": cut[0], "trained_on": cut[0] - cut[1], "left_out": cut[1]}
     if len(run.hosts) > HOSTS_IN_FULL and not cfg["ensemble"]:
         report["loss_history_of"] = ("host 0 and each host whose history differs from it; every other host's is "
                                      "host 0's")

@@ -5,23 +5,23 @@ import json
 import math
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ymxb.results.record import TrialRecord
+from ymxb.results.record import TrialRecord, metric_names
 from ymxb.results.store import DB
 from ymxb.spec.settings import BATCHED
 
 
 def table(records: Sequence[TrialRecord], limit: int = 100, best: Optional[Callable] = None,
           by: Optional[str] = None, grouped: bool = True) -> str:
-    """One row per trial, showing only the settings that vary, and its task's metrics. `grouped`: by program (and the
-    sweep file each came from, where they differ), diverged trials last, with the step they
-    diverged at; else in the order given. `best(rows) -> their best trials' ids` marks them
+    """One row per trial, showing only the settings that vary, and its task's metrics. `grouped`:
+    by program (and the sweep file each came from, where they differ), diverged trials last, with
+    the step they diverged at; else in the order given. `best(rows) -> their best trials' ids` marks them
     with * among each group's rows (default: the smallest max |error| of the verified); `by`
     says what it went by."""
     if not records:
         return "no trials recorded"
     best = best or default_best
     varying = varying_settings(records)
-    own = list(dict.fromkeys(k for r in {r.group: r for r in records}.values() for k in r.metrics))
+    own = metric_names(records)
     stops = any(r.stopped_at is not None for r in records)
     referenced = any(r.solution for r in records)  # else no error, nor a step it converged at, to show
     head = ([f"{k:>12}" for k in varying] + [f"{'members':>7}", f"{'verified':>8}"]
